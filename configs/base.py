@@ -1,0 +1,130 @@
+"""Base config: every field a run can set, grouped by concept.
+
+Experiment files import this, override what differs, and return the result.
+Every field is overridable on the command line, e.g.
+
+  python -m vdae.main --config=configs/digits.py --workdir=runs/d \
+      --config.training.num_steps=200 --config.optim.lr=1e-3
+
+The config is locked: a misspelt key or a value of the wrong type is an error
+that names it.
+"""
+
+import ml_collections
+
+
+def get_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+
+  # Data: images are scaled to [-1, 1]; size and channels are read from the
+  # data, and the networks are built for them.
+  c.data = d = ml_collections.ConfigDict()
+  d.source = "digits"  # digits | npz | folder | array_record
+  d.path = ""  # file, folder or glob for npz / folder / array_record
+  d.test_fraction = 0.15  # held-out split for sources without one
+  d.image_size = 0  # folder / array_record: resize to this (0 = keep)
+  d.random_flip = False
+  d.shuffle_seed = 0
+  d.worker_count = 0  # Grain worker processes (0 = in-process)
+  d.prefetch = 2  # batches prefetched by the background thread
+
+  # Score network (stage 1).
+  c.model = m = ml_collections.ConfigDict()
+  m.channels = 64
+  m.channel_mults = (1, 2)
+  m.num_res_blocks = 2
+  m.attn_resolutions = (4,)
+  m.dropout = 0.0
+  m.groups = 8
+  m.embedding = "sinusoidal"  # sinusoidal | fourier
+  m.temb_dim = 64  # raw time features; the MLP widens them to 4 * channels
+  m.fourier_scale = 16.0
+  m.dtype = "float32"  # compute dtype: float32 | bfloat16 (params stay float32)
+
+  # SDE.
+  c.sde = s = ml_collections.ConfigDict()
+  s.kind = "vp"  # vp | subvp | ve
+  s.beta_min = 0.1
+  s.beta_max = 20.0
+  s.sigma_min = 0.01
+  s.sigma_max = 50.0
+  s.eps = 1e-3  # smallest training / sampling time
+  s.time_scale = 1000.0  # t is embedded as t * time_scale
+
+  # Stage-1 training.
+  c.training = t = ml_collections.ConfigDict()
+  t.batch_size = 128  # global, over all processes and devices
+  t.num_steps = 3000
+  t.likelihood_weighting = False
+  t.ema_decay = 0.999
+  t.log_every = 50
+  t.sample_every = 1000  # sample grid to TensorBoard (0 = never)
+  t.checkpoint_every = 500
+  t.keep_checkpoints = 3
+  t.async_checkpointing = True
+  t.on_nonfinite = "stop"  # stop | skip
+
+  # Optimiser (shared by both stages; stage 2 can override its own copy).
+  c.optim = o = ml_collections.ConfigDict()
+  o.lr = 2e-3
+  o.warmup_steps = 200
+  o.weight_decay = 0.0
+  o.b1 = 0.9
+  o.b2 = 0.999
+  o.grad_clip = 1.0
+  o.schedule = "cosine"  # constant | cosine (after warmup)
+
+  # Time-dependent encoder q_phi(z | x_t, t) (stage 2).
+  c.encoder = e = ml_collections.ConfigDict()
+  e.latent_dim = 16
+  e.channels = 32
+  e.channel_mults = (1, 2)
+  e.num_res_blocks = 1
+  e.groups = 8
+  e.logvar_term = True  # keep log v_t in log q (the official code drops it)
+
+  # Stage-2 training: frozen score model, encoder only.
+  c.stage2 = s2 = ml_collections.ConfigDict()
+  s2.stage1_workdir = ""  # stage-1 checkpoints ("" = this run's --workdir)
+  s2.num_steps = 3000
+  s2.batch_size = 128
+  s2.loss = "eps"  # eps (official) | score (sigma(t)^2-weighted score space)
+  s2.beta_kl = 0.01
+  s2.time_sampling = "uniform"  # uniform | stratified (low-discrepancy)
+  s2.lr = 1e-3
+  s2.warmup_steps = 200
+  s2.log_every = 50
+  s2.recon_every = 1000  # reconstruction grid to TensorBoard (0 = never)
+  s2.checkpoint_every = 500
+  s2.encode_split = "test"  # split that --mode=encode/reconstruct reads
+
+  # Sampling / decoding.
+  c.sampling = sp = ml_collections.ConfigDict()
+  sp.method = "pc"  # em | pc | ode
+  sp.num_steps = 200
+  sp.snr = 0.16  # Langevin corrector signal-to-noise ratio
+  sp.corrector_steps = 1
+  sp.num_samples = 64
+  sp.denoise = True  # final Tweedie denoising step at t = eps
+  sp.use_ema = True
+  sp.kernel = "auto"  # auto | pallas | reference  (fused step, see vdae/kernels)
+
+  # Device mesh and parameter layout. An axis of size -1 takes the remaining
+  # devices. Rules map a regex over the parameter path to a layout:
+  # "fsdp" shards the largest dimension divisible by the fsdp axis size,
+  # "replicate" keeps a full copy on every device.
+  c.mesh = ms = ml_collections.ConfigDict()
+  ms.data = -1
+  ms.fsdp = 1
+  ms.param_rules = ((".*", "fsdp"),)
+
+  # Multi-process runtime (see vdae/runtime.py); empty = single process, or
+  # detected from the TPU VM environment.
+  c.runtime = r = ml_collections.ConfigDict()
+  r.coordinator_address = ""
+  r.num_processes = 0
+  r.process_id = -1
+  r.local_device_ids = ""
+
+  return c

@@ -1,0 +1,24 @@
+"""scikit-learn digits (8x8 grey, embedded): the CPU default.
+
+Whole pipeline (stage 1, stage 2, evaluation), a few minutes on 2 CPU cores:
+  python -m vdae.main --config=configs/digits.py --workdir=runs/digits --mode=all
+Stage 1 only, then samples:
+  python -m vdae.main --config=configs/digits.py --workdir=runs/digits --mode=pretrain
+  python -m vdae.main --config=configs/digits.py --workdir=runs/digits --mode=sample
+"""
+
+from configs import base
+
+
+def get_config():
+  c = base.get_config()
+  c.data.source = "digits"
+  c.model.channels = 32
+  c.model.channel_mults = (1, 2)
+  c.model.num_res_blocks = 1
+  c.model.attn_resolutions = ()
+  c.training.batch_size = 128
+  c.training.num_steps = 2000
+  c.training.sample_every = 1000
+  c.sampling.num_steps = 200
+  return c

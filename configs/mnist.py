@@ -1,0 +1,30 @@
+"""MNIST (28x28 grey) from a user-supplied .npz (images [N,28,28] or [N,28,28,1]).
+
+  python -m vdae.main --config=configs/mnist.py --workdir=runs/mnist --mode=all \
+      --config.data.path=/data/mnist.npz
+28x28 has one odd downsampling level, so the U-Net uses 28 -> 14 -> 7.
+"""
+
+from configs import base
+
+
+def get_config():
+  c = base.get_config()
+  c.data.source = "npz"
+  c.model.channels = 64
+  c.model.channel_mults = (1, 2, 2)
+  c.model.num_res_blocks = 2
+  c.model.attn_resolutions = (7,)
+  c.model.temb_dim = 128
+  c.training.num_steps = 100_000
+  c.training.sample_every = 5000
+  c.training.checkpoint_every = 5000
+  c.optim.lr = 2e-4
+  c.optim.warmup_steps = 5000
+  c.encoder.latent_dim = 32
+  c.encoder.channels = 64
+  c.encoder.channel_mults = (1, 2, 2)
+  c.stage2.num_steps = 50_000
+  c.stage2.lr = 2e-4
+  c.sampling.num_steps = 1000
+  return c

@@ -1,0 +1,1 @@
+"""vdae: Variational Diffusion Auto-encoder (ScoreVAE) in JAX."""

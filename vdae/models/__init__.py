@@ -1,0 +1,1 @@
+"""Flax networks: the score U-Net, the time-dependent encoder, the VAE decoder."""

@@ -1,0 +1,62 @@
+"""Time embeddings shared by the score network and the encoder."""
+
+from __future__ import annotations
+
+import math
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+
+def sinusoidal(t: jax.Array, dim: int, time_scale: float) -> jax.Array:
+  """Transformer-style features of `t * time_scale`: t [B] -> [B, dim].
+
+  Half sines, half cosines, frequencies geometric from 1 to 1/10000. The fused
+  Pallas step (vdae/kernels) computes exactly this for the next time.
+  """
+  half = dim // 2
+  freqs = jnp.exp(-math.log(10000.0) * jnp.arange(half, dtype=jnp.float32) / max(half - 1, 1))
+  arg = (t.astype(jnp.float32) * time_scale)[:, None] * freqs[None, :]
+  return jnp.concatenate([jnp.sin(arg), jnp.cos(arg)], axis=-1)
+
+
+class FourierFeatures(nn.Module):
+  """Gaussian random Fourier features of log-time (Song et al. 2021), not trained."""
+
+  dim: int
+  scale: float = 16.0
+
+  @nn.compact
+  def __call__(self, t: jax.Array) -> jax.Array:
+    w = self.param("w", nn.initializers.normal(self.scale), (self.dim // 2,))
+    w = jax.lax.stop_gradient(w)
+    arg = jnp.log(t.astype(jnp.float32))[:, None] * w[None, :] * 2 * math.pi
+    return jnp.concatenate([jnp.sin(arg), jnp.cos(arg)], axis=-1)
+
+
+class TimeEmbedding(nn.Module):
+  """Raw time features -> 2-layer MLP of width `out_dim`.
+
+  `temb` lets a caller pass precomputed sinusoidal features (the fused decoding
+  step computes them for the next time while it updates x).
+  """
+
+  kind: str
+  raw_dim: int
+  out_dim: int
+  time_scale: float
+  fourier_scale: float = 16.0
+  dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, t: jax.Array, temb: jax.Array | None = None) -> jax.Array:
+    if temb is None:
+      if self.kind == "sinusoidal":
+        temb = sinusoidal(t, self.raw_dim, self.time_scale)
+      elif self.kind == "fourier":
+        temb = FourierFeatures(self.raw_dim, self.fourier_scale)(t)
+      else:
+        raise ValueError(f"model.embedding must be sinusoidal or fourier; got {self.kind!r}")
+    h = nn.Dense(self.out_dim, dtype=self.dtype)(temb)
+    return nn.Dense(self.out_dim, dtype=self.dtype)(nn.silu(h))
