@@ -1,0 +1,122 @@
+"""Orbax checkpointing: train state + Grain iterator state + run metadata.
+
+One `CheckpointManager` per stage directory (`WORKDIR/<stage>/checkpoints`).
+Saves are async by default; a step directory appears only once complete (Orbax
+writes into a temporary directory and renames it), so a killed process leaves
+nothing that restore trips over. Restores go into an abstract *sharded* target,
+so a run can resume on a different device count. A damaged newest checkpoint
+is skipped with a warning for the one before it.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import json
+import logging
+import os
+from typing import Any
+
+import grain
+import jax
+import orbax.checkpoint as ocp
+
+from vdae.errors import CheckpointError
+
+log = logging.getLogger(__name__)
+
+_VERSIONED = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "grain", "ml-collections")
+
+
+def package_versions() -> dict[str, str]:
+  out = {}
+  for name in _VERSIONED:
+    try:
+      out[name] = importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+      out[name] = "missing"
+  return out
+
+
+def abstract_like(state: Any, shardings: Any) -> Any:
+  """ShapeDtypeStructs carrying the target shardings (restore target)."""
+  return jax.tree.map(
+      lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), state, shardings
+  )
+
+
+class Checkpointer:
+  """Saves and restores {state, data iterator, meta} for one training stage."""
+
+  def __init__(self, directory: str, *, keep: int, every: int, async_save: bool, create=True):
+    self.directory = os.fspath(directory)
+    self.every = every
+    options = ocp.CheckpointManagerOptions(
+        max_to_keep=keep,
+        create=create,
+        enable_async_checkpointing=async_save,
+        cleanup_tmp_directories=True,  # leftovers of a killed save
+    )
+    self._mngr = ocp.CheckpointManager(self.directory, options=options)
+
+  # --- queries -------------------------------------------------------------------
+  def steps(self) -> list[int]:
+    return sorted(self._mngr.all_steps())
+
+  def latest_step(self) -> int | None:
+    steps = self.steps()
+    return steps[-1] if steps else None
+
+  def read_meta(self, step: int | None = None) -> dict:
+    step = self.latest_step() if step is None else step
+    if step is None:
+      raise CheckpointError(f"no checkpoint in {self.directory}.")
+    path = os.path.join(self.directory, str(step), "meta", "metadata")
+    try:
+      with open(path) as f:
+        return json.load(f)
+    except (OSError, ValueError) as e:
+      raise CheckpointError(f"checkpoint {self.directory}/{step}: unreadable metadata ({e}).") from e
+
+  # --- save / restore ----------------------------------------------------------
+  def save(self, step: int, state: Any, data_iter: Any | None, meta: dict, force=False) -> bool:
+    items = {"state": ocp.args.StandardSave(state), "meta": ocp.args.JsonSave(meta)}
+    if data_iter is not None:
+      items["data"] = grain.checkpoint.CheckpointSave(data_iter)
+    return self._mngr.save(step, args=ocp.args.Composite(**items), force=force)
+
+  def restore(
+      self, abstract_state: Any, data_iter: Any | None = None, step: int | None = None
+  ) -> tuple[int, Any]:
+    """Restores the newest readable checkpoint (or `step`) into the sharded target.
+
+    A newest checkpoint that fails to restore is skipped, with a warning, for
+    the one before it; if none restores, a CheckpointError says so.
+    """
+    candidates = [step] if step is not None else list(reversed(self.steps()))
+    if not candidates:
+      raise CheckpointError(f"no checkpoint in {self.directory}.")
+    errors = []
+    for s in candidates:
+      items = {"state": ocp.args.StandardRestore(abstract_state)}
+      if data_iter is not None:
+        items["data"] = grain.checkpoint.CheckpointRestore(data_iter)
+      try:
+        out = self._mngr.restore(s, args=ocp.args.Composite(**items))
+        if errors:
+          log.warning("restored step %d after skipping damaged newer checkpoint(s): %s", s, errors)
+        return s, out["state"]
+      except Exception as e:  # noqa: BLE001 - any failure means "damaged"; try older
+        log.warning("checkpoint %s/%d could not be restored (%s); trying the one before",
+                    self.directory, s, str(e).splitlines()[0][:300])
+        errors.append(f"step {s}: {type(e).__name__}")
+    raise CheckpointError(
+        f"none of the checkpoints in {self.directory} could be restored ({'; '.join(errors)}). "
+        "Move the directory aside to start afresh."
+    )
+
+  def wait(self) -> None:
+    self._mngr.wait_until_finished()
+
+  def close(self) -> None:
+    self._mngr.wait_until_finished()
+    self._mngr.close()

@@ -1,0 +1,128 @@
+"""Time-conditioned U-Net noise predictor eps_theta(x_t, t) (DDPM++ flavour).
+
+Residual blocks with GroupNorm and a time-embedding shift, optional
+self-attention at chosen resolutions, one downsampling per level. Works for any
+H, W that the levels divide (8x8 digits with two levels, 28x28, 32x32, 64x64).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from vdae.models.embedding import TimeEmbedding
+
+
+def _groups(channels: int, groups: int) -> int:
+  """Largest divisor of `channels` that is <= `groups` (GroupNorm needs one)."""
+  g = min(groups, channels)
+  while channels % g:
+    g -= 1
+  return g
+
+
+class ResBlock(nn.Module):
+  out_ch: int
+  groups: int
+  dropout: float = 0.0
+  dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array, emb: jax.Array, train: bool) -> jax.Array:
+    h = nn.GroupNorm(_groups(x.shape[-1], self.groups), dtype=self.dtype)(x)
+    h = nn.Conv(self.out_ch, (3, 3), dtype=self.dtype)(nn.silu(h))
+    h = h + nn.Dense(self.out_ch, dtype=self.dtype)(nn.silu(emb))[:, None, None, :]
+    h = nn.GroupNorm(_groups(self.out_ch, self.groups), dtype=self.dtype)(h)
+    h = nn.Dropout(self.dropout, deterministic=not train)(nn.silu(h))
+    # Zero-init the last conv so each block starts as the identity.
+    h = nn.Conv(self.out_ch, (3, 3), dtype=self.dtype, kernel_init=nn.initializers.zeros)(h)
+    if x.shape[-1] != self.out_ch:
+      x = nn.Conv(self.out_ch, (1, 1), dtype=self.dtype)(x)
+    return (x + h) / jnp.sqrt(2.0).astype(h.dtype)
+
+
+class AttnBlock(nn.Module):
+  groups: int
+  dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    b, hh, ww, c = x.shape
+    h = nn.GroupNorm(_groups(c, self.groups), dtype=self.dtype)(x).reshape(b, hh * ww, c)
+    h = nn.MultiHeadDotProductAttention(
+        num_heads=1, dtype=self.dtype, out_kernel_init=nn.initializers.zeros
+    )(h)
+    return (x + h.reshape(b, hh, ww, c)) / jnp.sqrt(2.0).astype(h.dtype)
+
+
+class UNet(nn.Module):
+  """eps_theta(x [B, H, W, C], t [B]) -> [B, H, W, C] (float32 output)."""
+
+  channels: int = 64
+  channel_mults: Sequence[int] = (1, 2)
+  num_res_blocks: int = 2
+  attn_resolutions: Sequence[int] = ()
+  dropout: float = 0.0
+  groups: int = 8
+  embedding: str = "sinusoidal"
+  temb_dim: int = 64
+  time_scale: float = 1000.0
+  fourier_scale: float = 16.0
+  dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(
+      self, x: jax.Array, t: jax.Array, train: bool = False, temb: jax.Array | None = None
+  ) -> jax.Array:
+    out_ch = x.shape[-1]
+    emb = TimeEmbedding(
+        self.embedding, self.temb_dim, 4 * self.channels, self.time_scale,
+        self.fourier_scale, self.dtype,
+    )(t, temb)
+    block = lambda ch: ResBlock(ch, self.groups, self.dropout, self.dtype)
+    h = nn.Conv(self.channels, (3, 3), dtype=self.dtype)(x.astype(self.dtype))
+    skips = [h]
+    for level, mult in enumerate(self.channel_mults):
+      for _ in range(self.num_res_blocks):
+        h = block(self.channels * mult)(h, emb, train)
+        if h.shape[1] in self.attn_resolutions:
+          h = AttnBlock(self.groups, self.dtype)(h)
+        skips.append(h)
+      if level != len(self.channel_mults) - 1:
+        h = nn.Conv(h.shape[-1], (3, 3), strides=(2, 2), dtype=self.dtype)(h)
+        skips.append(h)
+    h = block(h.shape[-1])(h, emb, train)
+    h = AttnBlock(self.groups, self.dtype)(h)
+    h = block(h.shape[-1])(h, emb, train)
+    for level, mult in reversed(list(enumerate(self.channel_mults))):
+      for _ in range(self.num_res_blocks + 1):
+        h = block(self.channels * mult)(jnp.concatenate([h, skips.pop()], axis=-1), emb, train)
+        if h.shape[1] in self.attn_resolutions:
+          h = AttnBlock(self.groups, self.dtype)(h)
+      if level != 0:
+        b, hh, ww, c = h.shape
+        h = jax.image.resize(h, (b, skips[-1].shape[1], skips[-1].shape[2], c), "nearest")
+        h = nn.Conv(c, (3, 3), dtype=self.dtype)(h)
+    assert not skips
+    h = nn.silu(nn.GroupNorm(_groups(h.shape[-1], self.groups), dtype=self.dtype)(h))
+    h = nn.Conv(out_ch, (3, 3), dtype=self.dtype, kernel_init=nn.initializers.zeros)(h)
+    return h.astype(jnp.float32)
+
+
+def from_config(model_cfg, sde_cfg) -> UNet:
+  return UNet(
+      channels=model_cfg.channels,
+      channel_mults=tuple(model_cfg.channel_mults),
+      num_res_blocks=model_cfg.num_res_blocks,
+      attn_resolutions=tuple(model_cfg.attn_resolutions),
+      dropout=model_cfg.dropout,
+      groups=model_cfg.groups,
+      embedding=model_cfg.embedding,
+      temb_dim=model_cfg.temb_dim,
+      time_scale=sde_cfg.time_scale,
+      fourier_scale=model_cfg.fourier_scale,
+      dtype=jnp.dtype(model_cfg.dtype),
+  )
