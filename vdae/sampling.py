@@ -111,14 +111,17 @@ def sample(
 
     temb0 = sinusoidal(jnp.full((b,), ts[0]), spec.temb_dim, spec.time_scale)
   x, _, _ = jax.lax.fori_loop(0, num_steps, body, (x, temb0, k_loop))
-  if denoise:
-    t = jnp.full((b,), sde.eps)
-    alpha, sigma = sde.marginal(t)
-    eps = eps_fn(x, t, None)
-    if corr_fn is not None:
-      eps = eps - sde_lib.bcast(sigma, x) * corr_fn(x, t)
-    x = (x - sde_lib.bcast(sigma, x) * eps) / sde_lib.bcast(alpha, x)
-  return x
+  return tweedie_denoise(eps_fn, x, sde, corr_fn) if denoise else x
+
+
+def tweedie_denoise(eps_fn: EpsFn, x: Array, sde: sde_lib.SDE, corr_fn: CorrFn | None = None):
+  """E[x0 | x_t] at t = eps: (x - sigma eps_c) / alpha, eps_c = eps - sigma c."""
+  t = jnp.full((x.shape[0],), sde.eps)
+  alpha, sigma = sde.marginal(t)
+  eps = eps_fn(x, t, None)
+  if corr_fn is not None:
+    eps = eps - sde_lib.bcast(sigma, x) * corr_fn(x, t)
+  return (x - sde_lib.bcast(sigma, x) * eps) / sde_lib.bcast(alpha, x)
 
 
 def make_sampler(sampling_cfg, sde: sde_lib.SDE, spec: fused_step.StepSpec):
