@@ -211,10 +211,10 @@ def _folder(cfg) -> dict[str, Split]:
 
 
 def _parse_example(record: bytes, size: int, channels: int | None, where: str):
-  """tf.train.Example -> (image, label), via TensorBoard's copy of the proto (no TF)."""
-  from tensorboard.compat.proto import example_pb2
+  """tf.train.Example -> (image, label, has_label), parsed without TensorFlow."""
+  from vdae.tf_example import Example
 
-  ex = example_pb2.Example.FromString(record)
+  ex = Example.FromString(record)
   feat = ex.features.feature
   key = next((k for k in ("image", "image/encoded") if k in feat), None)
   if key is None:
