@@ -18,7 +18,8 @@ def get_config():
   c.model.num_res_blocks = 1
   c.model.attn_resolutions = ()
   c.training.batch_size = 128
-  c.training.num_steps = 2000
+  c.training.num_steps = 1500
+  c.stage2.num_steps = 1500
   c.training.sample_every = 1000
   c.sampling.num_steps = 200
   return c

@@ -10,17 +10,22 @@ the first match wins.
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Sequence
 
 import jax
 import numpy as np
-from jax.sharding import Mesh, NamedSharding
+from jax.sharding import AxisType, Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from vdae.errors import ConfigError
 
 BATCH_AXES = ("data", "fsdp")
+# Leaves smaller than this stay replicated: sharding a bias saves nothing and
+# costs a collective per use. RNG keys and counters are always replicated.
+MIN_SHARD_SIZE = 1024
+ALWAYS_REPLICATED = ("rng", "step")
 
 
 def make_mesh(mesh_cfg, devices: Sequence[jax.Device] | None = None) -> Mesh:
@@ -44,7 +49,11 @@ def make_mesh(mesh_cfg, devices: Sequence[jax.Device] | None = None) -> Mesh:
         "Use -1 for one axis to take the rest."
     )
   # make_mesh orders devices for the physical topology (ICI rings on TPU).
-  return jax.make_mesh((data, fsdp), BATCH_AXES, devices=devices)
+  # Auto axes: XLA's partitioner propagates shardings from the jit boundary
+  # (pjit style); Explicit axes would demand out_sharding on every op.
+  return jax.make_mesh(
+      (data, fsdp), BATCH_AXES, axis_types=(AxisType.Auto,) * 2, devices=devices
+  )
 
 
 def _path_str(path) -> str:
@@ -53,6 +62,8 @@ def _path_str(path) -> str:
 
 def _leaf_spec(shape: tuple[int, ...], layout: str, fsdp_size: int) -> P:
   if layout == "replicate" or fsdp_size == 1 or not shape:
+    return P()
+  if math.prod(shape) < MIN_SHARD_SIZE:
     return P()
   if layout != "fsdp":
     raise ConfigError(f"mesh.param_rules: layout {layout!r} is not fsdp or replicate.")
@@ -72,6 +83,8 @@ def state_shardings(abstract_state, mesh: Mesh, rules: Sequence[tuple[str, str]]
   def one(path, leaf):
     name = _path_str(path)
     layout = next((lay for rx, lay in compiled if rx.search(name)), "replicate")
+    if name.split("/")[0] in ALWAYS_REPLICATED:
+      layout = "replicate"
     return NamedSharding(mesh, _leaf_spec(tuple(leaf.shape), layout, fsdp_size))
 
   return jax.tree_util.tree_map_with_path(one, abstract_state)

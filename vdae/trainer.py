@@ -53,7 +53,7 @@ def train_step(state, batch, frozen, *, loss_fn, opt, ema_decay):
   (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(
       state.params, batch, key, frozen
   )
-  gnorm = optax.global_norm(grads)
+  gnorm = optax.tree.norm(grads)
   updates, opt_state = opt.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
   # Warm the EMA up (TF's num_updates rule): a plain 0.999 EMA after 1.5k
