@@ -31,7 +31,9 @@ def exact_eps(sde, m, s2):
   def eps(x, t, temb=None):
     del temb
     _, sigma = sde.marginal(t)
-    return -sigma.reshape((-1,) + (1,) * (x.ndim - 1)) * score(x.reshape(x.shape[0], -1), t).reshape(x.shape)
+    return -sigma.reshape((-1,) + (1,) * (x.ndim - 1)) * score(
+      x.reshape(x.shape[0], -1), t
+    ).reshape(x.shape)
 
   return eps
 

@@ -51,13 +51,16 @@ def test_npz_float_rgb_without_labels(tmp_path, tiny_config):
   assert s["test"][0]["label"] == -1
 
 
-@pytest.mark.parametrize("bad,msg", [
+@pytest.mark.parametrize(
+  "bad,msg",
+  [
     (np.full((5, 4, 4), np.nan, np.float32), "non-finite"),
     (np.zeros((0, 4, 4), np.uint8), "empty"),
     (np.zeros((5, 4), np.uint8), "shape"),
     (np.full((5, 4, 4), 3.0, np.float32), r"\[0, 1\]"),
     (np.zeros((5, 4, 4), np.int64), "dtype"),
-])
+  ],
+)
 def test_npz_bad_arrays_are_named(tmp_path, tiny_config, bad, msg):
   np.savez(tmp_path / "b.npz", images=bad)
   with pytest.raises(DataError, match=msg):
@@ -111,6 +114,7 @@ def _write_array_record(path, images, labels):
   import io
 
   from array_record.python import array_record_module
+
   from vdae.tf_example import Example
 
   w = array_record_module.ArrayRecordWriter(str(path), "group_size:1")

@@ -69,14 +69,17 @@ def test_log_q_matches_scipy_and_drops_only_the_logvar_term():
 
 
 def _conv_encoder(latent_dim=3):
-  enc = encoder_lib.Encoder(latent_dim=latent_dim, channels=8, channel_mults=(1, 2),
-                            num_res_blocks=1, groups=4, temb_dim=16)
+  enc = encoder_lib.Encoder(
+    latent_dim=latent_dim, channels=8, channel_mults=(1, 2), num_res_blocks=1, groups=4, temb_dim=16
+  )
   x = jax.random.normal(jax.random.key(0), (4, 8, 8, 1))
   params = enc.init(jax.random.key(1), x, jnp.ones((4,)))["params"]
   # Random (non-zero) params everywhere so the test sees a real dependence on x.
   leaves, tree = jax.tree.flatten(params)
   keys = jax.random.split(jax.random.key(2), len(leaves))
-  params = jax.tree.unflatten(tree, [0.3 * jax.random.normal(k, p.shape) for k, p in zip(keys, leaves)])
+  params = jax.tree.unflatten(
+    tree, [0.3 * jax.random.normal(k, p.shape) for k, p in zip(keys, leaves)]
+  )
   return enc, params, x
 
 
@@ -108,9 +111,15 @@ def _stage2_setup(form="eps"):
 
   def loss(enc_params, score_params, form=form):
     return losses.vdae_loss(
-        lambda xx, t: score.apply({"params": score_params}, xx, t),
-        lambda xx, t: enc.apply({"params": enc_params}, xx, t),
-        x, jax.random.key(7), sde, spec, beta_kl=0.1, form=form, kernel="reference",
+      lambda xx, t: score.apply({"params": score_params}, xx, t),
+      lambda xx, t: enc.apply({"params": enc_params}, xx, t),
+      x,
+      jax.random.key(7),
+      sde,
+      spec,
+      beta_kl=0.1,
+      form=form,
+      kernel="reference",
     )[0]
 
   return loss, enc_params, sp

@@ -20,16 +20,32 @@ def _run(kind, method, n=4000, steps=400):
   spec = fused_step.StepSpec(sde, 8, 1000.0)
   eps_fn = gaussian.exact_eps(sde, M, S2)
   x = sampling.sample(
-      eps_fn, (n, 2), jax.random.key(0), sde, spec, method=method, num_steps=steps,
-      snr=0.16, denoise=False, kernel="reference",
+    eps_fn,
+    (n, 2),
+    jax.random.key(0),
+    sde,
+    spec,
+    method=method,
+    num_steps=steps,
+    snr=0.16,
+    denoise=False,
+    kernel="reference",
   )
   return np.asarray(x)
 
 
 @pytest.mark.timeout(120)
-@pytest.mark.parametrize("kind,method", [
-    ("vp", "em"), ("vp", "pc"), ("vp", "ode"), ("subvp", "ode"), ("ve", "em"), ("ve", "ode"),
-])
+@pytest.mark.parametrize(
+  "kind,method",
+  [
+    ("vp", "em"),
+    ("vp", "pc"),
+    ("vp", "ode"),
+    ("subvp", "ode"),
+    ("ve", "em"),
+    ("ve", "ode"),
+  ],
+)
 def test_sampler_recovers_gaussian_mean_and_covariance(kind, method):
   x = _run(kind, method)
   sde = sde_lib.SDE(kind)
@@ -47,8 +63,17 @@ def test_wrong_score_sign_fails_to_recover():
   sde = sde_lib.SDE("vp")
   spec = fused_step.StepSpec(sde, 8, 1000.0)
   good = gaussian.exact_eps(sde, M, S2)
-  x = sampling.sample(lambda x, t, e=None: -good(x, t), (2000, 2), jax.random.key(0), sde, spec,
-                      method="ode", num_steps=100, denoise=False, kernel="reference")
+  x = sampling.sample(
+    lambda x, t, e=None: -good(x, t),
+    (2000, 2),
+    jax.random.key(0),
+    sde,
+    spec,
+    method="ode",
+    num_steps=100,
+    denoise=False,
+    kernel="reference",
+  )
   assert not np.allclose(np.asarray(x).mean(0), np.asarray(M), atol=0.1)
 
 
@@ -67,8 +92,9 @@ def test_probability_flow_ode_carries_data_to_prior(kind):
 
   x = np.asarray(jax.lax.fori_loop(0, steps, body, x))
   target = np.asarray(gaussian.var_t(sde, jnp.array([1.0]), S2))[0]
-  np.testing.assert_allclose(x.mean(0), np.asarray(M) * float(sde.marginal(jnp.array([1.0]))[0][0]),
-                             atol=0.04)
+  np.testing.assert_allclose(
+    x.mean(0), np.asarray(M) * float(sde.marginal(jnp.array([1.0]))[0][0]), atol=0.04
+  )
   np.testing.assert_allclose(x.var(0), target, rtol=0.08)
   if kind == "vp":
     np.testing.assert_allclose(x.var(0), 1.0, rtol=0.08)

@@ -43,9 +43,9 @@ def test_coefficients_match_marginals(kind):
   sde = sde_lib.SDE(kind)
   for s2 in (0.0, 0.3, 2.0):
     for t0 in (0.05, 0.3, 0.7, 0.95):
-      var = lambda t: sde.marginal(t)[0] ** 2 * s2 + sde.marginal(t)[1] ** 2
+      var = lambda t, s2=s2: sde.marginal(t)[0] ** 2 * s2 + sde.marginal(t)[1] ** 2
       t = jnp.array([t0])
-      dvar = jax.jacfwd(lambda tt: var(tt)[0])(t)[0]
+      dvar = jax.jacfwd(lambda tt, var=var: var(tt)[0])(t)[0]
       f, g2 = sde.sde_coefficients(t)
       np.testing.assert_allclose(dvar, 2 * f[0] * var(t)[0] + g2[0], rtol=2e-3, atol=1e-5)
       dalpha = jax.jacfwd(lambda tt: sde.marginal(tt)[0][0])(t)[0]

@@ -105,24 +105,32 @@ def test_mesh_that_does_not_fit_the_devices(tiny_config):
 def _cli(*args, timeout=180):
   env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=2")
   return subprocess.run(
-      [sys.executable, "-m", "vdae.main", *args], cwd=ROOT, env=env, capture_output=True,
-      text=True, timeout=timeout,
+    [sys.executable, "-m", "vdae.main", *args],
+    cwd=ROOT,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=timeout,
   )
 
 
 @pytest.mark.timeout(200)
-@pytest.mark.parametrize("override,needle", [
+@pytest.mark.parametrize(
+  "override,needle",
+  [
     ("--config.training.num_stepz=3", "num_stepz"),
     ("--config.training.num_steps=abc", "num_steps"),
     ("--config.data.source=csv", "data.source"),
     ("--config.training.batch_size=7", "batch size 7"),
-])
+  ],
+)
 def test_cli_rejects_bad_config(tmp_path, override, needle):
   r = _cli("--config=configs/tiny.py", f"--workdir={tmp_path}", "--mode=pretrain", override)
   assert r.returncode != 0
   assert needle in r.stderr, r.stderr[-2000:]
   assert not (tmp_path / "stage1" / "checkpoints").exists() or not os.listdir(
-      tmp_path / "stage1" / "checkpoints")
+    tmp_path / "stage1" / "checkpoints"
+  )
 
 
 @pytest.mark.timeout(200)

@@ -64,21 +64,21 @@ def _to_unit_range(images: np.ndarray, where: str) -> np.ndarray:
     return images.astype(np.float32) / 127.5 - 1.0
   if not np.issubdtype(images.dtype, np.floating):
     raise DataError(
-        f"{where}: images have dtype {images.dtype}; expected uint8 in [0, 255] or float in "
-        "[0, 1]. Convert them (e.g. images.astype(np.uint8)) and try again."
+      f"{where}: images have dtype {images.dtype}; expected uint8 in [0, 255] or float in "
+      "[0, 1]. Convert them (e.g. images.astype(np.uint8)) and try again."
     )
   bad = ~np.isfinite(images)
   if bad.any():
     first = np.argwhere(bad)[0]
     raise DataError(
-        f"{where}: {int(bad.sum())} non-finite pixel values (NaN/inf), the first at index "
-        f"{tuple(int(i) for i in first)}. Clean or drop those images."
+      f"{where}: {int(bad.sum())} non-finite pixel values (NaN/inf), the first at index "
+      f"{tuple(int(i) for i in first)}. Clean or drop those images."
     )
   lo, hi = float(images.min()), float(images.max())
   if lo < 0.0 or hi > 1.0:
     raise DataError(
-        f"{where}: float images must lie in [0, 1]; found values in [{lo:.3g}, {hi:.3g}]. "
-        "Rescale them (or store uint8 in [0, 255])."
+      f"{where}: float images must lie in [0, 1]; found values in [{lo:.3g}, {hi:.3g}]. "
+      "Rescale them (or store uint8 in [0, 255])."
     )
   return images.astype(np.float32) * 2.0 - 1.0
 
@@ -88,8 +88,8 @@ def _as_nhwc(images: np.ndarray, where: str) -> np.ndarray:
     images = images[..., None]
   if images.ndim != 4 or images.shape[-1] not in (1, 3, 4):
     raise DataError(
-        f"{where}: images have shape {images.shape}; expected [N, H, W] or [N, H, W, C] "
-        "with C in 1, 3 or 4."
+      f"{where}: images have shape {images.shape}; expected [N, H, W] or [N, H, W, C] "
+      "with C in 1, 3 or 4."
     )
   if images.shape[0] == 0:
     raise DataError(f"{where}: the dataset is empty (0 images).")
@@ -120,8 +120,11 @@ def _in_memory_splits(images, labels, test_fraction, where) -> dict[str, Split]:
     ims = images[idx]
     lbs = labels[idx].astype(np.int64) if labels is not None else np.full(len(idx), -1)
     out[name] = Split(
-        name, len(idx), lambda i, ims=ims, lbs=lbs: (ims[i], int(lbs[i])),
-        tuple(ims.shape[1:]), labels is not None,
+      name,
+      len(idx),
+      lambda i, ims=ims, lbs=lbs: (ims[i], int(lbs[i])),
+      tuple(ims.shape[1:]),
+      labels is not None,
     )
   return out
 
@@ -175,8 +178,8 @@ def _BytesIO(b: bytes):
 def _check_shape(img: np.ndarray, shape: tuple, where: str) -> np.ndarray:
   if img.shape != shape:
     raise DataError(
-        f"{where}: image of shape {img.shape}, but the dataset's first image has {shape}. "
-        "Resize your images to one size, or set --config.data.image_size=N."
+      f"{where}: image of shape {img.shape}, but the dataset's first image has {shape}. "
+      "Resize your images to one size, or set --config.data.image_size=N."
     )
   return img
 
@@ -186,8 +189,7 @@ def _folder(cfg) -> dict[str, Split]:
   if not os.path.isdir(root):
     raise DataError(f"data.path={root!r} is not a folder of images.")
   files = sorted(
-      os.path.join(dp, f) for dp, _, fs in os.walk(root) for f in fs
-      if f.lower().endswith(IMAGE_EXTS)
+    os.path.join(dp, f) for dp, _, fs in os.walk(root) for f in fs if f.lower().endswith(IMAGE_EXTS)
   )
   if not files:
     raise DataError(f"{root}: the folder holds no {'/'.join(IMAGE_EXTS)} images (empty dataset).")
@@ -200,10 +202,11 @@ def _folder(cfg) -> dict[str, Split]:
   tr, te = _split_indices(len(files), cfg.test_fraction, seed=1234)
   out = {}
   for name, idx in (("train", tr), ("test", te)):
+
     def get(i, idx=idx):
       f = files[idx[i]]
       return _check_shape(_decode_image(f, cfg.image_size, channels, f), shape, f), int(
-          labels[idx[i]]
+        labels[idx[i]]
       )
 
     out[name] = Split(name, len(idx), get, shape, has_labels)
@@ -226,7 +229,9 @@ def _parse_example(record: bytes, size: int, channels: int | None, where: str):
 
 def _array_record(cfg) -> dict[str, Split]:
   if not cfg.path:
-    raise ConfigError("data.source=array_record needs --config.data.path=GLOB of .array_record files.")
+    raise ConfigError(
+      "data.source=array_record needs --config.data.path=GLOB of .array_record files."
+    )
   train_files = sorted(glob.glob(cfg.path))
   if not train_files:
     raise DataError(f"data.path={cfg.path!r} matches no files.")
@@ -248,10 +253,16 @@ def _array_record(cfg) -> dict[str, Split]:
     return Split(name, n, get, shape, has_labels)
 
   if test_files:
-    return {"train": make("train", src), "test": make("test", grain.sources.ArrayRecordDataSource(test_files))}
+    return {
+      "train": make("train", src),
+      "test": make("test", grain.sources.ArrayRecordDataSource(test_files)),
+    }
   # No test files: hold out the tail (records are already shuffled by TFDS).
   n_test = max(1, int(round(len(src) * cfg.test_fraction)))
-  return {"train": make("train", src, 0, len(src) - n_test), "test": make("test", src, len(src) - n_test, n_test)}
+  return {
+    "train": make("train", src, 0, len(src) - n_test),
+    "test": make("test", src, len(src) - n_test, n_test),
+  }
 
 
 def _existing(path: str, source: str) -> str:
@@ -268,9 +279,7 @@ SOURCES = {"digits": _digits, "npz": _npz, "folder": _folder, "array_record": _a
 def load_splits(data_cfg) -> dict[str, Split]:
   """{'train': Split, 'test': Split} for the configured source."""
   if data_cfg.source not in SOURCES:
-    raise ConfigError(
-        f"data.source={data_cfg.source!r} is not one of {', '.join(SOURCES)}."
-    )
+    raise ConfigError(f"data.source={data_cfg.source!r} is not one of {', '.join(SOURCES)}.")
   return SOURCES[data_cfg.source](data_cfg)
 
 
@@ -282,11 +291,11 @@ def _flip(item: dict, rng: np.random.Generator) -> dict:
 
 
 def train_dataset(
-    split: Split,
-    data_cfg,
-    global_batch: int,
-    process_index: int,
-    process_count: int,
+  split: Split,
+  data_cfg,
+  global_batch: int,
+  process_index: int,
+  process_count: int,
 ) -> grain.IterDataset:
   """This process's endless stream of local batches {'image': [b, H, W, C], ...}.
 
@@ -295,7 +304,7 @@ def train_dataset(
   """
   if global_batch % process_count:
     raise ConfigError(
-        f"batch size {global_batch} is not divisible by the process count {process_count}."
+      f"batch size {global_batch} is not divisible by the process count {process_count}."
     )
   local = global_batch // process_count
   ds = grain.MapDataset.source(split).shuffle(seed=data_cfg.shuffle_seed).repeat()
@@ -319,7 +328,7 @@ def eval_batches(split: Split, batch: int, limit: int | None = None) -> Sequence
   for lo in range(0, n, batch):
     idx = list(range(lo, min(lo + batch, n)))
     valid = np.ones(batch, bool)
-    valid[len(idx):] = False
+    valid[len(idx) :] = False
     idx = idx + [idx[-1]] * (batch - len(idx))
     items = [split[i] for i in idx]
     b = {k: np.stack([it[k] for it in items]) for k in items[0]}

@@ -68,7 +68,7 @@ class Models:
     self.image_shape = tuple(self.splits["train"].image_shape)
     stage1_dir = config.stage2.stage1_workdir or workdir
     self.score_model, self.score_params, _ = train.load_score_model(
-        config, stage1_dir, self.mesh, self.image_shape, config.sampling.use_ema
+      config, stage1_dir, self.mesh, self.image_shape, config.sampling.use_ema
     )
     self.encoder = encoder_lib.from_config(config.encoder, config.model, config.sde)
     self.enc_params = load_encoder(config, workdir, self.encoder, self.image_shape, self.mesh)
@@ -79,11 +79,13 @@ class Models:
     return np.asarray(mu), np.asarray(lv)
 
   def decode(self, z: np.ndarray, seed: int, config=None, x_init=None) -> np.ndarray:
-    fn = make_decode_fn(self.score_model, self.encoder, config or self.config,
-                        (z.shape[0], *self.image_shape))
+    fn = make_decode_fn(
+      self.score_model, self.encoder, config or self.config, (z.shape[0], *self.image_shape)
+    )
     x_init = None if x_init is None else jnp.asarray(x_init)
-    return np.asarray(fn(self.score_params, self.enc_params, jnp.asarray(z), jax.random.key(seed),
-                         x_init))
+    return np.asarray(
+      fn(self.score_params, self.enc_params, jnp.asarray(z), jax.random.key(seed), x_init)
+    )
 
 
 def load_encoder(config, workdir, enc_model, image_shape, mesh):
@@ -100,7 +102,7 @@ def load_encoder(config, workdir, enc_model, image_shape, mesh):
 
     if meta["config"].get("encoder") != config_json(config).get("encoder"):
       raise CheckpointError(
-          f"the encoder checkpoint in {ckpt_dir} was trained with a different `encoder` config."
+        f"the encoder checkpoint in {ckpt_dir} was trained with a different `encoder` config."
       )
     opt, _ = train_state.make_optimizer(1e-3, 1, 2, config.optim)
     dummy = jnp.zeros((1, *image_shape), jnp.float32)
@@ -108,8 +110,11 @@ def load_encoder(config, workdir, enc_model, image_shape, mesh):
     def init(key):
       params = enc_model.init(key, dummy, jnp.zeros((1,)))["params"]
       return train_state.TrainState(
-          step=jnp.zeros((), jnp.int32), params=params, opt_state=opt.init(params),
-          ema_params=params, rng=jax.random.key_data(key),
+        step=jnp.zeros((), jnp.int32),
+        params=params,
+        opt_state=opt.init(params),
+        ema_params=params,
+        rng=jax.random.key_data(key),
       )
 
     abstract = jax.eval_shape(init, jax.random.key(0))
@@ -156,8 +161,16 @@ def reconstruct_mode(config, workdir: str, n: int = 32) -> str:
   rows = []
   for i in range(0, len(x), cols):
     rows += [x[i : i + cols], rec[i : i + cols]]
-  path = train.write_images(workdir, "reconstruct", "reconstructions", np.concatenate(rows),
-                            cols=cols, originals=x, reconstructions=rec, mu=mu)
+  path = train.write_images(
+    workdir,
+    "reconstruct",
+    "reconstructions",
+    np.concatenate(rows),
+    cols=cols,
+    originals=x,
+    reconstructions=rec,
+    mu=mu,
+  )
   log.info("reconstructions written to %s", path)
   return path
 
@@ -200,7 +213,8 @@ def interpolate_mode(config, workdir: str, pairs: int = 4, steps: int = 8) -> st
   x1 = np.asarray(jax.random.normal(jax.random.key(config.seed), (1, *m.image_shape)))
   x1 = np.repeat(x1 * sde_lib.from_config(config.sde).prior_std, len(z), axis=0)
   imgs = m.decode(z, config.seed, config=ode, x_init=x1)
-  path = train.write_images(workdir, "interpolate", "interpolations", imgs, cols=steps,
-                            z=z, endpoints=x)
+  path = train.write_images(
+    workdir, "interpolate", "interpolations", imgs, cols=steps, z=z, endpoints=x
+  )
   log.info("interpolations written to %s", path)
   return path

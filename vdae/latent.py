@@ -35,7 +35,7 @@ def log_q(z: Array, mu: Array, log_var: Array, logvar_term: bool = True) -> Arra
 
 
 def correction_score(
-    encode_fn: EncodeFn, xt: Array, t: Array, z: Array, logvar_term: bool = True
+  encode_fn: EncodeFn, xt: Array, t: Array, z: Array, logvar_term: bool = True
 ) -> Array:
   """c = grad_{x_t} log q(z | x_t, t): [B, ...] like xt, by one reverse pass.
 
@@ -50,7 +50,7 @@ def correction_score(
 
 
 def correction_score_jacfwd(
-    encode_fn: EncodeFn, xt: Array, t: Array, z: Array, logvar_term: bool = True
+  encode_fn: EncodeFn, xt: Array, t: Array, z: Array, logvar_term: bool = True
 ) -> Array:
   """Baseline: per-example forward-mode Jacobian over every pixel (D passes)."""
 

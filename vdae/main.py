@@ -20,7 +20,8 @@ MODES = {}  # name -> (module, function); filled lazily so --help stays fast
 
 
 def _register():
-  MODES.update({
+  MODES.update(
+    {
       "pretrain": ("vdae.train", "pretrain"),
       "sample": ("vdae.modes", "sample"),
       "train_encoder": ("vdae.train_encoder", "train_encoder"),
@@ -30,12 +31,15 @@ def _register():
       "train_vae": ("vdae.vae", "train_vae"),
       "evaluate": ("vdae.evaluate", "evaluate"),
       "all": ("vdae.modes", "run_all"),
-  })
+    }
+  )
 
 
 _register()
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.", lock_config=True)
+_CONFIG = config_flags.DEFINE_config_file(
+  "config", None, "Experiment config file.", lock_config=True
+)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and outputs.")
 _MODE = flags.DEFINE_enum("mode", "all", list(MODES), "What to run.")
 flags.mark_flags_as_required(["config", "workdir"])

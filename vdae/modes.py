@@ -51,8 +51,11 @@ def run_all(config, workdir: str):
   from vdae import train
 
   train.pretrain(config, workdir)
-  steps = [("vdae.train_encoder", "train_encoder"), ("vdae.decode", "reconstruct_mode"),
-           ("vdae.evaluate", "evaluate")]
+  steps = [
+    ("vdae.train_encoder", "train_encoder"),
+    ("vdae.decode", "reconstruct_mode"),
+    ("vdae.evaluate", "evaluate"),
+  ]
   for module, fn in steps:
     try:
       mod = importlib.import_module(module)

@@ -34,7 +34,7 @@ def _flat(a: Array) -> Array:
 
 
 def langevin_corrector(
-    x: Array, t: Array, score: Array, key: Array, snr: float, sde: sde_lib.SDE
+  x: Array, t: Array, score: Array, key: Array, snr: float, sde: sde_lib.SDE
 ) -> Array:
   """One Langevin MCMC step at fixed t with the step size set by the target SNR.
 
@@ -52,20 +52,20 @@ def langevin_corrector(
 
 
 def sample(
-    eps_fn: EpsFn,
-    shape: tuple[int, ...],
-    key: Array,
-    sde: sde_lib.SDE,
-    spec: fused_step.StepSpec,
-    *,
-    method: str = "pc",
-    num_steps: int = 200,
-    snr: float = 0.16,
-    corrector_steps: int = 1,
-    corr_fn: CorrFn | None = None,
-    denoise: bool = True,
-    x_init: Array | None = None,
-    kernel: str = "auto",
+  eps_fn: EpsFn,
+  shape: tuple[int, ...],
+  key: Array,
+  sde: sde_lib.SDE,
+  spec: fused_step.StepSpec,
+  *,
+  method: str = "pc",
+  num_steps: int = 200,
+  snr: float = 0.16,
+  corrector_steps: int = 1,
+  corr_fn: CorrFn | None = None,
+  denoise: bool = True,
+  x_init: Array | None = None,
+  kernel: str = "auto",
 ) -> Array:
   """Draws x_eps from x_1 ~ prior (or `x_init`) by integrating from t=1 to t=eps.
 
@@ -100,8 +100,14 @@ def sample(
     c = corr(x, t)
     noise = None if method == "ode" else jax.random.normal(k_noise, x.shape)
     x_next, temb_next = fused_step.reverse_step(
-        _flat(x), _flat(eps), None if c is None else _flat(c),
-        None if noise is None else _flat(noise), t, dt, spec, kernel,
+      _flat(x),
+      _flat(eps),
+      None if c is None else _flat(c),
+      None if noise is None else _flat(noise),
+      t,
+      dt,
+      spec,
+      kernel,
     )
     return x_next.reshape(x.shape), temb_next, key
 
@@ -127,13 +133,13 @@ def tweedie_denoise(eps_fn: EpsFn, x: Array, sde: sde_lib.SDE, corr_fn: CorrFn |
 def make_sampler(sampling_cfg, sde: sde_lib.SDE, spec: fused_step.StepSpec):
   """functools.partial of `sample` with the config's method and settings."""
   return functools.partial(
-      sample,
-      sde=sde,
-      spec=spec,
-      method=sampling_cfg.method,
-      num_steps=sampling_cfg.num_steps,
-      snr=sampling_cfg.snr,
-      corrector_steps=sampling_cfg.corrector_steps,
-      denoise=sampling_cfg.denoise,
-      kernel=sampling_cfg.kernel,
+    sample,
+    sde=sde,
+    spec=spec,
+    method=sampling_cfg.method,
+    num_steps=sampling_cfg.num_steps,
+    snr=sampling_cfg.snr,
+    corrector_steps=sampling_cfg.corrector_steps,
+    denoise=sampling_cfg.denoise,
+    kernel=sampling_cfg.kernel,
   )

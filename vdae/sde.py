@@ -116,10 +116,10 @@ class SDE:
 def from_config(cfg) -> SDE:
   """Builds the SDE from the `sde` config group."""
   return SDE(
-      kind=cfg.kind,
-      beta_min=cfg.beta_min,
-      beta_max=cfg.beta_max,
-      sigma_min=cfg.sigma_min,
-      sigma_max=cfg.sigma_max,
-      eps=cfg.eps,
+    kind=cfg.kind,
+    beta_min=cfg.beta_min,
+    beta_max=cfg.beta_max,
+    sigma_min=cfg.sigma_min,
+    sigma_max=cfg.sigma_max,
+    eps=cfg.eps,
   )

@@ -38,22 +38,20 @@ def make_mesh(mesh_cfg, devices: Sequence[jax.Device] | None = None) -> Mesh:
   known = (data if data != -1 else 1) * (fsdp if fsdp != -1 else 1)
   if known <= 0 or n % known:
     raise ConfigError(
-        f"mesh (data={data}, fsdp={fsdp}) does not fit the {n} available devices: "
-        f"the product of the axis sizes must divide {n}. Set --config.mesh.data / mesh.fsdp."
+      f"mesh (data={data}, fsdp={fsdp}) does not fit the {n} available devices: "
+      f"the product of the axis sizes must divide {n}. Set --config.mesh.data / mesh.fsdp."
     )
   data = n // known if data == -1 else data
   fsdp = n // known if fsdp == -1 else fsdp
   if data * fsdp != n:
     raise ConfigError(
-        f"mesh data={data} x fsdp={fsdp} = {data * fsdp} devices, but {n} are available. "
-        "Use -1 for one axis to take the rest."
+      f"mesh data={data} x fsdp={fsdp} = {data * fsdp} devices, but {n} are available. "
+      "Use -1 for one axis to take the rest."
     )
   # make_mesh orders devices for the physical topology (ICI rings on TPU).
   # Auto axes: XLA's partitioner propagates shardings from the jit boundary
   # (pjit style); Explicit axes would demand out_sharding on every op.
-  return jax.make_mesh(
-      (data, fsdp), BATCH_AXES, axis_types=(AxisType.Auto,) * 2, devices=devices
-  )
+  return jax.make_mesh((data, fsdp), BATCH_AXES, axis_types=(AxisType.Auto,) * 2, devices=devices)
 
 
 def _path_str(path) -> str:
@@ -102,8 +100,8 @@ def replicated(mesh: Mesh) -> NamedSharding:
 def global_batch(local: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
   """Assembles the global batch from this process's contiguous block of rows."""
   return {
-      k: jax.make_array_from_process_local_data(batch_sharding(mesh, v.ndim), np.asarray(v))
-      for k, v in local.items()
+    k: jax.make_array_from_process_local_data(batch_sharding(mesh, v.ndim), np.asarray(v))
+    for k, v in local.items()
   }
 
 
@@ -112,14 +110,35 @@ def global_from_full(full: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.A
   out = {}
   for k, v in full.items():
     v = np.asarray(v)
-    out[k] = jax.make_array_from_callback(v.shape, batch_sharding(mesh, v.ndim), lambda i, v=v: v[i])
+    out[k] = jax.make_array_from_callback(
+      v.shape, batch_sharding(mesh, v.ndim), lambda i, v=v: v[i]
+    )
   return out
+
+
+def replicated_from_host(x: np.ndarray, mesh: Mesh) -> jax.Array:
+  """A host array that every process holds whole, as one replicated global array."""
+  x = np.asarray(x)
+  return jax.make_array_from_callback(x.shape, replicated(mesh), lambda i: x[i])
+
+
+def to_host(x: jax.Array) -> np.ndarray:
+  """The whole of a (possibly multi-process) array as numpy, on every process.
+
+  With several processes a sharded array spans devices this process cannot
+  read, so np.asarray fails; every process must then call this (it gathers).
+  """
+  if getattr(x, "is_fully_addressable", True):
+    return np.asarray(x)
+  from jax.experimental import multihost_utils
+
+  return np.asarray(multihost_utils.process_allgather(x, tiled=True))
 
 
 def check_batch(global_batch_size: int, mesh: Mesh) -> None:
   n = mesh.devices.size
   if global_batch_size % n:
     raise ConfigError(
-        f"batch size {global_batch_size} is not divisible by the {n} devices of the mesh. "
-        f"Use a multiple of {n}."
+      f"batch size {global_batch_size} is not divisible by the {n} devices of the mesh. "
+      f"Use a multiple of {n}."
     )

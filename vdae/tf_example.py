@@ -11,7 +11,7 @@ _F = descriptor_pb2.FieldDescriptorProto
 
 def _build():
   fd = descriptor_pb2.FileDescriptorProto(
-      name="vdae/tf_example.proto", package="tensorflow", syntax="proto3"
+    name="vdae/tf_example.proto", package="tensorflow", syntax="proto3"
   )
 
   def msg(name, *fields):
@@ -27,10 +27,10 @@ def _build():
   msg("FloatList", ("value", _F.TYPE_FLOAT, rep, None))
   msg("Int64List", ("value", _F.TYPE_INT64, rep, None))
   feature = msg(
-      "Feature",
-      ("bytes_list", _F.TYPE_MESSAGE, opt, ".tensorflow.BytesList"),
-      ("float_list", _F.TYPE_MESSAGE, opt, ".tensorflow.FloatList"),
-      ("int64_list", _F.TYPE_MESSAGE, opt, ".tensorflow.Int64List"),
+    "Feature",
+    ("bytes_list", _F.TYPE_MESSAGE, opt, ".tensorflow.BytesList"),
+    ("float_list", _F.TYPE_MESSAGE, opt, ".tensorflow.FloatList"),
+    ("int64_list", _F.TYPE_MESSAGE, opt, ".tensorflow.Int64List"),
   )
   feature.oneof_decl.add(name="kind")
   for f in feature.field:
@@ -39,10 +39,16 @@ def _build():
   entry = features.nested_type.add(name="FeatureEntry")
   entry.options.map_entry = True
   entry.field.add(name="key", number=1, type=_F.TYPE_STRING, label=opt)
-  entry.field.add(name="value", number=2, type=_F.TYPE_MESSAGE, label=opt,
-                  type_name=".tensorflow.Feature")
-  features.field.add(name="feature", number=1, type=_F.TYPE_MESSAGE, label=rep,
-                     type_name=".tensorflow.Features.FeatureEntry")
+  entry.field.add(
+    name="value", number=2, type=_F.TYPE_MESSAGE, label=opt, type_name=".tensorflow.Feature"
+  )
+  features.field.add(
+    name="feature",
+    number=1,
+    type=_F.TYPE_MESSAGE,
+    label=rep,
+    type_name=".tensorflow.Features.FeatureEntry",
+  )
   msg("Example", ("features", _F.TYPE_MESSAGE, opt, ".tensorflow.Features"))
   pool = descriptor_pool.DescriptorPool()
   pool.Add(fd)

@@ -23,7 +23,7 @@ STAGE = "stage1"
 
 def step_spec(config) -> fused_step.StepSpec:
   return fused_step.StepSpec(
-      sde_lib.from_config(config.sde), config.model.temb_dim, config.sde.time_scale
+    sde_lib.from_config(config.sde), config.model.temb_dim, config.sde.time_scale
   )
 
 
@@ -55,22 +55,26 @@ class Pretrainer(Trainer):
     def loss_fn(params, batch, key, frozen):
       del frozen
       k_loss, k_drop = jax.random.split(key)
-      eps_fn = lambda x, t: model.apply(
-          {"params": params}, x, t, True, rngs={"dropout": k_drop}
-      )
-      return losses.dsm_loss(eps_fn, batch["image"], k_loss, sde,
-                             cfg.training.likelihood_weighting)
+      eps_fn = lambda x, t: model.apply({"params": params}, x, t, True, rngs={"dropout": k_drop})
+      return losses.dsm_loss(eps_fn, batch["image"], k_loss, sde, cfg.training.likelihood_weighting)
 
     t = cfg.training
     return StageSpec(
-        init_params=init_params, loss_fn=loss_fn, lr=cfg.optim.lr,
-        warmup=cfg.optim.warmup_steps, num_steps=t.num_steps, batch_size=t.batch_size,
-        log_every=t.log_every, image_every=t.sample_every, checkpoint_every=t.checkpoint_every,
+      init_params=init_params,
+      loss_fn=loss_fn,
+      lr=cfg.optim.lr,
+      warmup=cfg.optim.warmup_steps,
+      num_steps=t.num_steps,
+      batch_size=t.batch_size,
+      log_every=t.log_every,
+      image_every=t.sample_every,
+      checkpoint_every=t.checkpoint_every,
     )
 
   def images(self, state, step):
     n = min(self.config.sampling.num_samples, 64)
-    return {"samples": np.asarray(self.sample_fn(n)(state.ema_params, jax.random.key(step)))}
+    samples = self.sample_fn(n)(state.ema_params, jax.random.key(step))
+    return {"samples": sharding.to_host(samples)}  # a gather when multi-process
 
   @functools.cache
   def sample_fn(self, n: int):
@@ -106,29 +110,27 @@ def load_score_model(config, stage1_dir: str, mesh, image_shape, use_ema: bool =
   ckpt_dir = os.path.join(stage1_dir, STAGE, "checkpoints")
   if not os.path.isdir(ckpt_dir) and not ckpt_dir.startswith("gs://"):
     raise CheckpointError(
-        f"no stage-1 checkpoint at {ckpt_dir}. Run --mode=pretrain first, or point "
-        "--config.stage2.stage1_workdir at a workdir that has one."
+      f"no stage-1 checkpoint at {ckpt_dir}. Run --mode=pretrain first, or point "
+      "--config.stage2.stage1_workdir at a workdir that has one."
     )
   ckpt = checkpoint.Checkpointer(ckpt_dir, keep=1000, every=1, async_save=False, create=False)
   try:
     if ckpt.latest_step() is None:
-      raise CheckpointError(
-          f"no stage-1 checkpoint in {ckpt_dir}. Run --mode=pretrain first."
-      )
+      raise CheckpointError(f"no stage-1 checkpoint in {ckpt_dir}. Run --mode=pretrain first.")
     meta = ckpt.read_meta()
     mine = config_json(config)
     for key in ("model", "sde"):
       if meta["config"].get(key) != mine.get(key):
         diff = sorted(k for k in mine[key] if meta["config"].get(key, {}).get(k) != mine[key][k])
         raise CheckpointError(
-            f"the stage-1 checkpoint in {ckpt_dir} was trained with a different `{key}` "
-            f"config (differs in: {', '.join(f'{key}.{d}' for d in diff)}). Use the config "
-            "it was trained with."
+          f"the stage-1 checkpoint in {ckpt_dir} was trained with a different `{key}` "
+          f"config (differs in: {', '.join(f'{key}.{d}' for d in diff)}). Use the config "
+          "it was trained with."
         )
     if tuple(meta["image_shape"]) != tuple(image_shape):
       raise CheckpointError(
-          f"the stage-1 checkpoint in {ckpt_dir} was trained on images of shape "
-          f"{meta['image_shape']}, but the data has {list(image_shape)}."
+        f"the stage-1 checkpoint in {ckpt_dir} was trained on images of shape "
+        f"{meta['image_shape']}, but the data has {list(image_shape)}."
       )
     model = unet.from_config(config.model, config.sde)
     opt, _ = train_state.make_optimizer(1e-3, 1, 2, config.optim)
@@ -137,8 +139,11 @@ def load_score_model(config, stage1_dir: str, mesh, image_shape, use_ema: bool =
     def init(key):
       params = model.init(key, dummy, jnp.ones((1,)))["params"]
       return train_state.TrainState(
-          step=jnp.zeros((), jnp.int32), params=params, opt_state=opt.init(params),
-          ema_params=params, rng=jax.random.key_data(key),
+        step=jnp.zeros((), jnp.int32),
+        params=params,
+        opt_state=opt.init(params),
+        ema_params=params,
+        rng=jax.random.key_data(key),
       )
 
     abstract = jax.eval_shape(init, jax.random.key(0))

@@ -27,7 +27,9 @@ def grid(images: np.ndarray, cols: int | None = None, pad: int = 1) -> np.ndarra
   out = np.full((rows * (h + pad) + pad, cols * (w + pad) + pad, c), 255, np.uint8)
   for i in range(n):
     r, k = divmod(i, cols)
-    out[pad + r * (h + pad) : pad + r * (h + pad) + h, pad + k * (w + pad) : pad + k * (w + pad) + w] = images[i]
+    out[
+      pad + r * (h + pad) : pad + r * (h + pad) + h, pad + k * (w + pad) : pad + k * (w + pad) + w
+    ] = images[i]
   return out
 
 

@@ -33,8 +33,9 @@ class Encoder(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array, t: jax.Array) -> tuple[jax.Array, jax.Array]:
-    emb = TimeEmbedding(self.embedding, self.temb_dim, 4 * self.channels, self.time_scale,
-                        dtype=self.dtype)(t)
+    emb = TimeEmbedding(
+      self.embedding, self.temb_dim, 4 * self.channels, self.time_scale, dtype=self.dtype
+    )(t)
     h = nn.Conv(self.channels, (3, 3), dtype=self.dtype)(x.astype(self.dtype))
     for level, mult in enumerate(self.channel_mults):
       for _ in range(self.num_res_blocks):
@@ -54,13 +55,13 @@ class Encoder(nn.Module):
 
 def from_config(enc_cfg, model_cfg, sde_cfg) -> Encoder:
   return Encoder(
-      latent_dim=enc_cfg.latent_dim,
-      channels=enc_cfg.channels,
-      channel_mults=tuple(enc_cfg.channel_mults),
-      num_res_blocks=enc_cfg.num_res_blocks,
-      groups=enc_cfg.groups,
-      embedding=model_cfg.embedding,
-      temb_dim=model_cfg.temb_dim,
-      time_scale=sde_cfg.time_scale,
-      dtype=jnp.dtype(model_cfg.dtype),
+    latent_dim=enc_cfg.latent_dim,
+    channels=enc_cfg.channels,
+    channel_mults=tuple(enc_cfg.channel_mults),
+    num_res_blocks=enc_cfg.num_res_blocks,
+    groups=enc_cfg.groups,
+    embedding=model_cfg.embedding,
+    temb_dim=model_cfg.temb_dim,
+    time_scale=sde_cfg.time_scale,
+    dtype=jnp.dtype(model_cfg.dtype),
   )

@@ -53,7 +53,7 @@ class AttnBlock(nn.Module):
     b, hh, ww, c = x.shape
     h = nn.GroupNorm(_groups(c, self.groups), dtype=self.dtype)(x).reshape(b, hh * ww, c)
     h = nn.MultiHeadDotProductAttention(
-        num_heads=1, dtype=self.dtype, out_kernel_init=nn.initializers.zeros
+      num_heads=1, dtype=self.dtype, out_kernel_init=nn.initializers.zeros
     )(h)
     return (x + h.reshape(b, hh, ww, c)) / jnp.sqrt(2.0).astype(h.dtype)
 
@@ -75,12 +75,16 @@ class UNet(nn.Module):
 
   @nn.compact
   def __call__(
-      self, x: jax.Array, t: jax.Array, train: bool = False, temb: jax.Array | None = None
+    self, x: jax.Array, t: jax.Array, train: bool = False, temb: jax.Array | None = None
   ) -> jax.Array:
     out_ch = x.shape[-1]
     emb = TimeEmbedding(
-        self.embedding, self.temb_dim, 4 * self.channels, self.time_scale,
-        self.fourier_scale, self.dtype,
+      self.embedding,
+      self.temb_dim,
+      4 * self.channels,
+      self.time_scale,
+      self.fourier_scale,
+      self.dtype,
     )(t, temb)
     block = lambda ch: ResBlock(ch, self.groups, self.dropout, self.dtype)
     h = nn.Conv(self.channels, (3, 3), dtype=self.dtype)(x.astype(self.dtype))
@@ -114,15 +118,15 @@ class UNet(nn.Module):
 
 def from_config(model_cfg, sde_cfg) -> UNet:
   return UNet(
-      channels=model_cfg.channels,
-      channel_mults=tuple(model_cfg.channel_mults),
-      num_res_blocks=model_cfg.num_res_blocks,
-      attn_resolutions=tuple(model_cfg.attn_resolutions),
-      dropout=model_cfg.dropout,
-      groups=model_cfg.groups,
-      embedding=model_cfg.embedding,
-      temb_dim=model_cfg.temb_dim,
-      time_scale=sde_cfg.time_scale,
-      fourier_scale=model_cfg.fourier_scale,
-      dtype=jnp.dtype(model_cfg.dtype),
+    channels=model_cfg.channels,
+    channel_mults=tuple(model_cfg.channel_mults),
+    num_res_blocks=model_cfg.num_res_blocks,
+    attn_resolutions=tuple(model_cfg.attn_resolutions),
+    dropout=model_cfg.dropout,
+    groups=model_cfg.groups,
+    embedding=model_cfg.embedding,
+    temb_dim=model_cfg.temb_dim,
+    time_scale=sde_cfg.time_scale,
+    fourier_scale=model_cfg.fourier_scale,
+    dtype=jnp.dtype(model_cfg.dtype),
   )

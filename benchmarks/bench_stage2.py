@@ -1,0 +1,90 @@
+"""Stage-2 train step: reverse-mode latent score vs the jacfwd baseline, in one run.
+
+The public JAX port computes grad_x log q(z | x_t, t) with jax.jacfwd over
+every input pixel (D forward passes); vdae uses one reverse-mode pass. Both
+steps are compiled from the same loss and timed on the same batch; the ratio
+is jacfwd time / reverse time.
+
+  python benchmarks/bench_stage2.py [--repeats 5] [--only digits|32x32]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import jax  # noqa: E402
+
+from benchmarks import common  # noqa: E402
+from configs import digits  # noqa: E402
+from vdae import train, train_encoder  # noqa: E402
+
+
+def _stage1_checkpoint(cfg, wd):
+  """A 1-step stage-1 checkpoint: the benchmark needs the frozen model's shapes only."""
+  c = cfg.copy_and_resolve_references()
+  c.training.num_steps = 1
+  c.training.sample_every = 0
+  train.pretrain(c, wd)
+
+
+def configs():
+  c = digits.get_config()
+  yield "digits 8x8x1 (D=64)", c
+  c32 = digits.get_config()
+  c32.data.source = "npz"
+  c32.data.path = common.synthetic_npz((32, 32, 3))
+  c32.model.channels = 32
+  c32.model.channel_mults = (1, 2, 2)
+  c32.encoder.channel_mults = (1, 2, 2)
+  # jacfwd carries 3072 tangents through every encoder activation: at batch 8
+  # with 32 channels it asked for 88 GB. Small encoder, batch 1, so it fits in 24 GB.
+  c32.encoder.channels = 8
+  c32.encoder.groups = 4
+  c32.stage2.batch_size = 1
+  yield "32x32x3 (D=3072)", c32
+
+
+class _Variant(train_encoder.EncoderTrainer):
+  correction = "reverse"
+
+  def build(self):
+    spec = super().build()
+    spec.loss_fn = train_encoder.make_loss_fn(
+      self.score_model, self.encoder, self.config, correction=self.correction
+    )
+    return spec
+
+
+def main():
+  ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  ap.add_argument("--repeats", type=int, default=5)
+  ap.add_argument("--only", choices=("digits", "32x32"), default=None)
+  args = ap.parse_args()
+  print(f"backend {jax.default_backend()}, {jax.device_count()} device(s)")
+  print(
+    f"{'config':22s} {'batch':>5s} {'reverse ms':>11s} {'jacfwd ms':>11s} {'jacfwd/reverse':>15s}"
+  )
+  for name, cfg in configs():
+    if args.only and not name.startswith(args.only):
+      continue
+    with tempfile.TemporaryDirectory() as wd:
+      _stage1_checkpoint(cfg, wd)
+      times = {}
+      for corr in ("reverse", "jacfwd"):
+        t = type(f"_{corr}", (_Variant,), {"correction": corr})(cfg, wd)
+        compiled, state, spec, _, _, batch = common.compiled_step(t)
+        reps = args.repeats if corr == "reverse" else max(2, args.repeats // 2)
+        times[corr], _ = common.time_steps(compiled, state, spec.frozen, batch, reps)
+      print(
+        f"{name:22s} {cfg.stage2.batch_size:5d} {times['reverse'] * 1e3:11.1f} "
+        f"{times['jacfwd'] * 1e3:11.1f} {times['jacfwd'] / times['reverse']:14.1f}x"
+      )
+
+
+if __name__ == "__main__":
+  main()

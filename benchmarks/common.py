@@ -1,0 +1,93 @@
+"""Shared benchmark plumbing: timing, machine peak, synthetic 32x32 data, compiled steps."""
+
+from __future__ import annotations
+
+import os
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from vdae import sharding, train_state, trainer
+
+
+def median_time(fn: Callable[[], object], repeats: int, warmup: int = 2) -> float:
+  """Median wall seconds of fn() (its result blocked on), after warmup calls."""
+  for _ in range(warmup):
+    jax.block_until_ready(fn())
+  times = []
+  for _ in range(repeats):
+    t0 = time.perf_counter()
+    jax.block_until_ready(fn())
+    times.append(time.perf_counter() - t0)
+  return statistics.median(times)
+
+
+def matmul_peak_flops(n: int = 2048, repeats: int = 5) -> float:
+  """This machine's achieved float32 matmul FLOP/s (all devices of the backend
+  work on one jnp.dot here, so it is the whole-host figure)."""
+  a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
+  f = jax.jit(lambda x: x @ x)
+  return 2 * n**3 / median_time(lambda: f(a), repeats)
+
+
+def synthetic_npz(shape=(32, 32, 3), n: int = 512) -> str:
+  """A temporary .npz of random uint8 images (the pipeline reads it like user data)."""
+  d = tempfile.mkdtemp(prefix="vdae_bench_")
+  path = os.path.join(d, "synthetic.npz")
+  rng = np.random.default_rng(0)
+  np.savez(path, images=rng.integers(0, 256, size=(n, *shape), dtype=np.uint8))
+  return path
+
+
+def compiled_step(t: trainer.Trainer):
+  """(compiled step, state, frozen, spec, flops per step, batch iterator) for a trainer."""
+  from vdae import data
+
+  spec = t.build()
+  opt, _ = train_state.make_optimizer(spec.lr, spec.warmup, spec.num_steps, t.optim_cfg)
+  state, shardings = train_state.create_sharded(
+    spec.init_params, opt, t.config.seed, t.mesh, t.config.mesh.param_rules
+  )
+  frozen_sh = jax.tree.map(lambda x: x.sharding, spec.frozen)
+  batch_sh = {
+    k: sharding.batch_sharding(t.mesh, 4 if k == "image" else 1)
+    for k in ("image", "label", "index")
+  }
+  step = jax.jit(
+    lambda s, b, f: trainer.train_step(
+      s, b, f, loss_fn=spec.loss_fn, opt=opt, ema_decay=t.ema_decay
+    ),
+    in_shardings=(shardings, batch_sh, frozen_sh),
+    donate_argnums=0,
+  )
+  it = iter(data.train_dataset(t.splits["train"], t.config.data, spec.batch_size, 0, 1))
+  batch = sharding.global_batch(next(it), t.mesh)
+  compiled = step.lower(state, batch, spec.frozen).compile()
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, list) else cost
+  return compiled, state, spec, float(cost.get("flops", 0.0)), it, batch
+
+
+def time_steps(compiled, state, frozen, batch, repeats: int) -> tuple[float, object]:
+  """Median seconds per step (state donated and threaded through)."""
+  holder = {"s": state}
+
+  def one():
+    holder["s"], m = compiled(holder["s"], batch, frozen)
+    return m["loss"]
+
+  return median_time(one, repeats), holder["s"]
+
+
+def pipeline_rate(it, batch_size: int, seconds: float = 3.0) -> float:
+  """Examples/s the Grain pipeline delivers on its own (host side only)."""
+  n, t0 = 0, time.perf_counter()
+  while time.perf_counter() - t0 < seconds:
+    next(it)
+    n += batch_size
+  return n / (time.perf_counter() - t0)
