@@ -13,9 +13,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vdae import checkpoint, data, latent, sampling, sharding, train, train_state
+from vdae import data, latent, restore, sampling, sharding, train
 from vdae import sde as sde_lib
-from vdae.errors import CheckpointError
 from vdae.models import encoder as encoder_lib
 
 log = logging.getLogger(__name__)
@@ -90,39 +89,18 @@ class Models:
 
 def load_encoder(config, workdir, enc_model, image_shape, mesh):
   """Restores the encoder's EMA params from WORKDIR/stage2/checkpoints."""
-  ckpt_dir = os.path.join(workdir, "stage2", "checkpoints")
-  if not os.path.isdir(ckpt_dir) and not ckpt_dir.startswith("gs://"):
-    raise CheckpointError(f"no encoder checkpoint at {ckpt_dir}. Run --mode=train_encoder first.")
-  ckpt = checkpoint.Checkpointer(ckpt_dir, keep=1000, every=1, async_save=False, create=False)
-  try:
-    if ckpt.latest_step() is None:
-      raise CheckpointError(f"no encoder checkpoint in {ckpt_dir}. Run --mode=train_encoder.")
-    meta = ckpt.read_meta()
-    from vdae.trainer import config_json
-
-    if meta["config"].get("encoder") != config_json(config).get("encoder"):
-      raise CheckpointError(
-        f"the encoder checkpoint in {ckpt_dir} was trained with a different `encoder` config."
-      )
-    opt, _ = train_state.make_optimizer(1e-3, 1, 2, config.optim)
-    dummy = jnp.zeros((1, *image_shape), jnp.float32)
-
-    def init(key):
-      params = enc_model.init(key, dummy, jnp.zeros((1,)))["params"]
-      return train_state.TrainState(
-        step=jnp.zeros((), jnp.int32),
-        params=params,
-        opt_state=opt.init(params),
-        ema_params=params,
-        rng=jax.random.key_data(key),
-      )
-
-    abstract = jax.eval_shape(init, jax.random.key(0))
-    shardings = sharding.state_shardings(abstract, mesh, config.mesh.param_rules)
-    _, state = ckpt.restore(checkpoint.abstract_like(abstract, shardings))
-  finally:
-    ckpt.close()
-  return state.ema_params
+  dummy = jnp.zeros((1, *image_shape), jnp.float32)
+  params, _ = restore.restore_params(
+    os.path.join(workdir, "stage2", "checkpoints"),
+    lambda key: enc_model.init(key, dummy, jnp.zeros((1,)))["params"],
+    config,
+    mesh,
+    keys=("model", "sde", "encoder"),
+    image_shape=image_shape,
+    what="encoder",
+    run_first="Run --mode=train_encoder first.",
+  )
+  return params
 
 
 def _split_arrays(m: Models, limit: int | None = None) -> dict[str, np.ndarray]:

@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vdae import checkpoint, losses, sampling, sharding, train_state, writer
+from vdae import losses, restore, sampling, sharding, writer
 from vdae import sde as sde_lib
 from vdae.kernels import fused_step
 from vdae.models import unet
@@ -104,54 +104,21 @@ def load_score_model(config, stage1_dir: str, mesh, image_shape, use_ema: bool =
   Returns (model, params, meta). Raises CheckpointError if the checkpoint is
   missing or was trained with another model / SDE config or image shape.
   """
-  from vdae.errors import CheckpointError
-  from vdae.trainer import config_json
-
-  ckpt_dir = os.path.join(stage1_dir, STAGE, "checkpoints")
-  if not os.path.isdir(ckpt_dir) and not ckpt_dir.startswith("gs://"):
-    raise CheckpointError(
-      f"no stage-1 checkpoint at {ckpt_dir}. Run --mode=pretrain first, or point "
-      "--config.stage2.stage1_workdir at a workdir that has one."
-    )
-  ckpt = checkpoint.Checkpointer(ckpt_dir, keep=1000, every=1, async_save=False, create=False)
-  try:
-    if ckpt.latest_step() is None:
-      raise CheckpointError(f"no stage-1 checkpoint in {ckpt_dir}. Run --mode=pretrain first.")
-    meta = ckpt.read_meta()
-    mine = config_json(config)
-    for key in ("model", "sde"):
-      if meta["config"].get(key) != mine.get(key):
-        diff = sorted(k for k in mine[key] if meta["config"].get(key, {}).get(k) != mine[key][k])
-        raise CheckpointError(
-          f"the stage-1 checkpoint in {ckpt_dir} was trained with a different `{key}` "
-          f"config (differs in: {', '.join(f'{key}.{d}' for d in diff)}). Use the config "
-          "it was trained with."
-        )
-    if tuple(meta["image_shape"]) != tuple(image_shape):
-      raise CheckpointError(
-        f"the stage-1 checkpoint in {ckpt_dir} was trained on images of shape "
-        f"{meta['image_shape']}, but the data has {list(image_shape)}."
-      )
-    model = unet.from_config(config.model, config.sde)
-    opt, _ = train_state.make_optimizer(1e-3, 1, 2, config.optim)
-    dummy = jnp.zeros((1, *image_shape), jnp.float32)
-
-    def init(key):
-      params = model.init(key, dummy, jnp.ones((1,)))["params"]
-      return train_state.TrainState(
-        step=jnp.zeros((), jnp.int32),
-        params=params,
-        opt_state=opt.init(params),
-        ema_params=params,
-        rng=jax.random.key_data(key),
-      )
-
-    abstract = jax.eval_shape(init, jax.random.key(0))
-    shardings = sharding.state_shardings(abstract, mesh, config.mesh.param_rules)
-    _, state = ckpt.restore(checkpoint.abstract_like(abstract, shardings))
-  finally:
-    ckpt.close()
-  return model, (state.ema_params if use_ema else state.params), meta
+  model = unet.from_config(config.model, config.sde)
+  dummy = jnp.zeros((1, *image_shape), jnp.float32)
+  params, meta = restore.restore_params(
+    os.path.join(stage1_dir, STAGE, "checkpoints"),
+    lambda key: model.init(key, dummy, jnp.ones((1,)))["params"],
+    config,
+    mesh,
+    keys=("model", "sde"),
+    image_shape=image_shape,
+    what="stage-1",
+    run_first="Run --mode=pretrain first, or point --config.stage2.stage1_workdir at a "
+    "workdir that has one.",
+    use_ema=use_ema,
+  )
+  return model, params, meta
 
 
 def sample_mode(config, workdir: str) -> str:

@@ -1,0 +1,101 @@
+"""Loading a trained stage for use by another: checks first, then a sharded restore.
+
+Stage 2 reads stage 1 only through its checkpoint and config; decoding and
+evaluation read both. Every reader goes through `restore_params`, so a missing
+checkpoint, or one trained with another config or image shape, fails the same
+clear way before anything is written.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from vdae import checkpoint, sharding, train_state
+from vdae.errors import CheckpointError
+
+
+def config_json(config) -> dict:
+  """The config as plain JSON types (tuples -> lists), as stored in checkpoints."""
+  return json.loads(config.to_json_best_effort())
+
+
+def check_meta(meta: dict, config, keys: Sequence[str], image_shape, where: str, hint: str):
+  """Raises CheckpointError naming the first config group (and its fields) or
+  the image shape that differs between a checkpoint and the current run."""
+  mine = config_json(config)
+  for key in keys:
+    theirs, ours = meta["config"].get(key, {}), mine.get(key, {})
+    if theirs != ours:
+      diff = sorted(k for k in set(theirs) | set(ours) if theirs.get(k) != ours.get(k))
+      raise CheckpointError(
+        f"{where} was trained with a different `{key}` config (differs in: "
+        f"{', '.join(f'{key}.{d}' for d in diff)}). {hint}"
+      )
+  if image_shape is not None and tuple(meta["image_shape"]) != tuple(image_shape):
+    raise CheckpointError(
+      f"{where} was trained on images of shape {meta['image_shape']}, but the data has "
+      f"{list(image_shape)}. {hint}"
+    )
+
+
+def abstract_state(init_params: Callable[[jax.Array], Any], config) -> Any:
+  """The TrainState's shapes and dtypes, without allocating it."""
+  opt, _ = train_state.make_optimizer(1e-3, 1, 2, config.optim)
+
+  def init(key):
+    params = init_params(key)
+    return train_state.TrainState(
+      step=jnp.zeros((), jnp.int32),
+      params=params,
+      opt_state=opt.init(params),
+      ema_params=params,
+      rng=jax.random.key_data(key),
+    )
+
+  return jax.eval_shape(init, jax.random.key(0))
+
+
+def restore_params(
+  ckpt_dir: str,
+  init_params: Callable[[jax.Array], Any],
+  config,
+  mesh,
+  *,
+  keys: Sequence[str],
+  image_shape,
+  what: str,
+  run_first: str,
+  use_ema: bool = True,
+) -> tuple[Any, dict]:
+  """(params, meta) of the newest checkpoint in `ckpt_dir`, laid out on `mesh`.
+
+  keys: config groups that must match the checkpoint's. what / run_first name
+  the checkpoint and the mode that makes it, for the error messages.
+  """
+  if not ckpt_dir.startswith("gs://") and not os.path.isdir(ckpt_dir):
+    raise CheckpointError(f"no {what} checkpoint at {ckpt_dir}. {run_first}")
+  ckpt = checkpoint.Checkpointer(ckpt_dir, keep=1000, every=1, async_save=False, create=False)
+  try:
+    if ckpt.latest_step() is None:
+      raise CheckpointError(f"no {what} checkpoint in {ckpt_dir}. {run_first}")
+    meta = ckpt.read_meta()
+    check_meta(
+      meta,
+      config,
+      keys,
+      image_shape,
+      f"the {what} checkpoint in {ckpt_dir}",
+      "Use the config it was trained with.",
+    )
+    abstract = abstract_state(init_params, config)
+    shardings = sharding.state_shardings(abstract, mesh, config.mesh.param_rules)
+    _, state = ckpt.restore(checkpoint.abstract_like(abstract, shardings))
+  finally:
+    ckpt.close()
+  return (state.ema_params if use_ema else state.params), meta
