@@ -30,4 +30,17 @@ def get_config():
   c.stage2.warmup_steps = 2
   c.sampling.num_steps = 4
   c.sampling.num_samples = 8
+  c.eval.num_test = 16
+  c.eval.num_samples = 16
+  c.eval.batch_size = 8
+  c.eval.bpd_num_images = 4
+  c.eval.classifier_steps = 100
+  c.eval.probe_max_iter = 200
+  c.vae.num_steps = 4
+  c.vae.batch_size = 16
+  c.vae.warmup_steps = 2
+  c.vae.decoder_channels = 8
+  c.vae.log_every = 2
+  c.vae.recon_every = 0
+  c.vae.checkpoint_every = 2
   return c
