@@ -109,6 +109,7 @@ def get_config() -> ml_collections.ConfigDict:
   sp.denoise = True  # final Tweedie denoising step at t = eps
   sp.use_ema = True
   sp.kernel = "auto"  # auto | pallas | reference  (fused step, see vdae/kernels)
+  sp.loop = "auto"  # auto | scan | python  (see sampling.compile_sampler)
 
   # Evaluation (--mode=evaluate) on the held-out test split: metrics to
   # WORKDIR/eval/metrics.json and TensorBoard. Sizes keep digits at ~2 min on CPU.

@@ -21,18 +21,33 @@ log = logging.getLogger(__name__)
 
 
 def make_decode_fn(score_model, enc_model, config, shape):
-  """jit(score_params, enc_params, z [N, L], key) -> x [N, H, W, C]."""
-  sde = sde_lib.from_config(config.sde)
-  sampler = sampling.make_sampler(config.sampling, sde, train.step_spec(config))
+  """f(score_params, enc_params, z [N, L], key, x_init=None) -> x [N, H, W, C]."""
   lv = config.encoder.logvar_term
 
-  def run(score_params, enc_params, z, key, x_init=None):
+  def make_fns(args):
+    score_params, enc_params, z = args
     eps_fn = train.eps_fn_for(score_model, score_params, config)
     encode_fn = lambda x, t: enc_model.apply({"params": enc_params}, x, t)
-    corr_fn = lambda x, t: latent.correction_score(encode_fn, x, t, z, lv)
-    return sampler(eps_fn, shape, key, corr_fn=corr_fn, x_init=x_init)
+    return eps_fn, lambda x, t: latent.correction_score(encode_fn, x, t, z, lv)
 
-  return jax.jit(run)
+  return Decoder(
+    sampling.compile_sampler(
+      make_fns, config.sampling, sde_lib.from_config(config.sde), train.step_spec(config), shape
+    )
+  )
+
+
+class Decoder:
+  """decode(score_params, enc_params, z, key, x_init=None) -> x, compiled per shape."""
+
+  def __init__(self, sampler: sampling.CompiledSampler):
+    self._sampler = sampler
+
+  def __call__(self, score_params, enc_params, z, key, x_init=None):
+    return self._sampler((score_params, enc_params, z), key, x_init)
+
+  def precompile(self, score_params, enc_params, z, key, x_init=None) -> None:
+    self._sampler.precompile((score_params, enc_params, z), key, x_init)
 
 
 def make_encode_fn(enc_model):
@@ -72,15 +87,19 @@ class Models:
     self.encoder = encoder_lib.from_config(config.encoder, config.model, config.sde)
     self.enc_params = load_encoder(config, workdir, self.encoder, self.image_shape, self.mesh)
     self._encode = make_encode_fn(self.encoder)
+    self._decoders = {}
 
   def encode(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     mu, lv = self._encode(self.enc_params, jnp.asarray(x))
     return np.asarray(mu), np.asarray(lv)
 
   def decode(self, z: np.ndarray, seed: int, config=None, x_init=None) -> np.ndarray:
-    fn = make_decode_fn(
-      self.score_model, self.encoder, config or self.config, (z.shape[0], *self.image_shape)
-    )
+    key = (z.shape, id(config))
+    if key not in self._decoders:
+      self._decoders[key] = make_decode_fn(
+        self.score_model, self.encoder, config or self.config, (z.shape[0], *self.image_shape)
+      )
+    fn = self._decoders[key]
     x_init = None if x_init is None else jnp.asarray(x_init)
     return np.asarray(
       fn(self.score_params, self.enc_params, jnp.asarray(z), jax.random.key(seed), x_init)

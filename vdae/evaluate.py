@@ -176,7 +176,8 @@ def _decoder(m: decode.Models, config, method: str, z0: np.ndarray):
   with cfg.unlocked():
     cfg.sampling.method = method
   fn = decode.make_decode_fn(m.score_model, m.encoder, cfg, (len(z0), *m.image_shape))
-  return fn.lower(m.score_params, m.enc_params, jnp.asarray(z0), jax.random.key(0)).compile()
+  fn.precompile(m.score_params, m.enc_params, jnp.asarray(z0), jax.random.key(0))
+  return fn
 
 
 def decode_all(m: decode.Models, compiled, z: np.ndarray, batch: int, seed: int):

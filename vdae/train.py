@@ -82,16 +82,17 @@ class Pretrainer(Trainer):
 
 
 def make_sample_fn(model, config, shape, mesh):
-  """jit(params, key) -> samples [N, H, W, C], samples sharded over the batch axes."""
+  """f(params, key) -> samples [N, H, W, C], replicated (any process can read them)."""
   sde = sde_lib.from_config(config.sde)
-  sampler = sampling.make_sampler(config.sampling, sde, step_spec(config))
-  n_dev = mesh.devices.size
-  out_sh = sharding.batch_sharding(mesh, 4) if shape[0] % n_dev == 0 else sharding.replicated(mesh)
-
-  def run(params, key):
-    return sampler(eps_fn_for(model, params, config), shape, key)
-
-  return jax.jit(run, out_shardings=out_sh)
+  fn = sampling.compile_sampler(
+    lambda params: (eps_fn_for(model, params, config), None),
+    config.sampling,
+    sde,
+    step_spec(config),
+    shape,
+    out_sharding=sharding.replicated(mesh),
+  )
+  return lambda params, key: fn(params, key)
 
 
 def pretrain(config, workdir: str):
