@@ -45,21 +45,16 @@ def interpolate(config, workdir: str):
 
 
 def run_all(config, workdir: str):
-  """Stage 1, stage 2, then evaluation, each resuming where a previous run stopped."""
-  import importlib
+  """Stage 1, stage 2, the VAE baseline, then evaluation (pictures and metrics).
 
-  from vdae import train
+  Each step resumes where a previous run stopped, so re-running `all` after an
+  interruption finishes the job without redoing what is done.
+  """
+  from vdae import decode, evaluate, train, train_encoder, vae
 
   train.pretrain(config, workdir)
-  steps = [
-    ("vdae.train_encoder", "train_encoder"),
-    ("vdae.decode", "reconstruct_mode"),
-    ("vdae.evaluate", "evaluate"),
-  ]
-  for module, fn in steps:
-    try:
-      mod = importlib.import_module(module)
-    except ModuleNotFoundError:
-      log.warning("%s is not available in this build; stopping after it", module)
-      return
-    getattr(mod, fn)(config, workdir)
+  train_encoder.train_encoder(config, workdir)
+  vae.train_vae(config, workdir)
+  for mode in (decode.reconstruct_mode, decode.sample_mode, decode.interpolate_mode):
+    mode(config, workdir)
+  return evaluate.evaluate(config, workdir)
