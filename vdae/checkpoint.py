@@ -19,6 +19,7 @@ from typing import Any
 import grain
 import jax
 import orbax.checkpoint as ocp
+from etils import epath
 
 from vdae.errors import CheckpointError
 
@@ -67,15 +68,28 @@ class Checkpointer:
     return steps[-1] if steps else None
 
   def read_meta(self, step: int | None = None) -> dict:
-    step = self.latest_step() if step is None else step
-    if step is None:
+    """The run metadata of `step`, or of the newest checkpoint whose metadata reads."""
+    if step is not None:
+      return self._read_meta(step)
+    steps = list(reversed(self.steps()))
+    if not steps:
       raise CheckpointError(f"no checkpoint in {self.directory}.")
+    for s in steps[:-1]:
+      try:
+        return self._read_meta(s)
+      except CheckpointError as e:  # restore() skips that checkpoint as damaged too
+        log.warning("%s", e)
+    return self._read_meta(steps[-1])
+
+  def _read_meta(self, step: int) -> dict:
     path = os.path.join(self.directory, str(step), "meta", "metadata")
     try:
-      with open(path) as f:
+      with epath.Path(path).open() as f:  # epath: gs:// workdirs too
         return json.load(f)
     except (OSError, ValueError) as e:
-      raise CheckpointError(f"checkpoint {self.directory}/{step}: unreadable metadata ({e}).") from e
+      raise CheckpointError(
+          f"checkpoint {self.directory}/{step}: unreadable metadata ({e})."
+      ) from e
 
   # --- save / restore ----------------------------------------------------------
   def save(self, step: int, state: Any, data_iter: Any | None, meta: dict, force=False) -> bool:
@@ -89,8 +103,11 @@ class Checkpointer:
   ) -> tuple[int, Any]:
     """Restores the newest readable checkpoint (or `step`) into the sharded target.
 
-    A newest checkpoint that fails to restore is skipped, with a warning, for
-    the one before it; if none restores, a CheckpointError says so.
+    A newest checkpoint that fails to restore (or whose metadata does not
+    read) is skipped, with a warning, for the one before it, and moved aside to
+    `<directory>.damaged/<step>` so the run can write that step again (Orbax
+    refuses to overwrite a step) and its bytes stay there to inspect. If none
+    restores, a CheckpointError says so and nothing is moved.
     """
     candidates = [step] if step is not None else list(reversed(self.steps()))
     if not candidates:
@@ -101,9 +118,11 @@ class Checkpointer:
       if data_iter is not None:
         items["data"] = grain.checkpoint.CheckpointRestore(data_iter)
       try:
+        self._read_meta(s)
         out = self._mngr.restore(s, args=ocp.args.Composite(**items))
         if errors:
           log.warning("restored step %d after skipping damaged newer checkpoint(s): %s", s, errors)
+          self._move_aside([c for c in candidates if c > s])
         return s, out["state"]
       except Exception as e:  # noqa: BLE001 - any failure means "damaged"; try older
         log.warning("checkpoint %s/%d could not be restored (%s); trying the one before",
@@ -113,6 +132,21 @@ class Checkpointer:
         f"none of the checkpoints in {self.directory} could be restored ({'; '.join(errors)}). "
         "Move the directory aside to start afresh."
     )
+
+  def _move_aside(self, steps: list[int]) -> None:
+    """Renames damaged step directories out of the manager's sight (process 0
+    renames, every process waits for it, then re-lists the steps)."""
+    aside = epath.Path(self.directory.rstrip("/") + ".damaged")
+    if jax.process_index() == 0:
+      aside.mkdir(parents=True, exist_ok=True)
+      for s in steps:
+        dst, n = aside / str(s), 1
+        while dst.exists():
+          dst, n = aside / f"{s}.{n}", n + 1
+        (epath.Path(self.directory) / str(s)).rename(dst)
+        log.warning("moved damaged checkpoint %s/%d to %s", self.directory, s, dst)
+    ocp.multihost.sync_global_processes("vdae_checkpoint_move_aside")
+    self._mngr.reload()
 
   def wait(self) -> None:
     self._mngr.wait_until_finished()

@@ -66,8 +66,27 @@ def main(argv):
     sys.exit(2)
 
 
+def _parse_flags(argv: list[str]) -> list[str]:
+  """absl's flag parser, but a --config.<field> the config lacks is one line, exit 2.
+
+  ml_collections raises AttributeError/KeyError (not a flags.Error) for an
+  unknown field, which absl would print as a 60-line traceback.
+  """
+  try:
+    return app.parse_flags_with_usage(argv)
+  except (AttributeError, KeyError) as e:
+    detail = str(e.args[0] if e.args else e).replace("\\n", " ").replace("\n", " ")
+    detail = detail.replace("\\'", "").replace("'", "")  # KeyError's nested reprs
+    detail = detail.replace(" Did you mean", ". Did you mean")
+    print(
+      f"vdae: error: a --config.* flag names a field the config does not have: {detail}",
+      file=sys.stderr,
+    )
+    sys.exit(2)
+
+
 def run():
-  app.run(main)
+  app.run(main, flags_parser=_parse_flags)
 
 
 if __name__ == "__main__":

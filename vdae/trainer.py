@@ -190,6 +190,7 @@ class Trainer:
     if start == 0:
       tb.text(0, "config", "```\n" + cfg.to_json_best_effort(indent=2) + "\n```")
     preempt = runtime.Preemption()
+    preempt.reached(start)  # report our step before the long compile (see Preemption)
     flops, compiled = None, None
     last_t, last_step = time.perf_counter(), start
     bar = _progress(start, spec.num_steps, self.stage)
@@ -221,12 +222,14 @@ class Trainer:
         if spec.image_every and step % spec.image_every == 0:
           for tag, ims in self.images(state, step).items():
             tb.image(step, tag, ims)
+        saved = False
         if step % spec.checkpoint_every == 0 or step == spec.num_steps:
           self._check_finite(jax.device_get(metrics), step, ckpt)
-          ckpt.save(step, state, it, self.meta(), force=True)
+          saved = ckpt.save(step, state, it, self.meta(), force=True)
         if preempt.reached(step):
-          self._check_finite(jax.device_get(metrics), step, ckpt)
-          ckpt.save(step, state, it, self.meta(), force=True)
+          if not saved:  # a second save of the same step is an Orbax error
+            self._check_finite(jax.device_get(metrics), step, ckpt)
+            ckpt.save(step, state, it, self.meta(), force=True)
           ckpt.wait()
           log.warning("%s: preempted; checkpoint saved at step %d", self.stage, step)
           raise SystemExit(143)
@@ -234,6 +237,7 @@ class Trainer:
       bar.close()
       ckpt.close()
       tb.close()
+      preempt.close()
     return state
 
   optim_cfg = property(lambda self: self.config.optim)

@@ -1,0 +1,213 @@
+"""Subprocess plumbing for the multi-process, fault and bad-input tests.
+
+Every child runs in its own session (so a kill reaches all of it) with a hard
+timeout, and is killed if the test fails. Runs share one persistent XLA
+compilation cache: the same program (same config, same device layout) is
+compiled once per cache, not once per restart; results are bit-identical
+either way, the cache only saves time.
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DRIVER = os.path.join(ROOT, "tests", "multihost_driver.py")
+LAUNCH = os.path.join(ROOT, "launch")
+
+# configs/tiny.py made cheaper to compile (one resolution, one block, no
+# attention) and with a constant schedule, so num_steps is not baked into the
+# step and runs of different lengths share compiled programs.
+MINI = (
+  "--config=configs/tiny.py",
+  "--config.model.num_res_blocks=1",
+  "--config.model.attn_resolutions=()",
+  "--config.model.channel_mults=(1,)",
+  "--config.encoder.channel_mults=(1,)",
+  "--config.encoder.num_res_blocks=1",
+  "--config.optim.schedule=constant",
+)
+
+
+def compile_cache(request, tmp_path_factory) -> str:
+  """The cache directory: pytest's cache dir (kept between sessions) if enabled,
+  else the session's (tests/conftest.py), else a new one."""
+  cache = getattr(request.config, "cache", None)
+  if cache is not None:
+    return str(cache.mkdir("vdae_xla_compile_cache"))
+  return os.environ.get("JAX_COMPILATION_CACHE_DIR") or str(tmp_path_factory.mktemp("xla"))
+
+
+def free_port() -> int:
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+def child_env(cache_dir: str, devices: int = 4, **extra: str) -> dict[str, str]:
+  """Environment of a child: CPU only, `devices` forced devices, the shared cache."""
+  env = dict(os.environ)
+  for k in ("VDAE_COORDINATOR", "VDAE_NUM_PROCESSES", "VDAE_PROCESS_ID"):
+    env.pop(k, None)
+  env.update(
+    JAX_PLATFORMS="cpu",
+    XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+    JAX_COMPILATION_CACHE_DIR=cache_dir,
+    JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+    JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0",
+    PYTHON=sys.executable,
+    PYTHONPATH=ROOT,
+    PYTHONUNBUFFERED="1",
+    **extra,
+  )
+  return env
+
+
+class Proc:
+  """A child process in its own session, output to a log file."""
+
+  def __init__(self, argv: Sequence[str], env: dict[str, str], log: str):
+    self.log = log
+    os.makedirs(os.path.dirname(log), exist_ok=True)
+    self._f = open(log, "wb")  # noqa: SIM115 - closed in wait()/kill()
+    self.p = subprocess.Popen(
+      list(argv),
+      cwd=ROOT,
+      env=env,
+      stdout=self._f,
+      stderr=subprocess.STDOUT,
+      start_new_session=True,
+    )
+    self.t0 = time.monotonic()
+
+  @property
+  def pid(self) -> int:
+    return self.p.pid
+
+  def output(self) -> str:
+    with open(self.log, errors="replace") as f:
+      return f.read()
+
+  def running(self) -> bool:
+    return self.p.poll() is None
+
+  def signal(self, sig: int) -> None:
+    """Sends `sig` to the child itself (not its session)."""
+    if self.running():
+      os.kill(self.p.pid, sig)
+
+  def kill(self) -> None:
+    """SIGKILL to the child's whole session."""
+    if self.running():
+      try:
+        os.killpg(self.p.pid, signal.SIGKILL)
+      except ProcessLookupError:
+        pass
+    self.p.wait(timeout=30)
+    self._f.close()
+
+  def wait(self, timeout: float) -> int:
+    """Exit status; on timeout the child is killed and the test fails."""
+    try:
+      rc = self.p.wait(timeout=timeout)
+    except subprocess.TimeoutExpired as e:
+      self.kill()
+      raise AssertionError(f"timed out after {timeout}s:\n{self.output()[-4000:]}") from e
+    self._f.close()
+    return rc
+
+
+def run(argv: Sequence[str], env: dict[str, str], log: str, timeout: float) -> tuple[int, str]:
+  """Runs a child to the end: (exit status, output)."""
+  p = Proc(argv, env, log)
+  try:
+    rc = p.wait(timeout)
+  finally:
+    p.kill()
+  return rc, p.output()
+
+
+def driver(*flags: str) -> list[str]:
+  return [sys.executable, "-u", DRIVER, *MINI, *flags]
+
+
+def wait_for(cond, timeout: float, what: str, procs: Sequence[Proc] = ()) -> None:
+  """Polls `cond()` until true; fails (naming `what`) on timeout or if a proc exits."""
+  t_end = time.monotonic() + timeout
+  while not cond():
+    for p in procs:
+      if not p.running():
+        raise AssertionError(f"exited ({p.p.returncode}) before {what}:\n{p.output()[-4000:]}")
+    if time.monotonic() > t_end:
+      raise AssertionError(f"timed out waiting for {what}")
+    time.sleep(0.05)
+
+
+# --- reading what a run wrote ------------------------------------------------------
+def steps(ckpt_dir: str) -> list[int]:
+  """Committed step directories (Orbax writes tmp dirs and renames them)."""
+  if not os.path.isdir(ckpt_dir):
+    return []
+  return sorted(int(d) for d in os.listdir(ckpt_dir) if d.isdigit())
+
+
+def read_state(ckpt_dir: str, step: int | None = None) -> dict:
+  """A checkpoint's train state as numpy, whatever process count wrote it."""
+  import jax
+  import orbax.checkpoint as ocp
+
+  step = steps(ckpt_dir)[-1] if step is None else step
+  path = os.path.join(ckpt_dir, str(step), "state")
+  ckptr = ocp.StandardCheckpointer()
+  tree = ckptr.metadata(path).item_metadata.tree
+  target = jax.tree.map(lambda m: np.zeros(m.shape, m.dtype), tree)
+  return ckptr.restore(path, target)
+
+
+def read_scalars(tb_dir: str, tag: str) -> dict[int, float]:
+  """{step: value} of one scalar from every event file under tb_dir."""
+  from tensorboard.backend.event_processing import event_accumulator
+
+  out = {}
+  for f in sorted(glob.glob(os.path.join(tb_dir, "events.out.tfevents.*"))):
+    acc = event_accumulator.EventAccumulator(f, size_guidance={"scalars": 0})
+    acc.Reload()
+    if tag in acc.Tags()["scalars"]:
+      out.update({e.step: e.value for e in acc.Scalars(tag)})
+  return out
+
+
+def assert_trees_close(a, b, rtol: float = 1e-5, atol: float = 1e-6, what: str = "") -> None:
+  import jax
+
+  la, lb = jax.tree_util.tree_flatten_with_path(a)[0], jax.tree_util.tree_flatten_with_path(b)[0]
+  assert [p for p, _ in la] == [p for p, _ in lb], f"{what}: different tree structure"
+  for (path, x), (_, y) in zip(la, lb):
+    np.testing.assert_allclose(
+      np.asarray(x),
+      np.asarray(y),
+      rtol=rtol,
+      atol=atol,
+      err_msg=f"{what}{jax.tree_util.keystr(path)}",
+    )
+
+
+def snapshot(root: str) -> dict[str, str]:
+  """{relative path: sha256} of every file under root."""
+  out = {}
+  for dp, _, fs in os.walk(root):
+    for f in fs:
+      p = os.path.join(dp, f)
+      with open(p, "rb") as fh:
+        out[os.path.relpath(p, root)] = hashlib.sha256(fh.read()).hexdigest()
+  return out

@@ -1,0 +1,230 @@
+"""Surviving faults, for real, in child processes: SIGKILL at random moments
+(some of them in the middle of an async checkpoint save), SIGTERM, damaged
+checkpoint files, and a non-finite loss. Each run resumes to exactly the
+parameters of an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import re
+import shutil
+import signal
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from tests import procs
+
+pytestmark = pytest.mark.slow
+
+N = 16  # steps of every full run here
+
+
+@pytest.fixture(scope="module")
+def cache(request, tmp_path_factory) -> str:
+  return procs.compile_cache(request, tmp_path_factory)
+
+
+def _stage1(cache: str, wd: str, *flags: str, timeout: float = 240) -> tuple[int, str]:
+  log = os.path.join(os.path.dirname(wd), f"{os.path.basename(wd)}.log")
+  return procs.run(
+    procs.driver(f"--workdir={wd}", "--stages=pretrain", *flags),
+    procs.child_env(cache),
+    log,
+    timeout,
+  )
+
+
+def _ckpt(wd: str) -> str:
+  return os.path.join(wd, "stage1", "checkpoints")
+
+
+@pytest.fixture(scope="module")
+def reference(cache, tmp_path_factory) -> dict:
+  """The final state of an uninterrupted N-step run."""
+  wd = str(tmp_path_factory.mktemp("ref") / "wd")
+  rc, out = _stage1(cache, wd, f"--config.training.num_steps={N}")
+  assert rc == 0, out[-4000:]
+  return procs.read_state(_ckpt(wd), N)
+
+
+@pytest.fixture(scope="module")
+def six_steps(cache, tmp_path_factory) -> str:
+  """A workdir stopped after 6 of N steps, checkpoints at 2, 4, 6 (tests copy it)."""
+  wd = str(tmp_path_factory.mktemp("six") / "wd")
+  rc, out = _stage1(
+    cache, wd, "--config.training.num_steps=6", "--config.training.checkpoint_every=2"
+  )
+  assert rc == 0, out[-4000:]
+  assert procs.steps(_ckpt(wd)) == [2, 4, 6]
+  return wd
+
+
+def _tmp_dirs(ckpt_dir: str) -> list[str]:
+  if not os.path.isdir(ckpt_dir):
+    return []
+  return [d for d in os.listdir(ckpt_dir) if not d.isdigit()]
+
+
+@pytest.mark.timeout(300)
+def test_sigkill_at_random_moments_then_resume(cache, reference, tmp_path):
+  """4 SIGKILLs, each followed by a restart; every other one lands while an
+  async save is being written. No kill leaves a checkpoint that restore trips
+  over, and the last run ends on the uninterrupted run's parameters."""
+  rng = random.Random(5)
+  wd = str(tmp_path / "wd")
+  flags = (
+    f"--workdir={wd}",
+    "--stages=pretrain",
+    f"--config.training.num_steps={N}",
+    "--config.training.checkpoint_every=1",
+    "--config.training.async_checkpointing=True",
+  )
+  ck = _ckpt(wd)
+  mid_save = 0
+  for kill in range(4):
+    before, leftovers = procs.steps(ck), set(_tmp_dirs(ck))
+    saving = lambda old=leftovers: set(_tmp_dirs(ck)) - old  # a save of this run in flight
+    p = procs.Proc(procs.driver(*flags), procs.child_env(cache), str(tmp_path / f"run{kill}.log"))
+    try:
+      if kill % 2:  # the moment a save is being written
+        procs.wait_for(saving, 120, "a checkpoint save", [p])
+      else:  # a random moment once training is under way
+        started = lambda b=before, saving=saving: procs.steps(ck) != b or saving()
+        procs.wait_for(started, 120, "training", [p])
+        _sleep_while_running(p, rng.uniform(0.0, 1.5))
+      assert p.running(), "the run ended before it could be killed; raise N"
+      mid_save += bool(saving())
+      p.kill()
+    finally:
+      p.kill()
+    out = p.output()
+    if before:  # the restart restored the newest complete checkpoint, nothing damaged
+      assert f"stage1: resumed from step {before[-1]}" in out, out[-3000:]
+    assert "could not be restored" not in out, out[-3000:]
+  assert mid_save >= 2
+  rc, out = procs.run(procs.driver(*flags), procs.child_env(cache), str(tmp_path / "last.log"), 240)
+  assert rc == 0, out[-4000:]
+  assert "could not be restored" not in out
+  assert re.search(r"stage1: resumed from step \d+", out), out[-3000:]
+  assert not _tmp_dirs(ck)  # leftovers of killed saves were cleaned up
+  procs.assert_trees_close(reference, procs.read_state(ck, N), rtol=1e-6, atol=1e-7)
+
+
+def _sleep_while_running(p: procs.Proc, seconds: float) -> None:
+  t_end = time.monotonic() + seconds
+  while time.monotonic() < t_end and p.running():
+    time.sleep(0.02)
+
+
+@pytest.mark.timeout(240)
+def test_sigterm_saves_at_the_next_step_and_exits_143(cache, reference, tmp_path):
+  wd = str(tmp_path / "wd")
+  flags = (
+    f"--workdir={wd}",
+    "--stages=pretrain",
+    f"--config.training.num_steps={N}",
+    "--config.training.checkpoint_every=1000",
+  )  # only the preemption save
+  p = procs.Proc(procs.driver(*flags), procs.child_env(cache), str(tmp_path / "cut.log"))
+  try:
+    tb = os.path.join(wd, "tensorboard", "stage1")
+    procs.wait_for(lambda: os.path.isdir(tb) and os.listdir(tb), 120, "training", [p])
+    p.signal(signal.SIGTERM)
+    rc = p.wait(timeout=120)
+  finally:
+    p.kill()
+  out = p.output()
+  assert rc == 143, out[-4000:]
+  k = int(re.search(r"stage1: preempted; checkpoint saved at step (\d+)", out).group(1))
+  assert procs.steps(_ckpt(wd)) == [k] and k < N
+  rc, out = _stage1(
+    cache, wd, f"--config.training.num_steps={N}", "--config.training.checkpoint_every=1000"
+  )
+  assert rc == 0, out[-4000:]
+  assert f"stage1: resumed from step {k}" in out
+  procs.assert_trees_close(reference, procs.read_state(_ckpt(wd), N), rtol=1e-6, atol=1e-7)
+
+
+def _largest_array_file(step_dir: str) -> str:
+  """The biggest array data file (OCDBT `d/` chunk) of a checkpoint step."""
+  files = [
+    os.path.join(dp, f)
+    for dp, _, fs in os.walk(os.path.join(step_dir, "state"))
+    if os.path.basename(dp) == "d"
+    for f in fs
+  ]
+  return max(files, key=os.path.getsize)
+
+
+@pytest.mark.timeout(240)
+def test_damaged_newest_checkpoints_are_skipped_and_moved_aside(
+  cache, reference, six_steps, tmp_path
+):
+  wd = str(tmp_path / "wd")
+  shutil.copytree(six_steps, wd)
+  ck = _ckpt(wd)
+  with open(_largest_array_file(os.path.join(ck, "6")), "r+b") as f:
+    f.truncate(100)  # step 6: an array file cut short
+  os.remove(os.path.join(ck, "4", "meta", "metadata"))  # step 4: its metadata gone
+  damaged6 = procs.snapshot(os.path.join(ck, "6"))
+  rc, out = _stage1(
+    cache, wd, f"--config.training.num_steps={N}", "--config.training.checkpoint_every=2"
+  )
+  assert rc == 0, out[-4000:]
+  assert f"{ck}/6 could not be restored" in out and f"{ck}/4 could not be restored" in out
+  assert "stage1: resumed from step 2" in out
+  assert sorted(os.listdir(ck + ".damaged")) == ["4", "6"]
+  assert procs.snapshot(os.path.join(ck + ".damaged", "6")) == damaged6  # kept as it was
+  procs.assert_trees_close(reference, procs.read_state(ck, N), rtol=1e-6, atol=1e-7)
+
+  # Nothing restorable: a clear error, and nothing moved or deleted.
+  wd2 = str(tmp_path / "wd2")
+  shutil.copytree(six_steps, wd2)
+  for s in (2, 4, 6):
+    os.remove(_largest_array_file(os.path.join(_ckpt(wd2), str(s))))
+  before = procs.snapshot(wd2)
+  rc, out = _stage1(cache, wd2, f"--config.training.num_steps={N}")
+  assert rc == 2, out[-4000:]
+  assert "vdae: error: none of the checkpoints" in out and "Traceback" not in out
+  assert procs.snapshot(wd2) == before
+
+
+@pytest.mark.timeout(240)
+def test_nonfinite_loss_stop_keeps_the_last_good_checkpoint(cache, six_steps, tmp_path):
+  wd = str(tmp_path / "wd")
+  shutil.copytree(six_steps, wd)
+  before = procs.snapshot(_ckpt(wd))
+  # lr=1e30: step 7's update makes the weights ~1e30 and step 8's loss overflow.
+  rc, out = _stage1(
+    cache,
+    wd,
+    f"--config.training.num_steps={N}",
+    "--config.optim.lr=1e30",
+    "--config.training.checkpoint_every=2",
+  )
+  assert rc == 2, out[-4000:]
+  assert re.search(r"vdae: error: stage1: non-finite loss or gradient at or before step \d+", out)
+  assert "the last good checkpoint is step 6" in out and "Traceback" not in out
+  assert procs.snapshot(_ckpt(wd)) == before  # nothing written, nothing lost
+
+  # training.on_nonfinite=skip: the run goes on, non-finite updates are not
+  # applied (the state stays finite) and the metric says how often.
+  rc, out = _stage1(
+    cache,
+    wd,
+    f"--config.training.num_steps={N}",
+    "--config.optim.lr=1e30",
+    "--config.training.checkpoint_every=2",
+    "--config.training.on_nonfinite=skip",
+  )
+  assert rc == 0, out[-4000:]
+  state = procs.read_state(_ckpt(wd), N)
+  for leaf in (state["params"], state["opt_state"], state["ema_params"]):
+    assert all(np.isfinite(x).all() for x in jax.tree.leaves(leaf))
+  flags = procs.read_scalars(os.path.join(wd, "tensorboard", "stage1"), "train/nonfinite")
+  assert flags[N] == 1.0 and flags[2] == 0.0
