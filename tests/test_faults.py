@@ -150,15 +150,16 @@ def test_sigterm_saves_at_the_next_step_and_exits_143(cache, reference, tmp_path
   procs.assert_trees_close(reference, procs.read_state(_ckpt(wd), N), rtol=1e-6, atol=1e-7)
 
 
-def _largest_array_file(step_dir: str) -> str:
-  """The biggest array data file (OCDBT `d/` chunk) of a checkpoint step."""
-  files = [
+def _array_files(step_dir: str) -> list[str]:
+  """The array data files of a checkpoint step: each process's OCDBT `d/` chunks
+  (the top-level `state/d/` holds index nodes a restore need not read)."""
+  state = os.path.join(step_dir, "state")
+  return [
     os.path.join(dp, f)
-    for dp, _, fs in os.walk(os.path.join(step_dir, "state"))
-    if os.path.basename(dp) == "d"
+    for dp, _, fs in os.walk(state)
+    if os.path.basename(dp) == "d" and os.path.basename(os.path.dirname(dp)).startswith("ocdbt.")
     for f in fs
   ]
-  return max(files, key=os.path.getsize)
 
 
 @pytest.mark.timeout(240)
@@ -168,8 +169,9 @@ def test_damaged_newest_checkpoints_are_skipped_and_moved_aside(
   wd = str(tmp_path / "wd")
   shutil.copytree(six_steps, wd)
   ck = _ckpt(wd)
-  with open(_largest_array_file(os.path.join(ck, "6")), "r+b") as f:
-    f.truncate(100)  # step 6: an array file cut short
+  for path in _array_files(os.path.join(ck, "6")):
+    with open(path, "r+b") as f:
+      f.truncate(100)  # step 6: array files cut short
   os.remove(os.path.join(ck, "4", "meta", "metadata"))  # step 4: its metadata gone
   damaged6 = procs.snapshot(os.path.join(ck, "6"))
   rc, out = _stage1(
@@ -186,7 +188,8 @@ def test_damaged_newest_checkpoints_are_skipped_and_moved_aside(
   wd2 = str(tmp_path / "wd2")
   shutil.copytree(six_steps, wd2)
   for s in (2, 4, 6):
-    os.remove(_largest_array_file(os.path.join(_ckpt(wd2), str(s))))
+    for path in _array_files(os.path.join(_ckpt(wd2), str(s))):
+      os.remove(path)
   before = procs.snapshot(wd2)
   rc, out = _stage1(cache, wd2, f"--config.training.num_steps={N}")
   assert rc == 2, out[-4000:]
