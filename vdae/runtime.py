@@ -31,7 +31,7 @@ def initialize(runtime_cfg) -> None:
     # Cross-process collectives on the CPU backend (localhost tests). Set it
     # unconditionally: asking jax.default_backend() first would initialise the
     # backends, after which jax.distributed.initialize refuses to run. gloo is
-    # the default in jax >= 0.5 anyway, so on TPU/GPU this changes nothing.
+    # already the default in jax 0.10, so on TPU/GPU this changes nothing.
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
     local_ids = runtime_cfg.local_device_ids or os.environ.get("VDAE_LOCAL_DEVICE_IDS", "")
     jax.distributed.initialize(
