@@ -49,7 +49,9 @@ class Checkpointer:
   """Saves and restores {state, data iterator, meta} for one training stage."""
 
   def __init__(self, directory: str, *, keep: int, every: int, async_save: bool, create=True):
-    self.directory = os.fspath(directory)
+    directory = os.fspath(directory)
+    # Orbax requires absolute paths; users type relative ones (runs/digits).
+    self.directory = directory if "://" in directory else os.path.abspath(directory)
     self.every = every
     options = ocp.CheckpointManagerOptions(
         max_to_keep=keep,
