@@ -209,8 +209,8 @@ class CompiledSampler:
     if self.loop == "scan":
       self._whole = self._whole.lower(args, key, x_init).compile()
       return
+    carry = jax.eval_shape(self._init, args, key, x_init)  # before it becomes AOT-compiled
     self._init = self._init.lower(args, key, x_init).compile()
-    carry = jax.eval_shape(self._init, args, key, x_init)
     self._step = self._step.lower(args, jnp.int32(0), carry).compile()
     self._finish = self._finish.lower(args, carry).compile()
 
