@@ -114,10 +114,12 @@ def implementations(op: str, spec: fs.StepSpec, on_accel: bool) -> dict[str, Cal
   """
   step = op == "step"
   impls = {
-      "reference": jax.jit(
-          functools.partial(
-              fs.reference_reverse_step if step else fs.reference_stage2_residual, spec=spec)),
-      "unfused": unfused_step(spec) if step else unfused_residual(spec),
+    "reference": jax.jit(
+      functools.partial(
+        fs.reference_reverse_step if step else fs.reference_stage2_residual, spec=spec
+      )
+    ),
+    "unfused": unfused_step(spec) if step else unfused_residual(spec),
   }
   if on_accel:
     from vdae.kernels import pallas_fused_step as pf
@@ -131,13 +133,21 @@ def main(argv: list[str] | None = None) -> None:
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   p.add_argument("--repeats", type=int, default=20, help="timed calls per case (>= 1)")
   p.add_argument("--warmup", type=int, default=2, help="untimed calls first (compile)")
-  p.add_argument("--shapes", type=parse_shapes, default=parse_shapes(DEFAULT_SHAPES),
-                 help=f"comma list of BxD (default {DEFAULT_SHAPES})")
+  p.add_argument(
+    "--shapes",
+    type=parse_shapes,
+    default=parse_shapes(DEFAULT_SHAPES),
+    help=f"comma list of BxD (default {DEFAULT_SHAPES})",
+  )
   p.add_argument("--op", choices=("step", "residual", "all"), default="all")
   p.add_argument("--sde", choices=("vp", "subvp", "ve"), default="vp")
   p.add_argument("--temb-dim", type=int, default=128)
-  p.add_argument("--max-seconds", type=float, default=100.0,
-                 help="overall time budget; cases past it are skipped")
+  p.add_argument(
+    "--max-seconds",
+    type=float,
+    default=100.0,
+    help="overall time budget; cases past it are skipped",
+  )
   args = p.parse_args(argv)
   if args.repeats < 1 or args.warmup < 0:
     p.error("--repeats must be >= 1 and --warmup >= 0")
@@ -146,11 +156,15 @@ def main(argv: list[str] | None = None) -> None:
   on_accel = backend in ("gpu", "tpu")
   spec = fs.StepSpec(sde_lib.SDE(kind=args.sde), temb_dim=args.temb_dim, time_scale=1000.0)
   deadline = time.perf_counter() + args.max_seconds
-  print(f"backend={backend} device={jax.devices()[0].device_kind} sde={args.sde} "
-        f"temb_dim={args.temb_dim} repeats={args.repeats} (median per call)")
+  print(
+    f"backend={backend} device={jax.devices()[0].device_kind} sde={args.sde} "
+    f"temb_dim={args.temb_dim} repeats={args.repeats} (median per call)"
+  )
   if not on_accel:
-    print("kernel: not timed on CPU -- the Pallas kernel needs an accelerator (GPU/TPU); "
-          "here it only runs in interpret mode, an emulator for tests.")
+    print(
+      "kernel: not timed on CPU -- the Pallas kernel needs an accelerator (GPU/TPU); "
+      "here it only runs in interpret mode, an emulator for tests."
+    )
   print(f"{'op':<9}{'B x D':<12}{'impl':<11}{'time/call':>12}{'GB/s':>9}{'vs ref':>9}")
 
   ops = ("step", "residual") if args.op == "all" else (args.op,)
@@ -175,8 +189,11 @@ def main(argv: list[str] | None = None) -> None:
         call = functools.partial(fn, *operands)
         sec = time_call(call, args.repeats, args.warmup, deadline)
         ref_time = sec if name == "reference" else ref_time
-        print(f"{op:<9}{f'{b}x{d}':<12}{name:<11}{sec * 1e3:>9.3f} ms"
-              f"{nbytes / sec / 1e9:>9.2f}{ref_time / sec:>8.2f}x", flush=True)
+        print(
+          f"{op:<9}{f'{b}x{d}':<12}{name:<11}{sec * 1e3:>9.3f} ms"
+          f"{nbytes / sec / 1e9:>9.2f}{ref_time / sec:>8.2f}x",
+          flush=True,
+        )
       if not on_accel:
         print(f"{op:<9}{f'{b}x{d}':<12}{'kernel':<11}{'(needs an accelerator)':>30}")
   if skipped:

@@ -1,6 +1,6 @@
 """Tiny variant for tests: every stage runs for a few steps in seconds.
 
-  python -m vdae.main --config=configs/tiny.py --workdir=/tmp/t --mode=all
+python -m vdae.main --config=configs/tiny.py --workdir=/tmp/t --mode=all
 """
 
 from configs import digits

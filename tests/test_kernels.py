@@ -30,8 +30,7 @@ TEMB_ATOL = 2e-4
 
 
 def _spec(kind: str, **sde_kw) -> fs.StepSpec:
-  return fs.StepSpec(sde=sde_lib.SDE(kind=kind, **sde_kw), temb_dim=TEMB_DIM,
-                     time_scale=TIME_SCALE)
+  return fs.StepSpec(sde=sde_lib.SDE(kind=kind, **sde_kw), temb_dim=TEMB_DIM, time_scale=TIME_SCALE)
 
 
 def _inputs(b: int, d: int, seed: int = 0):
@@ -45,8 +44,9 @@ def _inputs(b: int, d: int, seed: int = 0):
 def _assert_close(actual, desired, rtol: float = 1e-5):
   """Elementwise close, absolute slack scaled to the array's magnitude."""
   desired = np.asarray(desired)
-  np.testing.assert_allclose(np.asarray(actual), desired, rtol=rtol,
-                             atol=rtol * float(np.abs(desired).max()))
+  np.testing.assert_allclose(
+    np.asarray(actual), desired, rtol=rtol, atol=rtol * float(np.abs(desired).max())
+  )
 
 
 def _is_close(actual, desired, rtol: float = 1e-5) -> bool:
@@ -68,8 +68,8 @@ def test_reverse_step_matches_reference(kind, b, d, with_c, with_noise):
   c = c if with_c else None
   noise = noise if with_noise else None
   dts = {
-      "scalar": 0.01,
-      "per_example": jax.random.uniform(jax.random.PRNGKey(7), (b,), jnp.float32, 1e-3, 0.05),
+    "scalar": 0.01,
+    "per_example": jax.random.uniform(jax.random.PRNGKey(7), (b,), jnp.float32, 1e-3, 0.05),
   }
   for dt in dts.values():
     x_ref, temb_ref = fs.reference_reverse_step(x, eps, c, noise, t, dt, spec)
@@ -93,8 +93,9 @@ def test_reverse_step_multi_block_grid(kind):
   x, eps, c, noise, t = _inputs(b, d, seed=1)
   dt = jnp.linspace(1e-3, 2e-2, b)
   x_ref, temb_ref = fs.reference_reverse_step(x, eps, c, noise, t, dt, spec)
-  x_k, temb_k = pf.fused_reverse_step(x, eps, c, noise, t, dt, spec, interpret=True,
-                                      block_b=8, block_d=128)
+  x_k, temb_k = pf.fused_reverse_step(
+    x, eps, c, noise, t, dt, spec, interpret=True, block_b=8, block_d=128
+  )
   _assert_close(x_k, x_ref)
   np.testing.assert_allclose(temb_k, temb_ref, rtol=0, atol=TEMB_ATOL)
 
@@ -117,8 +118,7 @@ def test_wrong_sde_parameters_are_detected():
   x, eps, c, noise, t = _inputs(5, 200)
   for kind, kw in (("vp", {"beta_max": 20.2}), ("ve", {"sigma_max": 50.5})):
     x_ref, _ = fs.reference_reverse_step(x, eps, c, noise, t, 0.01, _spec(kind))
-    x_bad, _ = pf.fused_reverse_step(x, eps, c, noise, t, 0.01, _spec(kind, **kw),
-                                     interpret=True)
+    x_bad, _ = pf.fused_reverse_step(x, eps, c, noise, t, 0.01, _spec(kind, **kw), interpret=True)
     assert not _is_close(x_bad, x_ref)
   # c enters the update: dropping it changes the result.
   x_ref, _ = fs.reference_reverse_step(x, eps, c, noise, t, 0.01, _spec("vp"))
@@ -179,8 +179,9 @@ def test_stage2_residual_and_vjp_match_reference(kind, b, d, block_d):
   _assert_close(g_jit[0], g_ref[0], rtol=2e-5)
   _assert_close(g_jit[1], g_ref[1], rtol=2e-5)
   # A different sigma schedule would not match.
-  bad = pf.fused_stage2_residual(eps, c, noise, t, _spec(kind, sigma_min=0.02, beta_min=0.2),
-                                 interpret=True)
+  bad = pf.fused_stage2_residual(
+    eps, c, noise, t, _spec(kind, sigma_min=0.02, beta_min=0.2), interpret=True
+  )
   assert not _is_close(bad, r_ref)
 
 
@@ -230,8 +231,7 @@ def test_kernels_lower_for_tpu_and_triton(kind):
       return pf._reverse_step_jit(x, e, c, n, t, dt, spec=spec, target=target, tiling=tiling)
 
     def resid(e, c, n, t, tiling=tiling, target=target):
-      return pf._residual_jit(e, c, n, t, spec=spec, target=target, tiling=tiling,
-                              save_r=True)
+      return pf._residual_jit(e, c, n, t, spec=spec, target=target, tiling=tiling, save_r=True)
 
     for fn, args in ((step, (m, m, m, m, v, v)), (resid, (m, m, m, v))):
       exp = export.export(jax.jit(fn), platforms=[platform], disabled_checks=checks)(*args)
@@ -257,8 +257,9 @@ def test_dispatch_auto_uses_reference_on_cpu(monkeypatch):
   np.testing.assert_array_equal(got[0], want[0])
   np.testing.assert_array_equal(got[1], want[1])
   np.testing.assert_array_equal(
-      fs.stage2_residual(eps, c, noise, t, spec, impl="auto"),
-      fs.reference_stage2_residual(eps, c, noise, t, spec))
+    fs.stage2_residual(eps, c, noise, t, spec, impl="auto"),
+    fs.reference_stage2_residual(eps, c, noise, t, spec),
+  )
   with pytest.raises(AssertionError, match="must not run"):
     fs.reverse_step(x, eps, c, noise, t, 0.01, spec, impl="pallas")
 
@@ -282,8 +283,10 @@ def test_decode_loop_pallas_equals_reference(kind, ode):
   dt = (1.0 - sde.eps) / n_steps
   key = jax.random.PRNGKey(11)
   x0 = sde.prior_sample(key, (b, d))
-  noises = [None if ode else jax.random.normal(k, (b, d)) for k in
-            jax.random.split(jax.random.PRNGKey(12), n_steps)]
+  noises = [
+    None if ode else jax.random.normal(k, (b, d))
+    for k in jax.random.split(jax.random.PRNGKey(12), n_steps)
+  ]
 
   def decode(impl: str):
     x, t = x0, jnp.full((b,), 1.0)

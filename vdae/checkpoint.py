@@ -41,7 +41,7 @@ def package_versions() -> dict[str, str]:
 def abstract_like(state: Any, shardings: Any) -> Any:
   """ShapeDtypeStructs carrying the target shardings (restore target)."""
   return jax.tree.map(
-      lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), state, shardings
+    lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), state, shardings
   )
 
 
@@ -54,10 +54,10 @@ class Checkpointer:
     self.directory = directory if "://" in directory else os.path.abspath(directory)
     self.every = every
     options = ocp.CheckpointManagerOptions(
-        max_to_keep=keep,
-        create=create,
-        enable_async_checkpointing=async_save,
-        cleanup_tmp_directories=True,  # leftovers of a killed save
+      max_to_keep=keep,
+      create=create,
+      enable_async_checkpointing=async_save,
+      cleanup_tmp_directories=True,  # leftovers of a killed save
     )
     self._mngr = ocp.CheckpointManager(self.directory, options=options)
 
@@ -90,7 +90,7 @@ class Checkpointer:
         return json.load(f)
     except (OSError, ValueError) as e:
       raise CheckpointError(
-          f"checkpoint {self.directory}/{step}: unreadable metadata ({e})."
+        f"checkpoint {self.directory}/{step}: unreadable metadata ({e})."
       ) from e
 
   # --- save / restore ----------------------------------------------------------
@@ -101,7 +101,7 @@ class Checkpointer:
     return self._mngr.save(step, args=ocp.args.Composite(**items), force=force)
 
   def restore(
-      self, abstract_state: Any, data_iter: Any | None = None, step: int | None = None
+    self, abstract_state: Any, data_iter: Any | None = None, step: int | None = None
   ) -> tuple[int, Any]:
     """Restores the newest readable checkpoint (or `step`) into the sharded target.
 
@@ -127,12 +127,16 @@ class Checkpointer:
           self._move_aside([c for c in candidates if c > s])
         return s, out["state"]
       except Exception as e:  # noqa: BLE001 - any failure means "damaged"; try older
-        log.warning("checkpoint %s/%d could not be restored (%s); trying the one before",
-                    self.directory, s, str(e).splitlines()[0][:300])
+        log.warning(
+          "checkpoint %s/%d could not be restored (%s); trying the one before",
+          self.directory,
+          s,
+          str(e).splitlines()[0][:300],
+        )
         errors.append(f"step {s}: {type(e).__name__}")
     raise CheckpointError(
-        f"none of the checkpoints in {self.directory} could be restored ({'; '.join(errors)}). "
-        "Move the directory aside to start afresh."
+      f"none of the checkpoints in {self.directory} could be restored ({'; '.join(errors)}). "
+      "Move the directory aside to start afresh."
     )
 
   def _move_aside(self, steps: list[int]) -> None:

@@ -35,17 +35,22 @@ def initialize(runtime_cfg) -> None:
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
     local_ids = runtime_cfg.local_device_ids or os.environ.get("VDAE_LOCAL_DEVICE_IDS", "")
     jax.distributed.initialize(
-        coordinator_address=addr,
-        num_processes=nproc,
-        process_id=pid,
-        local_device_ids=[int(i) for i in local_ids.split(",")] if local_ids else None,
-        initialization_timeout=120,
+      coordinator_address=addr,
+      num_processes=nproc,
+      process_id=pid,
+      local_device_ids=[int(i) for i in local_ids.split(",")] if local_ids else None,
+      initialization_timeout=120,
     )
   elif os.environ.get("VDAE_AUTO_DISTRIBUTED") == "1":
     jax.distributed.initialize()
   if jax.process_count() > 1:
-    log.info("process %d of %d, %d local / %d global devices", jax.process_index(),
-             jax.process_count(), jax.local_device_count(), jax.device_count())
+    log.info(
+      "process %d of %d, %d local / %d global devices",
+      jax.process_index(),
+      jax.process_count(),
+      jax.local_device_count(),
+      jax.device_count(),
+    )
 
 
 class Preemption:

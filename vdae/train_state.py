@@ -25,7 +25,7 @@ class TrainState:
 
 
 def make_optimizer(
-    lr: float, warmup: int, total: int, optim_cfg
+  lr: float, warmup: int, total: int, optim_cfg
 ) -> tuple[optax.GradientTransformation, optax.Schedule]:
   """AdamW with linear warmup, then constant or cosine decay; global-norm clipping.
 
@@ -33,27 +33,27 @@ def make_optimizer(
   """
   if optim_cfg.schedule == "cosine":
     sched = optax.warmup_cosine_decay_schedule(
-        0.0, lr, max(warmup, 1), max(total, warmup + 1), end_value=lr * 0.05
+      0.0, lr, max(warmup, 1), max(total, warmup + 1), end_value=lr * 0.05
     )
   elif optim_cfg.schedule == "constant":
     sched = optax.join_schedules(
-        [optax.linear_schedule(0.0, lr, max(warmup, 1)), optax.constant_schedule(lr)], [warmup]
+      [optax.linear_schedule(0.0, lr, max(warmup, 1)), optax.constant_schedule(lr)], [warmup]
     )
   else:
     raise ValueError(f"optim.schedule must be constant or cosine; got {optim_cfg.schedule!r}")
   parts = [optax.clip_by_global_norm(optim_cfg.grad_clip)] if optim_cfg.grad_clip > 0 else []
   parts.append(
-      optax.adamw(sched, b1=optim_cfg.b1, b2=optim_cfg.b2, weight_decay=optim_cfg.weight_decay)
+    optax.adamw(sched, b1=optim_cfg.b1, b2=optim_cfg.b2, weight_decay=optim_cfg.weight_decay)
   )
   return optax.chain(*parts), sched
 
 
 def create_sharded(
-    init_params: Callable[[jax.Array], Any],
-    opt: optax.GradientTransformation,
-    seed: int,
-    mesh,
-    rules,
+  init_params: Callable[[jax.Array], Any],
+  opt: optax.GradientTransformation,
+  seed: int,
+  mesh,
+  rules,
 ) -> tuple[TrainState, Any]:
   """Creates the state already laid out on the mesh (never whole on one device).
 
@@ -65,11 +65,11 @@ def create_sharded(
     k_init, k_state = jax.random.split(key)
     params = init_params(k_init)
     return TrainState(
-        step=jnp.zeros((), jnp.int32),
-        params=params,
-        opt_state=opt.init(params),
-        ema_params=params,
-        rng=jax.random.key_data(k_state),
+      step=jnp.zeros((), jnp.int32),
+      params=params,
+      opt_state=opt.init(params),
+      ema_params=params,
+      rng=jax.random.key_data(k_state),
     )
 
   key = jax.random.key(seed)

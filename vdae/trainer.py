@@ -9,7 +9,6 @@ state donated.
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import os
 import time
@@ -21,8 +20,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from vdae import checkpoint, data, runtime, sharding, train_state, writer
-from vdae.errors import CheckpointError, ConfigError, NonFiniteError, WorkdirError
+from vdae import checkpoint, data, restore, runtime, sharding, train_state, writer
+from vdae.errors import ConfigError, NonFiniteError, WorkdirError
 
 log = logging.getLogger(__name__)
 
@@ -50,9 +49,7 @@ def train_step(state, batch, frozen, *, loss_fn, opt, ema_decay):
   """One optimizer step. Non-finite loss or gradients leave the state untouched
   (and raise the `nonfinite` metric) so a bad batch can never poison params."""
   key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
-  (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-      state.params, batch, key, frozen
-  )
+  (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, batch, key, frozen)
   gnorm = optax.tree.norm(grads)
   updates, opt_state = opt.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
@@ -63,17 +60,16 @@ def train_step(state, batch, frozen, *, loss_fn, opt, ema_decay):
   ok = jnp.isfinite(loss) & jnp.isfinite(gnorm)
   keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, old)
   new_state = state.replace(
-      step=state.step + 1,
-      params=keep(params, state.params),
-      opt_state=keep(opt_state, state.opt_state),
-      ema_params=keep(ema, state.ema_params),
+    step=state.step + 1,
+    params=keep(params, state.params),
+    opt_state=keep(opt_state, state.opt_state),
+    ema_params=keep(ema, state.ema_params),
   )
   metrics = {"loss": loss, "grad_norm": gnorm, "nonfinite": (~ok).astype(jnp.float32), **aux}
   return new_state, metrics
 
 
-def config_json(config) -> dict:
-  return json.loads(config.to_json_best_effort())
+config_json = restore.config_json  # re-exported: stage modules import it from here
 
 
 def ensure_workdir(path: str) -> None:
@@ -87,7 +83,7 @@ def ensure_workdir(path: str) -> None:
     os.remove(probe)
   except OSError as e:
     raise WorkdirError(
-        f"workdir {path!r} is not writable ({e.strerror}). Pick another --workdir."
+      f"workdir {path!r} is not writable ({e.strerror}). Pick another --workdir."
     ) from e
 
 
@@ -116,10 +112,10 @@ class Trainer:
 
   def meta(self) -> dict:
     return {
-        "stage": self.stage,
-        "config": config_json(self.config),
-        "image_shape": list(self.image_shape),
-        "versions": checkpoint.package_versions(),
+      "stage": self.stage,
+      "config": config_json(self.config),
+      "image_shape": list(self.image_shape),
+      "versions": checkpoint.package_versions(),
     }
 
   # --- shared pieces -------------------------------------------------------------
@@ -130,31 +126,22 @@ class Trainer:
   def checkpointer(self, every: int) -> checkpoint.Checkpointer:
     t = self.config.training
     return checkpoint.Checkpointer(
-        os.path.join(self.stage_dir, "checkpoints"),
-        keep=t.keep_checkpoints,
-        every=every,
-        async_save=t.async_checkpointing,
+      os.path.join(self.stage_dir, "checkpoints"),
+      keep=t.keep_checkpoints,
+      every=every,
+      async_save=t.async_checkpointing,
     )
 
   def check_resumable(self, meta: dict) -> None:
-    """The checkpoint must come from the same stage, model and SDE."""
-    mine = config_json(self.config)
-    for key in self.compare_keys:
-      if meta["config"].get(key) != mine.get(key):
-        diff = sorted(
-            k for k in set(meta["config"].get(key, {})) | set(mine.get(key, {}))
-            if meta["config"].get(key, {}).get(k) != mine.get(key, {}).get(k)
-        )
-        raise CheckpointError(
-            f"{self.stage_dir}/checkpoints was written with a different `{key}` config "
-            f"(differs in: {', '.join(f'{key}.{d}' for d in diff)}). Resume with the original "
-            "config, or use a new --workdir."
-        )
-    if tuple(meta["image_shape"]) != self.image_shape:
-      raise CheckpointError(
-          f"{self.stage_dir}/checkpoints was trained on images of shape {meta['image_shape']}, "
-          f"the data now has {list(self.image_shape)}."
-      )
+    """The checkpoint must come from the same stage config and image shape."""
+    restore.check_meta(
+      meta,
+      self.config,
+      self.compare_keys,
+      self.image_shape,
+      f"{self.stage_dir}/checkpoints",
+      "Resume with the original config, or use a new --workdir.",
+    )
 
   # --- the loop --------------------------------------------------------------------
   def train(self):
@@ -163,10 +150,10 @@ class Trainer:
     sharding.check_batch(spec.batch_size, self.mesh)
     opt, sched = train_state.make_optimizer(spec.lr, spec.warmup, spec.num_steps, self.optim_cfg)
     state, shardings = train_state.create_sharded(
-        spec.init_params, opt, cfg.seed, self.mesh, cfg.mesh.param_rules
+      spec.init_params, opt, cfg.seed, self.mesh, cfg.mesh.param_rules
     )
     ds = data.train_dataset(
-        self.splits["train"], cfg.data, spec.batch_size, jax.process_index(), jax.process_count()
+      self.splits["train"], cfg.data, spec.batch_size, jax.process_index(), jax.process_count()
     )
     it = iter(ds)
     ckpt = self.checkpointer(spec.checkpoint_every)
@@ -177,14 +164,15 @@ class Trainer:
     start = int(state.step)
 
     frozen_sh = jax.tree.map(lambda x: x.sharding, spec.frozen)
-    batch_sh = {k: sharding.batch_sharding(self.mesh, 4 if k == "image" else 1)
-                for k in ("image", "label", "index")}
+    batch_sh = {
+      k: sharding.batch_sharding(self.mesh, 4 if k == "image" else 1)
+      for k in ("image", "label", "index")
+    }
     step_fn = jax.jit(
-        lambda s, b, f: train_step(s, b, f, loss_fn=spec.loss_fn, opt=opt,
-                                   ema_decay=self.ema_decay),
-        in_shardings=(shardings, batch_sh, frozen_sh),
-        out_shardings=(shardings, sharding.replicated(self.mesh)),
-        donate_argnums=0,
+      lambda s, b, f: train_step(s, b, f, loss_fn=spec.loss_fn, opt=opt, ema_decay=self.ema_decay),
+      in_shardings=(shardings, batch_sh, frozen_sh),
+      out_shardings=(shardings, sharding.replicated(self.mesh)),
+      donate_argnums=0,
     )
     tb = writer.Writer(os.path.join(self.workdir, "tensorboard", self.stage))
     if start == 0:
@@ -210,11 +198,13 @@ class Trainer:
           sps = (step - last_step) / (now - last_t)
           last_t, last_step = now, step
           scalars = {f"train/{k}": v for k, v in m.items()}
-          scalars.update({
+          scalars.update(
+            {
               "train/lr": float(sched(step)),
               "perf/steps_per_sec": sps,
               "perf/examples_per_sec": sps * spec.batch_size,
-          })
+            }
+          )
           if flops:
             scalars["perf/flops_per_sec_per_device"] = sps * flops / jax.device_count()
           tb.scalars(step, scalars)
@@ -247,10 +237,10 @@ class Trainer:
     if m["nonfinite"] and self.config.training.on_nonfinite == "stop":
       ckpt.wait()
       raise NonFiniteError(
-          f"{self.stage}: non-finite loss or gradient at or before step {step} "
-          f"(loss={m['loss']}). The update was not applied; the last good checkpoint is "
-          f"step {ckpt.latest_step()}. Lower optim.lr, check the data, or set "
-          "training.on_nonfinite=skip."
+        f"{self.stage}: non-finite loss or gradient at or before step {step} "
+        f"(loss={m['loss']}). The update was not applied; the last good checkpoint is "
+        f"step {ckpt.latest_step()}. Lower optim.lr, check the data, or set "
+        "training.on_nonfinite=skip."
       )
 
 
@@ -269,8 +259,12 @@ def _progress(start: int, total: int, desc: str):
   from tqdm import tqdm
 
   return tqdm(
-      total=total, initial=start, desc=desc, disable=jax.process_index() != 0,
-      dynamic_ncols=True, mininterval=2.0,
+    total=total,
+    initial=start,
+    desc=desc,
+    disable=jax.process_index() != 0,
+    dynamic_ncols=True,
+    mininterval=2.0,
   )
 
 

@@ -32,13 +32,13 @@ class StepSpec:
 
 
 def reference_reverse_step(
-    x: Array,
-    eps: Array,
-    c: Array | None,
-    noise: Array | None,
-    t: Array,
-    dt: Array,
-    spec: StepSpec,
+  x: Array,
+  eps: Array,
+  c: Array | None,
+  noise: Array | None,
+  t: Array,
+  dt: Array,
+  spec: StepSpec,
 ) -> tuple[Array, Array]:
   """One reverse-time step from t to t - dt with the conditional score.
 
@@ -75,7 +75,7 @@ def reference_reverse_step(
 
 
 def reference_stage2_residual(
-    eps: Array, c: Array, noise: Array, t: Array, spec: StepSpec
+  eps: Array, c: Array, noise: Array, t: Array, spec: StepSpec
 ) -> Array:
   """Per-example 1/2 ||eps - sigma(t) c - noise||^2 over D: [B].
 

@@ -86,7 +86,7 @@ def _pick_block(n: int, align: int, cap: int) -> int:
 
 
 def _tiling(
-    b: int, d: int, target: str, block_b: int | None = None, block_d: int | None = None
+  b: int, d: int, target: str, block_b: int | None = None, block_d: int | None = None
 ) -> _Tiling:
   """Chooses blocks for a [b, d] problem.
 
@@ -191,8 +191,9 @@ def _sinusoidal_tile(tn: Array, half: int, time_scale: float, width: int) -> Arr
 # --- reverse step --------------------------------------------------------------
 
 
-def _step_kernel(*refs, sde: sde_lib.SDE, has_c: bool, has_noise: bool, half: int,
-                 time_scale: float):
+def _step_kernel(
+  *refs, sde: sde_lib.SDE, has_c: bool, has_noise: bool, half: int, time_scale: float
+):
   """One (batch block i, D block j) program of the reverse step.
 
   refs: t, dt [bb, 1]; x, eps, (c), (noise) [bb, bd]; outputs x_next [bb, bd],
@@ -248,41 +249,46 @@ def _reverse_step_jit(x, eps, c, noise, t, dt, spec: StepSpec, target: str, tili
   bytes_accessed = sum(m.size * m.dtype.itemsize for m in mats) + x.size * x.dtype.itemsize
   bytes_accessed += 4 * (2 * b + b * spec.temb_dim)
   kernel = functools.partial(
-      _step_kernel, sde=spec.sde, has_c=has_c, has_noise=has_noise, half=half,
-      time_scale=spec.time_scale)
+    _step_kernel,
+    sde=spec.sde,
+    has_c=has_c,
+    has_noise=has_noise,
+    half=half,
+    time_scale=spec.time_scale,
+  )
   x_next, temb = pl.pallas_call(
-      kernel,
-      out_shape=(
-          jax.ShapeDtypeStruct((bp, dp), x.dtype),
-          jax.ShapeDtypeStruct((bp, tp), jnp.float32),
-      ),
-      grid=tiling.grid,
-      in_specs=[row_spec, row_spec] + [mat_spec] * n_mats,
-      out_specs=(mat_spec, pl.BlockSpec((bb, tp), lambda i, j: (i, 0))),
-      interpret=target == "interpret",
-      compiler_params=_compiler_params(target),
-      name="vdae_fused_reverse_step",
-      cost_estimate=pl.CostEstimate(
-          flops=int(8 * b * d + 8 * b * spec.temb_dim),
-          transcendentals=int(3 * b + 2 * b * spec.temb_dim),
-          bytes_accessed=int(bytes_accessed),
-      ),
+    kernel,
+    out_shape=(
+      jax.ShapeDtypeStruct((bp, dp), x.dtype),
+      jax.ShapeDtypeStruct((bp, tp), jnp.float32),
+    ),
+    grid=tiling.grid,
+    in_specs=[row_spec, row_spec] + [mat_spec] * n_mats,
+    out_specs=(mat_spec, pl.BlockSpec((bb, tp), lambda i, j: (i, 0))),
+    interpret=target == "interpret",
+    compiler_params=_compiler_params(target),
+    name="vdae_fused_reverse_step",
+    cost_estimate=pl.CostEstimate(
+      flops=int(8 * b * d + 8 * b * spec.temb_dim),
+      transcendentals=int(3 * b + 2 * b * spec.temb_dim),
+      bytes_accessed=int(bytes_accessed),
+    ),
   )(*args)
   return x_next[:b, :d], temb[:b, : 2 * half]
 
 
 def fused_reverse_step(
-    x: Array,
-    eps: Array,
-    c: Array | None,
-    noise: Array | None,
-    t: Array,
-    dt: Array | float,
-    spec: StepSpec,
-    interpret: bool | None = None,
-    *,
-    block_b: int | None = None,
-    block_d: int | None = None,
+  x: Array,
+  eps: Array,
+  c: Array | None,
+  noise: Array | None,
+  t: Array,
+  dt: Array | float,
+  spec: StepSpec,
+  interpret: bool | None = None,
+  *,
+  block_b: int | None = None,
+  block_d: int | None = None,
 ) -> tuple[Array, Array]:
   """One reverse-time step t -> t - dt in one Pallas kernel.
 
@@ -344,8 +350,7 @@ def _residual_kernel(*refs, sde: sde_lib.SDE, has_c: bool, save_r: bool):
 
 
 @functools.partial(jax.jit, static_argnames=("spec", "target", "tiling", "save_r"))
-def _residual_jit(eps, c, noise, t, spec: StepSpec, target: str, tiling: _Tiling,
-                  save_r: bool):
+def _residual_jit(eps, c, noise, t, spec: StepSpec, target: str, tiling: _Tiling, save_r: bool):
   """Returns ([B] residual, r [B_pad, D_pad] float32 or None)."""
   b, d = eps.shape
   bp, dp, bb, bd = tiling
@@ -362,17 +367,17 @@ def _residual_jit(eps, c, noise, t, spec: StepSpec, target: str, tiling: _Tiling
   bytes_accessed = sum(m.size * m.dtype.itemsize for m in mats) + 4 * b * (1 + nd)
   bytes_accessed += 4 * b * d if save_r else 0
   outs = pl.pallas_call(
-      functools.partial(_residual_kernel, sde=spec.sde, has_c=has_c, save_r=save_r),
-      out_shape=tuple(out_shape),
-      grid=tiling.grid,
-      in_specs=[pl.BlockSpec((bb, 1), lambda i, j: (i, 0))] + [mat_spec] * len(mats),
-      out_specs=tuple(out_specs),
-      interpret=target == "interpret",
-      compiler_params=_compiler_params(target),
-      name="vdae_fused_stage2_residual",
-      cost_estimate=pl.CostEstimate(
-          flops=int(5 * b * d), transcendentals=int(3 * b), bytes_accessed=int(bytes_accessed)
-      ),
+    functools.partial(_residual_kernel, sde=spec.sde, has_c=has_c, save_r=save_r),
+    out_shape=tuple(out_shape),
+    grid=tiling.grid,
+    in_specs=[pl.BlockSpec((bb, 1), lambda i, j: (i, 0))] + [mat_spec] * len(mats),
+    out_specs=tuple(out_specs),
+    interpret=target == "interpret",
+    compiler_params=_compiler_params(target),
+    name="vdae_fused_stage2_residual",
+    cost_estimate=pl.CostEstimate(
+      flops=int(5 * b * d), transcendentals=int(3 * b), bytes_accessed=int(bytes_accessed)
+    ),
   )(*args)
   part = outs[0].reshape(bp, nd, _LANE)[:b, :, 0]
   return 0.5 * jnp.sum(part, axis=-1), (outs[1] if save_r else None)
@@ -380,13 +385,11 @@ def _residual_jit(eps, c, noise, t, spec: StepSpec, target: str, tiling: _Tiling
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5, 6))
 def _residual_vjp(eps, c, noise, t, spec: StepSpec, target: str, tiling: _Tiling):
-  return _residual_jit(eps, c, noise, t, spec=spec, target=target, tiling=tiling,
-                       save_r=False)[0]
+  return _residual_jit(eps, c, noise, t, spec=spec, target=target, tiling=tiling, save_r=False)[0]
 
 
 def _residual_fwd(eps, c, noise, t, spec, target, tiling):
-  loss, r = _residual_jit(eps, c, noise, t, spec=spec, target=target, tiling=tiling,
-                          save_r=True)
+  loss, r = _residual_jit(eps, c, noise, t, spec=spec, target=target, tiling=tiling, save_r=True)
   # Zero-size stand-ins carry the primal dtypes and D to the backward pass.
   dtypes = tuple(jnp.zeros((0, a.shape[1]), a.dtype) for a in (eps, noise))
   return loss, (r, c, t, dtypes)
@@ -410,15 +413,15 @@ _residual_vjp.defvjp(_residual_fwd, _residual_bwd)
 
 
 def fused_stage2_residual(
-    eps: Array,
-    c: Array | None,
-    noise: Array,
-    t: Array,
-    spec: StepSpec,
-    interpret: bool | None = None,
-    *,
-    block_b: int | None = None,
-    block_d: int | None = None,
+  eps: Array,
+  c: Array | None,
+  noise: Array,
+  t: Array,
+  spec: StepSpec,
+  interpret: bool | None = None,
+  *,
+  block_b: int | None = None,
+  block_d: int | None = None,
 ) -> Array:
   """Per-example stage-2 residual 1/2 ||eps - sigma(t) c - noise||^2: [B].
 
