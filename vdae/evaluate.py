@@ -294,7 +294,9 @@ def eval_vae(config, workdir: str, judge: Judge, test: dict, splits, mesh) -> di
   out.update(judge.samples(batched(decode_fn, z, ev.batch_size)))
   out.update(judge.probe(encode, splits))
   out["neg_elbo_bits_per_dim"] = _vae_bpd(config, v, params, test["image"])
-  return {f"vae/{k}": val for k, val in out.items()}
+  out = {f"vae/{k}": val for k, val in out.items()}
+  out["_images"] = (np.asarray(rec[:32]),)  # popped by the caller for the comparison grid
+  return out
 
 
 def _vae_bpd(config, v, params, x: np.ndarray) -> float:
@@ -324,6 +326,12 @@ def _stage_step(workdir: str, stage: str) -> int:
   return max(steps, default=0)
 
 
+def comparison_rows(*sets: np.ndarray, cols: int = 8) -> np.ndarray:
+  """Interleaves row blocks of `cols` images: set 0, set 1, ... then the next block."""
+  n = min(len(x) for x in sets) // cols * cols
+  return np.concatenate([x[i : i + cols] for i in range(0, n, cols) for x in sets])
+
+
 def write_metrics(workdir: str, metrics: dict[str, float], step: int, images=None) -> str:
   """WORKDIR/eval/metrics.json and `eval/<key>` scalars (process 0 only)."""
   path = os.path.join(workdir, "eval", "metrics.json")
@@ -339,6 +347,10 @@ def write_metrics(workdir: str, metrics: dict[str, float], step: int, images=Non
     tb.scalars(step, {f"eval/{k}": v for k, v in metrics.items() if math.isfinite(v)})
     for tag, ims in (images or {}).items():
       tb.image(step, f"eval/{tag}", ims)
+      g = writer.grid(ims, 8)
+      writer.save_png(
+        os.path.join(workdir, "eval", f"{tag}.png"), g, writer.auto_scale(ims.shape[1])
+      )
   finally:
     tb.close()
   return path
@@ -385,7 +397,13 @@ def evaluate(config, workdir: str) -> dict[str, float]:
       )
   if vae_lib.has_checkpoint(workdir):
     with _Timer("VAE"):
-      metrics.update(eval_vae(config, workdir, judge, test, splits, mesh))
+      out = eval_vae(config, workdir, judge, test, splits, mesh)
+    (vae_rec,) = out.pop("_images")
+    metrics.update(out)
+    if "reconstructions" in images:
+      images["comparison"] = comparison_rows(
+        test["image"][:32], vae_rec, images["reconstructions"][32:]
+      )
   metrics = {k: float(v) for k, v in metrics.items()}
   step = _stage_step(workdir, "stage2") or _stage_step(workdir, "stage1")
   path = write_metrics(workdir, metrics, step, images)

@@ -1,6 +1,6 @@
 """Times the fused Pallas step against its jnp reference and an unfused baseline.
 
-  python benchmarks/bench_kernel.py [--repeats 20] [--shapes 256x64,256x3072] [--op all]
+  python -m vdae.benchmarks.bench_kernel [--repeats 20] [--shapes 256x64,256x3072] [--op all]
 
 Implementations, for decoding-step shapes [B, D] (digits 8x8 -> D = 64, MNIST
 784, CIFAR 32x32x3 = 3072, 64x64x3 = 12288; batch 256):
@@ -36,7 +36,7 @@ import jax.numpy as jnp
 try:
   import vdae  # noqa: F401
 except ImportError:  # run as a script from a checkout without installing the package
-  sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+  sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from vdae import sde as sde_lib  # noqa: E402
 from vdae.kernels import fused_step as fs  # noqa: E402

@@ -6,7 +6,7 @@ examples/s the Grain pipeline delivers on its own against what the step
 consumes. The same FLOP/s figure goes to TensorBoard as
 perf/flops_per_sec_per_device during training.
 
-  python benchmarks/bench_stage1.py [--repeats 10] [--only digits|32x32]
+  python -m vdae.benchmarks.bench_stage1 [--repeats 10] [--only digits|32x32]
 """
 
 from __future__ import annotations
@@ -16,13 +16,15 @@ import os
 import sys
 import tempfile
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(
+  0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+)  # repo root: configs/
 
 import jax  # noqa: E402
 
-from benchmarks import common  # noqa: E402
 from configs import digits  # noqa: E402
 from vdae import train  # noqa: E402
+from vdae.benchmarks import common  # noqa: E402
 
 
 def configs(only: str | None):

@@ -11,7 +11,7 @@ rng; the Grain iterator position; the run metadata) through vdae.checkpoint:
 The CIFAR-10 state is configs/cifar10.py's model (DDPM++ scale) filled with
 random values: its init is not compiled, only its shapes are used.
 
-  python benchmarks/bench_checkpoint.py [--repeats 3] [--only digits|cifar10] [--dir DIR]
+  python -m vdae.benchmarks.bench_checkpoint [--repeats 3] [--only digits|cifar10] [--dir DIR]
 """
 
 from __future__ import annotations
@@ -24,14 +24,16 @@ import sys
 import tempfile
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(
+  0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+)  # repo root: configs/
 
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
-from benchmarks import common  # noqa: E402
 from configs import cifar10, digits  # noqa: E402
 from vdae import checkpoint, data, sharding, train, train_state  # noqa: E402
+from vdae.benchmarks import common  # noqa: E402
 
 
 def configs(only: str | None):

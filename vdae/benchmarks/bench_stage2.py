@@ -5,7 +5,7 @@ every input pixel (D forward passes); vdae uses one reverse-mode pass. Both
 steps are compiled from the same loss and timed on the same batch; the ratio
 is jacfwd time / reverse time.
 
-  python benchmarks/bench_stage2.py [--repeats 5] [--only digits|32x32]
+  python -m vdae.benchmarks.bench_stage2 [--repeats 5] [--only digits|32x32]
 """
 
 from __future__ import annotations
@@ -15,13 +15,15 @@ import os
 import sys
 import tempfile
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(
+  0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+)  # repo root: configs/
 
 import jax  # noqa: E402
 
-from benchmarks import common  # noqa: E402
 from configs import digits  # noqa: E402
 from vdae import train, train_encoder  # noqa: E402
+from vdae.benchmarks import common  # noqa: E402
 
 
 def _stage1_checkpoint(cfg, wd):
