@@ -41,7 +41,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vdae import classifier, data, decode, fid, likelihood, sharding, train, writer
+from vdae import classifier, curves, data, decode, fid, likelihood, sharding, train, writer
 from vdae import sde as sde_lib
 
 log = logging.getLogger(__name__)
@@ -407,5 +407,7 @@ def evaluate(config, workdir: str) -> dict[str, float]:
   metrics = {k: float(v) for k, v in metrics.items()}
   step = _stage_step(workdir, "stage2") or _stage_step(workdir, "stage1")
   path = write_metrics(workdir, metrics, step, images)
+  if jax.process_index() == 0:
+    curves.plot_loss_curves(workdir, os.path.join(workdir, "eval", "loss_curves.png"))
   log.info("evaluation metrics -> %s\n%s", path, json.dumps(metrics, indent=1, sort_keys=True))
   return metrics
