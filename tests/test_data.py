@@ -41,6 +41,7 @@ def test_npz_uint8_with_labels(tmp_path, tiny_config):
   # label k belongs to image k: the pixels follow their label through the split
   k = int(item["label"])
   np.testing.assert_allclose(item["image"], ims[k] / 127.5 - 1, atol=1e-6)
+  assert int(item["index"]) == k  # `index` is the row in the user's file
 
 
 def test_npz_float_rgb_without_labels(tmp_path, tiny_config):
@@ -161,7 +162,7 @@ def test_epochs_reshuffle_and_cover_the_split(tmp_path, tiny_config):
   split = data.load_splits(cfg)["train"]
   it = iter(data.train_dataset(split, cfg, len(split), 0, 1))
   e1, e2 = next(it)["index"], next(it)["index"]
-  assert sorted(e1.tolist()) == list(range(len(split)))
-  assert sorted(e2.tolist()) == list(range(len(split)))
+  assert sorted(e1.tolist()) == sorted(split.rows.tolist())  # index = row in the source
+  assert sorted(e2.tolist()) == sorted(split.rows.tolist())
   assert not np.array_equal(e1, e2)
   assert os.path.exists(tmp_path / "d.npz")

@@ -35,20 +35,26 @@ IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp")
 
 @dataclasses.dataclass(frozen=True)
 class Split:
-  """A random-access split: `get(i)` -> (image [H, W, C] float32 in [-1, 1], label)."""
+  """A random-access split: `get(i)` -> (image [H, W, C] float32 in [-1, 1], label).
+
+  `rows[i]` is item i's row in the source (npz row, sorted file, record), so
+  `index` in batches and in encode's latents.npz points back into the user's data.
+  """
 
   name: str
   length: int
   get: Callable[[int], tuple[np.ndarray, int]]
   image_shape: tuple[int, int, int]
   has_labels: bool
+  rows: np.ndarray | None = None  # None: the split is the whole source, in order
 
   def __len__(self) -> int:
     return self.length
 
   def __getitem__(self, i: int) -> dict[str, np.ndarray]:
     image, label = self.get(int(i))
-    return {"image": image, "label": np.int32(label), "index": np.int32(i)}
+    row = int(i) if self.rows is None else int(self.rows[int(i)])
+    return {"image": image, "label": np.int32(label), "index": np.int32(row)}
 
   def arrays(self, limit: int | None = None) -> dict[str, np.ndarray]:
     """The whole split (or its first `limit` items) as stacked numpy arrays."""
@@ -125,6 +131,7 @@ def _in_memory_splits(images, labels, test_fraction, where) -> dict[str, Split]:
       lambda i, ims=ims, lbs=lbs: (ims[i], int(lbs[i])),
       tuple(ims.shape[1:]),
       labels is not None,
+      rows=idx,
     )
   return out
 
@@ -209,7 +216,7 @@ def _folder(cfg) -> dict[str, Split]:
         labels[idx[i]]
       )
 
-    out[name] = Split(name, len(idx), get, shape, has_labels)
+    out[name] = Split(name, len(idx), get, shape, has_labels, rows=idx)
   return out
 
 
@@ -250,7 +257,7 @@ def _array_record(cfg) -> dict[str, Split]:
       image, label, _ = _parse_example(source[lo + i], cfg.image_size, channels, cfg.path)
       return _check_shape(image, shape, f"{cfg.path} record {lo + i}"), label
 
-    return Split(name, n, get, shape, has_labels)
+    return Split(name, n, get, shape, has_labels, rows=np.arange(lo, lo + n))
 
   if test_files:
     return {
