@@ -328,7 +328,9 @@ def _stage_step(workdir: str, stage: str) -> int:
 
 def comparison_rows(*sets: np.ndarray, cols: int = 8) -> np.ndarray:
   """Interleaves row blocks of `cols` images: set 0, set 1, ... then the next block."""
-  n = min(len(x) for x in sets) // cols * cols
+  n = min(len(x) for x in sets)
+  cols = min(cols, n)
+  n = n // cols * cols
   return np.concatenate([x[i : i + cols] for i in range(0, n, cols) for x in sets])
 
 
@@ -376,6 +378,7 @@ def evaluate(config, workdir: str) -> dict[str, float]:
     with _Timer("VDAE reconstructions, samples, timings, probe"):
       out = eval_vdae(config, m, judge, test)
     rec, samples = out.pop("_images")
+    vdae_rec = rec
     images = {"reconstructions": np.concatenate([test["image"][:32], rec]), "samples": samples}
     metrics.update(out)
   else:
@@ -401,9 +404,7 @@ def evaluate(config, workdir: str) -> dict[str, float]:
     (vae_rec,) = out.pop("_images")
     metrics.update(out)
     if "reconstructions" in images:
-      images["comparison"] = comparison_rows(
-        test["image"][:32], vae_rec, images["reconstructions"][32:]
-      )
+      images["comparison"] = comparison_rows(test["image"][:32], vae_rec, vdae_rec)
   metrics = {k: float(v) for k, v in metrics.items()}
   step = _stage_step(workdir, "stage2") or _stage_step(workdir, "stage1")
   path = write_metrics(workdir, metrics, step, images)
