@@ -48,11 +48,10 @@ def abstract_like(state: Any, shardings: Any) -> Any:
 class Checkpointer:
   """Saves and restores {state, data iterator, meta} for one training stage."""
 
-  def __init__(self, directory: str, *, keep: int, every: int, async_save: bool, create=True):
+  def __init__(self, directory: str, *, keep: int, async_save: bool, create=True):
     directory = os.fspath(directory)
     # Orbax requires absolute paths; users type relative ones (runs/digits).
     self.directory = directory if "://" in directory else os.path.abspath(directory)
-    self.every = every
     options = ocp.CheckpointManagerOptions(
       max_to_keep=keep,
       create=create,

@@ -25,17 +25,28 @@ def config_json(config) -> dict:
   return json.loads(config.to_json_best_effort())
 
 
+def _lookup(cfg: dict, key: str):
+  for part in key.split("."):
+    cfg = cfg.get(part, {}) if isinstance(cfg, dict) else {}
+  return cfg
+
+
 def check_meta(meta: dict, config, keys: Sequence[str], image_shape, where: str, hint: str):
-  """Raises CheckpointError naming the first config group (and its fields) or
-  the image shape that differs between a checkpoint and the current run."""
+  """Raises CheckpointError naming what differs between a checkpoint and this run:
+  a whole config group ("model") or one field ("vae.decoder_channels"), or the
+  image shape."""
   mine = config_json(config)
   for key in keys:
-    theirs, ours = meta["config"].get(key, {}), mine.get(key, {})
+    theirs, ours = _lookup(meta["config"], key), _lookup(mine, key)
     if theirs != ours:
-      diff = sorted(k for k in set(theirs) | set(ours) if theirs.get(k) != ours.get(k))
+      if isinstance(theirs, dict) and isinstance(ours, dict):
+        diff = sorted(k for k in set(theirs) | set(ours) if theirs.get(k) != ours.get(k))
+        fields = ", ".join(f"{key}.{d}" for d in diff)
+      else:
+        fields = key
       raise CheckpointError(
-        f"{where} was trained with a different `{key}` config (differs in: "
-        f"{', '.join(f'{key}.{d}' for d in diff)}). {hint}"
+        f"{where} was trained with a different `{key.split('.')[0]}` config (differs in: "
+        f"{fields}). {hint}"
       )
   if image_shape is not None and tuple(meta["image_shape"]) != tuple(image_shape):
     raise CheckpointError(
@@ -80,7 +91,7 @@ def restore_params(
   """
   if not ckpt_dir.startswith("gs://") and not os.path.isdir(ckpt_dir):
     raise CheckpointError(f"no {what} checkpoint at {ckpt_dir}. {run_first}")
-  ckpt = checkpoint.Checkpointer(ckpt_dir, keep=1000, every=1, async_save=False, create=False)
+  ckpt = checkpoint.Checkpointer(ckpt_dir, keep=1000, async_save=False, create=False)
   try:
     if ckpt.latest_step() is None:
       raise CheckpointError(f"no {what} checkpoint in {ckpt_dir}. {run_first}")

@@ -192,12 +192,11 @@ class CompiledSampler:
       return eps_fn, corr_fn, _sampler_parts(eps_fn, corr_fn, shape, **kw)
 
     def whole(args, key, x_init):
-      eps_fn, corr_fn, (init, body) = parts(args)
-      x, _, _ = jax.lax.fori_loop(0, self.num_steps, body, init(key, x_init))
-      return tweedie_denoise(eps_fn, x, sde, corr_fn) if denoise else x
+      eps_fn, corr_fn = make_fns(args)
+      return sample(eps_fn, shape, key, corr_fn=corr_fn, denoise=denoise, x_init=x_init, **kw)
 
     def finish(args, carry):
-      eps_fn, corr_fn, _ = parts(args)
+      eps_fn, corr_fn = make_fns(args)
       return tweedie_denoise(eps_fn, carry[0], sde, corr_fn) if denoise else carry[0]
 
     self._whole = jax.jit(whole, out_shardings=out_sharding)

@@ -105,17 +105,6 @@ def global_batch(local: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Arra
   }
 
 
-def global_from_full(full: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
-  """Global batch when every process holds the whole batch (evaluation)."""
-  out = {}
-  for k, v in full.items():
-    v = np.asarray(v)
-    out[k] = jax.make_array_from_callback(
-      v.shape, batch_sharding(mesh, v.ndim), lambda i, v=v: v[i]
-    )
-  return out
-
-
 def replicated_from_host(x: np.ndarray, mesh: Mesh) -> jax.Array:
   """A host array that every process holds whole, as one replicated global array."""
   x = np.asarray(x)

@@ -21,7 +21,7 @@ import numpy as np
 import optax
 
 from vdae import checkpoint, data, restore, runtime, sharding, train_state, writer
-from vdae.errors import ConfigError, NonFiniteError, WorkdirError
+from vdae.errors import NonFiniteError, WorkdirError
 
 log = logging.getLogger(__name__)
 
@@ -69,9 +69,6 @@ def train_step(state, batch, frozen, *, loss_fn, opt, ema_decay):
   return new_state, metrics
 
 
-config_json = restore.config_json  # re-exported: stage modules import it from here
-
-
 def ensure_workdir(path: str) -> None:
   if path.startswith("gs://"):
     return  # object stores have no directories to create
@@ -113,7 +110,7 @@ class Trainer:
   def meta(self) -> dict:
     return {
       "stage": self.stage,
-      "config": config_json(self.config),
+      "config": restore.config_json(self.config),
       "image_shape": list(self.image_shape),
       "versions": checkpoint.package_versions(),
     }
@@ -123,12 +120,11 @@ class Trainer:
   def stage_dir(self) -> str:
     return os.path.join(self.workdir, self.stage)
 
-  def checkpointer(self, every: int) -> checkpoint.Checkpointer:
+  def checkpointer(self) -> checkpoint.Checkpointer:
     t = self.config.training
     return checkpoint.Checkpointer(
       os.path.join(self.stage_dir, "checkpoints"),
       keep=t.keep_checkpoints,
-      every=every,
       async_save=t.async_checkpointing,
     )
 
@@ -141,6 +137,20 @@ class Trainer:
       self.image_shape,
       f"{self.stage_dir}/checkpoints",
       "Resume with the original config, or use a new --workdir.",
+    )
+
+  def jit_step(self, spec: StageSpec, opt, shardings):
+    """The step, jitted with explicit in/out shardings and the state donated."""
+    frozen_sh = jax.tree.map(lambda x: x.sharding, spec.frozen)
+    batch_sh = {
+      k: sharding.batch_sharding(self.mesh, 4 if k == "image" else 1)
+      for k in ("image", "label", "index")
+    }
+    return jax.jit(
+      lambda s, b, f: train_step(s, b, f, loss_fn=spec.loss_fn, opt=opt, ema_decay=self.ema_decay),
+      in_shardings=(shardings, batch_sh, frozen_sh),
+      out_shardings=(shardings, sharding.replicated(self.mesh)),
+      donate_argnums=0,
     )
 
   # --- the loop --------------------------------------------------------------------
@@ -156,24 +166,14 @@ class Trainer:
       self.splits["train"], cfg.data, spec.batch_size, jax.process_index(), jax.process_count()
     )
     it = iter(ds)
-    ckpt = self.checkpointer(spec.checkpoint_every)
+    ckpt = self.checkpointer()
     if ckpt.latest_step() is not None:
       self.check_resumable(ckpt.read_meta())
       step0, state = ckpt.restore(checkpoint.abstract_like(state, shardings), it)
       log.info("%s: resumed from step %d", self.stage, step0)
     start = int(state.step)
 
-    frozen_sh = jax.tree.map(lambda x: x.sharding, spec.frozen)
-    batch_sh = {
-      k: sharding.batch_sharding(self.mesh, 4 if k == "image" else 1)
-      for k in ("image", "label", "index")
-    }
-    step_fn = jax.jit(
-      lambda s, b, f: train_step(s, b, f, loss_fn=spec.loss_fn, opt=opt, ema_decay=self.ema_decay),
-      in_shardings=(shardings, batch_sh, frozen_sh),
-      out_shardings=(shardings, sharding.replicated(self.mesh)),
-      donate_argnums=0,
-    )
+    step_fn = self.jit_step(spec, opt, shardings)
     tb = writer.Writer(os.path.join(self.workdir, "tensorboard", self.stage))
     if start == 0:
       tb.text(0, "config", "```\n" + cfg.to_json_best_effort(indent=2) + "\n```")
@@ -188,7 +188,7 @@ class Trainer:
         batch = sharding.global_batch(next(it), self.mesh)
         if compiled is None:
           compiled = step_fn.lower(state, batch, spec.frozen).compile()
-          flops = _flops(compiled)
+          flops = compiled_flops(compiled)
         state, metrics = compiled(state, batch, spec.frozen)
         bar.update(1)
         if step % spec.log_every == 0 or step == spec.num_steps:
@@ -244,7 +244,7 @@ class Trainer:
       )
 
 
-def _flops(compiled) -> float | None:
+def compiled_flops(compiled) -> float | None:
   """FLOPs of one step from XLA's cost analysis (None if the backend has none)."""
   try:
     cost = compiled.cost_analysis()
@@ -266,8 +266,3 @@ def _progress(start: int, total: int, desc: str):
     dynamic_ncols=True,
     mininterval=2.0,
   )
-
-
-def validate_mode_config(config) -> None:
-  if config.sampling.method not in ("em", "pc", "ode"):
-    raise ConfigError(f"sampling.method={config.sampling.method!r} is not em, pc or ode.")

@@ -22,11 +22,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vdae import checkpoint, data, latent, restore
-from vdae.errors import CheckpointError
+from vdae import data, latent, restore
 from vdae.models import decoder as decoder_lib
 from vdae.models import encoder as encoder_lib
-from vdae.restore import config_json
 from vdae.trainer import StageSpec, Trainer
 
 log = logging.getLogger(__name__)
@@ -100,16 +98,13 @@ def from_config(config, image_shape: tuple[int, int, int]) -> VAE:
 
 class VAETrainer(Trainer):
   stage = STAGE
-  compare_keys = ("encoder",)
+  # The encoder and the decoder's architecture must match to resume or load.
+  compare_keys = ("encoder",) + tuple(f"vae.{f}" for f in ARCH_FIELDS)
 
   def __init__(self, config, workdir):
     super().__init__(config, workdir)
     self.vae = from_config(config, self.image_shape)
     self._recon_batch = data.eval_batches(self.splits["test"], 16, limit=16)[0]["image"]
-
-  def check_resumable(self, meta: dict) -> None:
-    super().check_resumable(meta)
-    _check_arch(meta, self.config, os.path.join(self.stage_dir, "checkpoints"))
 
   def build(self) -> StageSpec:
     v, vc = self.vae, self.config.vae
@@ -144,18 +139,6 @@ class VAETrainer(Trainer):
     return jax.jit(lambda p, x: self.vae.decode(p, self.vae.encode(p, x)[0]))
 
 
-def _check_arch(meta: dict, config, where: str) -> None:
-  theirs = meta["config"].get("vae", {})
-  mine = config_json(config)["vae"]
-  diff = [k for k in ARCH_FIELDS if theirs.get(k) != mine.get(k)]
-  if diff:
-    raise CheckpointError(
-      f"the VAE checkpoint in {where} was trained with different "
-      f"{', '.join('vae.' + k for k in diff)}. Use the config it was trained with, or a new "
-      "--workdir."
-    )
-
-
 def train_vae(config, workdir: str):
   return VAETrainer(config, workdir).train()
 
@@ -167,25 +150,15 @@ def has_checkpoint(workdir: str) -> bool:
 def load_vae(config, workdir: str, image_shape, mesh) -> tuple[VAE, dict]:
   """Restores (vae, EMA params) from WORKDIR/vae/checkpoints, sharded by the rules."""
   ckpt_dir = os.path.join(workdir, STAGE, "checkpoints")
-  run_first = "Run --mode=train_vae first."
-  if os.path.isdir(ckpt_dir):
-    # The architecture fields first: a decoder of another shape would otherwise
-    # surface as an unreadable ("damaged") checkpoint.
-    ckpt = checkpoint.Checkpointer(ckpt_dir, keep=1000, every=1, async_save=False, create=False)
-    try:
-      if ckpt.latest_step() is not None:
-        _check_arch(ckpt.read_meta(), config, ckpt_dir)
-    finally:
-      ckpt.close()
   vae = from_config(config, tuple(image_shape))
   params, _ = restore.restore_params(
     ckpt_dir,
     lambda key: vae.init(key, tuple(image_shape)),
     config,
     mesh,
-    keys=("encoder",),
+    keys=VAETrainer.compare_keys,  # checked before the restore reads any array
     image_shape=image_shape,
     what="VAE",
-    run_first=run_first,
+    run_first="Run --mode=train_vae first.",
   )
   return vae, params

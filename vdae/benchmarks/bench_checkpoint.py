@@ -82,7 +82,7 @@ def random_state(cfg, workdir: str):
 
 def time_saves(state, it, meta, directory: str, async_save: bool, repeats: int):
   """Median (seconds until save() returns, seconds until committed)."""
-  ck = checkpoint.Checkpointer(directory, keep=repeats + 2, every=1, async_save=async_save)
+  ck = checkpoint.Checkpointer(directory, keep=repeats + 2, async_save=async_save)
   returned, committed = [], []
   try:
     for step in range(repeats + 1):  # step 0: directory creation and first-call costs

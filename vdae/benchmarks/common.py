@@ -45,7 +45,7 @@ def synthetic_npz(shape=(32, 32, 3), n: int = 512) -> str:
 
 
 def compiled_step(t: trainer.Trainer):
-  """(compiled step, state, frozen, spec, flops per step, batch iterator) for a trainer."""
+  """(compiled step, state, spec, FLOPs per step, batch iterator, one global batch)."""
   from vdae import data
 
   spec = t.build()
@@ -53,24 +53,11 @@ def compiled_step(t: trainer.Trainer):
   state, shardings = train_state.create_sharded(
     spec.init_params, opt, t.config.seed, t.mesh, t.config.mesh.param_rules
   )
-  frozen_sh = jax.tree.map(lambda x: x.sharding, spec.frozen)
-  batch_sh = {
-    k: sharding.batch_sharding(t.mesh, 4 if k == "image" else 1)
-    for k in ("image", "label", "index")
-  }
-  step = jax.jit(
-    lambda s, b, f: trainer.train_step(
-      s, b, f, loss_fn=spec.loss_fn, opt=opt, ema_decay=t.ema_decay
-    ),
-    in_shardings=(shardings, batch_sh, frozen_sh),
-    donate_argnums=0,
-  )
+  step = t.jit_step(spec, opt, shardings)
   it = iter(data.train_dataset(t.splits["train"], t.config.data, spec.batch_size, 0, 1))
   batch = sharding.global_batch(next(it), t.mesh)
   compiled = step.lower(state, batch, spec.frozen).compile()
-  cost = compiled.cost_analysis()
-  cost = cost[0] if isinstance(cost, list) else cost
-  return compiled, state, spec, float(cost.get("flops", 0.0)), it, batch
+  return compiled, state, spec, trainer.compiled_flops(compiled) or 0.0, it, batch
 
 
 def time_steps(compiled, state, frozen, batch, repeats: int) -> tuple[float, object]:
