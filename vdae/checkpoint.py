@@ -14,6 +14,7 @@ import importlib.metadata
 import json
 import logging
 import os
+import sys
 from typing import Any
 
 import grain
@@ -43,6 +44,41 @@ def abstract_like(state: Any, shardings: Any) -> Any:
   return jax.tree.map(
     lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), state, shardings
   )
+
+
+def _drop_closed_loop_callbacks(previous):
+  """An unraisable-exception hook that drops one known, harmless kind.
+
+  When Orbax gives up on a damaged checkpoint it closes its asyncio loop while
+  TensorStore still holds reads; their completion callbacks then hit the closed
+  loop and surface as "unraisable" RuntimeErrors from TensorStore's threads,
+  one traceback each (hundreds per damaged step). `Checkpointer.restore`
+  reports the damage itself; every other unraisable exception still prints.
+  """
+
+  def hook(unraisable):
+    exc = unraisable.exc_value
+    if isinstance(exc, RuntimeError) and str(exc) == "Event loop is closed":
+      return
+    previous(unraisable)
+
+  return hook
+
+
+sys.unraisablehook = _drop_closed_loop_callbacks(sys.unraisablehook)
+
+
+class _DropOrphanedReads(logging.Filter):
+  """The same give-up leaves Orbax's sibling array reads as asyncio tasks whose
+  exceptions nobody retrieves; asyncio logs each with a traceback when it is
+  collected. Only those Orbax reads are dropped."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    msg = record.getMessage()
+    return not ("exception was never retrieved" in msg and "orbax" in msg)
+
+
+logging.getLogger("asyncio").addFilter(_DropOrphanedReads())
 
 
 class Checkpointer:
