@@ -11,6 +11,7 @@ import random
 import re
 import shutil
 import signal
+import sys
 import time
 
 import jax
@@ -211,7 +212,7 @@ def test_nonfinite_loss_stop_keeps_the_last_good_checkpoint(cache, six_steps, tm
     "--config.training.checkpoint_every=2",
   )
   assert rc == 2, out[-4000:]
-  assert re.search(r"vdae: error: stage1: non-finite loss or gradient at or before step \d+", out)
+  assert re.search(r"vdae: error: stage1: non-finite loss or gradient at step \d+", out)
   assert "the last good checkpoint is step 6" in out and "Traceback" not in out
   assert procs.snapshot(_ckpt(wd)) == before  # nothing written, nothing lost
 
@@ -231,3 +232,82 @@ def test_nonfinite_loss_stop_keeps_the_last_good_checkpoint(cache, six_steps, tm
     assert all(np.isfinite(x).all() for x in jax.tree.leaves(leaf))
   flags = procs.read_scalars(os.path.join(wd, "tensorboard", "stage1"), "train/nonfinite")
   assert flags[N] == 1.0 and flags[2] == 0.0
+  skipped = procs.read_scalars(os.path.join(wd, "tensorboard", "stage1"), "train/nonfinite_steps")
+  assert 1 <= skipped[N] <= N - 6
+
+
+@pytest.mark.timeout(60)
+def test_a_one_off_nonfinite_step_between_log_steps_stops_the_run():
+  """`on_nonfinite=stop` must not depend on the bad step landing on a log step."""
+  from types import SimpleNamespace
+
+  from vdae import trainer
+  from vdae.errors import NonFiniteError
+
+  mesh = jax.sharding.Mesh(np.array(jax.devices()), ("data",))
+  watch = trainer.NonFiniteWatch(mesh)
+  for step, bad in enumerate([0, 0, 1, 0, 1, 0, 0], start=1):
+    watch.update({"nonfinite": jax.numpy.float32(bad)}, step)
+  assert watch.read() == (3, 2)
+
+  ckpt = SimpleNamespace(wait=lambda: None, latest_step=lambda: 2)
+  run = lambda mode: SimpleNamespace(
+    stage="stage1", config=SimpleNamespace(training=SimpleNamespace(on_nonfinite=mode))
+  )
+  with pytest.raises(NonFiniteError, match="at step 3.*last good checkpoint is step 2"):
+    trainer.Trainer._check_finite(run("stop"), watch, ckpt)
+  assert trainer.Trainer._check_finite(run("skip"), watch, ckpt) == 2
+
+
+_ABANDONED_READ = """
+class _Suspend:
+  def __await__(self):
+    yield
+
+async def read():
+  try:
+    await _Suspend()
+  except BaseException as e:  # as Orbax's array reads do, GeneratorExit included
+    raise Exception("read failed") from e
+"""
+
+
+def _read_coroutine(filename: str):
+  scope = {}
+  exec(compile(_ABANDONED_READ, filename, "exec"), scope)
+  coro = scope["read"]()
+  coro.send(None)  # suspended mid-read, as when Orbax abandons it
+  return coro
+
+
+@pytest.mark.timeout(30)
+def test_only_orbax_abandoned_reads_are_silenced(monkeypatch):
+  """The noise filters of vdae/checkpoint.py drop Orbax's abandoned reads
+  (a damaged restore prints hundreds) and nothing else."""
+  import gc
+  import logging
+
+  from vdae import checkpoint
+
+  printed = []
+  monkeypatch.setattr(sys, "unraisablehook", checkpoint._drop_abandoned_reads(printed.append))
+  orbax_file = os.path.join(os.sep, "site-packages", "orbax", "serialization.py")
+  user_file = os.path.join(os.sep, "site-packages", "mine", "reads.py")
+  for filename in (orbax_file, user_file):
+    coro = _read_coroutine(filename)
+    del coro
+    gc.collect()  # closing it raises out of the coroutine: unraisable
+  assert [u.object.cr_code.co_filename for u in printed] == [user_file]
+
+  def record(filename: str, msg: str) -> logging.LogRecord:
+    coro = _read_coroutine(filename)
+    try:
+      coro.throw(OSError("truncated"))
+    except Exception as e:  # noqa: BLE001
+      exc_info = (type(e), e, e.__traceback__)
+    return logging.LogRecord("asyncio", logging.ERROR, "", 0, msg, (), exc_info)
+
+  keep = checkpoint._DropAbandonedReads().filter
+  assert not keep(record(orbax_file, "Task exception was never retrieved"))
+  assert keep(record(user_file, "Task exception was never retrieved"))
+  assert keep(record(orbax_file, "Executing <Task> took 0.3 seconds"))

@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import sys
+import types
 from typing import Any
 
 import grain
@@ -46,39 +47,53 @@ def abstract_like(state: Any, shardings: Any) -> Any:
   )
 
 
-def _drop_closed_loop_callbacks(previous):
-  """An unraisable-exception hook that drops one known, harmless kind.
+def _raised_in_orbax(exc: BaseException | None) -> bool:
+  """Whether `exc`, or an exception it was raised from, came out of Orbax."""
+  seen = set()
+  while exc is not None and id(exc) not in seen:
+    seen.add(id(exc))
+    tb = exc.__traceback__
+    while tb is not None:
+      if f"{os.sep}orbax{os.sep}" in tb.tb_frame.f_code.co_filename:
+        return True
+      tb = tb.tb_next
+    exc = exc.__cause__ or exc.__context__
+  return False
 
-  When Orbax gives up on a damaged checkpoint it closes its asyncio loop while
-  TensorStore still holds reads; their completion callbacks then hit the closed
-  loop and surface as "unraisable" RuntimeErrors from TensorStore's threads,
-  one traceback each (hundreds per damaged step). `Checkpointer.restore`
-  reports the damage itself; every other unraisable exception still prints.
-  """
 
+# When Orbax gives up on a damaged checkpoint, it abandons the sibling reads
+# still in flight on its asyncio loop, and closes the loop. Their fallout is
+# printed by the interpreter and by asyncio as one traceback each, hundreds per
+# damaged step, burying the one clear message `Checkpointer.restore` gives:
+#   - completion callbacks that hit the closed loop ("Event loop is closed"),
+#   - read coroutines collected unfinished (Orbax re-raises their GeneratorExit),
+#   - futures whose exceptions nobody retrieved (logged by asyncio).
+# Only these are dropped; every other unraisable exception or asyncio error
+# still prints.
+def _drop_abandoned_reads(previous):
   def hook(unraisable):
-    exc = unraisable.exc_value
+    exc, obj = unraisable.exc_value, unraisable.object
     if isinstance(exc, RuntimeError) and str(exc) == "Event loop is closed":
+      return
+    if isinstance(obj, types.CoroutineType) and _raised_in_orbax(exc):
       return
     previous(unraisable)
 
   return hook
 
 
-sys.unraisablehook = _drop_closed_loop_callbacks(sys.unraisablehook)
+sys.unraisablehook = _drop_abandoned_reads(sys.unraisablehook)
 
 
-class _DropOrphanedReads(logging.Filter):
-  """The same give-up leaves Orbax's sibling array reads as asyncio tasks whose
-  exceptions nobody retrieves; asyncio logs each with a traceback when it is
-  collected. Only those Orbax reads are dropped."""
-
+class _DropAbandonedReads(logging.Filter):
   def filter(self, record: logging.LogRecord) -> bool:
-    msg = record.getMessage()
-    return not ("exception was never retrieved" in msg and "orbax" in msg)
+    if "exception was never retrieved" not in record.getMessage():
+      return True
+    exc = record.exc_info[1] if record.exc_info else None
+    return not (_raised_in_orbax(exc) or "orbax" in record.getMessage())
 
 
-logging.getLogger("asyncio").addFilter(_DropOrphanedReads())
+logging.getLogger("asyncio").addFilter(_DropAbandonedReads())
 
 
 class Checkpointer:
