@@ -69,6 +69,36 @@ def train_step(state, batch, frozen, *, loss_fn, opt, ema_decay):
   return new_state, metrics
 
 
+@jax.jit
+def _note_nonfinite(first_bad, count, nonfinite, step):
+  """On device, without a host sync: the first step whose update was skipped
+  (0 if none) and how many were."""
+  bad = nonfinite > 0
+  first_bad = jnp.where((first_bad == 0) & bad, step, first_bad)
+  return first_bad, count + bad.astype(count.dtype)
+
+
+class NonFiniteWatch:
+  """Remembers every skipped (non-finite) step between the loop's host syncs,
+  so `on_nonfinite=stop` stops on a one-off bad step too, not only on one that
+  falls on a log or checkpoint step."""
+
+  def __init__(self, mesh):
+    rep = sharding.replicated(mesh)
+    self._first = jax.device_put(jnp.zeros((), jnp.int32), rep)
+    self._count = jax.device_put(jnp.zeros((), jnp.int32), rep)
+
+  def update(self, metrics: dict, step: int) -> None:
+    self._first, self._count = _note_nonfinite(
+      self._first, self._count, metrics["nonfinite"], jnp.int32(step)
+    )
+
+  def read(self) -> tuple[int, int]:
+    """(first skipped step or 0, number of skipped steps): a host sync."""
+    first, count = jax.device_get((self._first, self._count))
+    return int(first), int(count)
+
+
 def ensure_workdir(path: str) -> None:
   if path.startswith("gs://"):
     return  # object stores have no directories to create
@@ -182,6 +212,7 @@ class Trainer:
     flops, compiled = None, None
     last_t, last_step = time.perf_counter(), start
     bar = _progress(start, spec.num_steps, self.stage)
+    watch = NonFiniteWatch(self.mesh)
     step = start
     try:
       for step in range(start + 1, spec.num_steps + 1):
@@ -190,10 +221,11 @@ class Trainer:
           compiled = step_fn.lower(state, batch, spec.frozen).compile()
           flops = compiled_flops(compiled)
         state, metrics = compiled(state, batch, spec.frozen)
+        watch.update(metrics, step)
         bar.update(1)
         if step % spec.log_every == 0 or step == spec.num_steps:
           m = jax.device_get(metrics)
-          self._check_finite(m, step, ckpt)
+          m["nonfinite_steps"] = self._check_finite(watch, ckpt)
           now = time.perf_counter()
           sps = (step - last_step) / (now - last_t)
           last_t, last_step = now, step
@@ -214,11 +246,11 @@ class Trainer:
             tb.image(step, tag, ims)
         saved = False
         if step % spec.checkpoint_every == 0 or step == spec.num_steps:
-          self._check_finite(jax.device_get(metrics), step, ckpt)
+          self._check_finite(watch, ckpt)
           saved = ckpt.save(step, state, it, self.meta(), force=True)
         if preempt.reached(step):
           if not saved:  # a second save of the same step is an Orbax error
-            self._check_finite(jax.device_get(metrics), step, ckpt)
+            self._check_finite(watch, ckpt)
             ckpt.save(step, state, it, self.meta(), force=True)
           ckpt.wait()
           log.warning("%s: preempted; checkpoint saved at step %d", self.stage, step)
@@ -233,15 +265,18 @@ class Trainer:
   optim_cfg = property(lambda self: self.config.optim)
   ema_decay = property(lambda self: self.config.training.ema_decay)
 
-  def _check_finite(self, m: dict, step: int, ckpt) -> None:
-    if m["nonfinite"] and self.config.training.on_nonfinite == "stop":
+  def _check_finite(self, watch: NonFiniteWatch, ckpt) -> int:
+    """Raises under `on_nonfinite=stop` if any step so far was skipped as
+    non-finite; returns how many were."""
+    first, count = watch.read()
+    if count and self.config.training.on_nonfinite == "stop":
       ckpt.wait()
       raise NonFiniteError(
-        f"{self.stage}: non-finite loss or gradient at or before step {step} "
-        f"(loss={m['loss']}). The update was not applied; the last good checkpoint is "
-        f"step {ckpt.latest_step()}. Lower optim.lr, check the data, or set "
-        "training.on_nonfinite=skip."
+        f"{self.stage}: non-finite loss or gradient at step {first}. The update was not "
+        f"applied; the last good checkpoint is step {ckpt.latest_step()}. Lower optim.lr, "
+        "check the data, or set training.on_nonfinite=skip."
       )
+    return count
 
 
 def compiled_flops(compiled) -> float | None:
