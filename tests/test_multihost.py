@@ -10,8 +10,10 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
+import sys
 import time
 
 import pytest
@@ -144,6 +146,36 @@ def test_two_processes_preempted_and_resumed_match_one_process(reference, cache,
   acc.Reload()
   assert [e.step for e in acc.Images("samples")] == [S1]
   assert len(os.listdir(os.path.join(wd, "tensorboard", "stage2"))) == 2
+
+
+@pytest.mark.timeout(300)
+def test_two_process_evaluate_with_parameters_split_across_processes(reference, cache, tmp_path):
+  """--mode=evaluate on 2 processes, with the fsdp axis spanning both (each
+  holds half of every parameter, so every decoded or encoded batch must be
+  gathered), writes the metrics one process with 4 devices does."""
+  mesh = ("--config.mesh.data=1", "--config.mesh.fsdp=4")
+  flags = (*procs.MINI, "--mode=evaluate", *mesh, "--config.eval.timing_methods=('em',)")
+  metrics = {}
+  for n in (1, 2):
+    wd = str(tmp_path / f"wd{n}")
+    shutil.copytree(reference, wd)
+    env = procs.child_env(cache, devices=4)
+    if n == 1:
+      argv = [sys.executable, "-m", "vdae.main", *flags, f"--workdir={wd}"]
+    else:
+      env.pop("XLA_FLAGS")  # the launcher sets 2 devices per process
+      argv = [os.path.join(procs.LAUNCH, "local_multiprocess.sh"), "-n", "2", "-d", "2"]
+      argv += ["-l", str(tmp_path / "logs"), "--", *flags, f"--workdir={wd}"]
+    rc, out = procs.run(argv, env, str(tmp_path / f"eval{n}.log"), timeout=240)
+    assert rc == 0, out[-4000:]
+    with open(os.path.join(wd, "eval", "metrics.json")) as f:
+      metrics[n] = json.load(f)
+  assert sorted(metrics[2]) == sorted(metrics[1])
+  for k, want in metrics[1].items():
+    if k.startswith("time_per_image") or k == "bpd_solver_steps":
+      continue  # wall time; the adaptive solver's step count
+    rel = 1e-3 if k == "bits_per_dim" else 1e-5
+    assert metrics[2][k] == pytest.approx(want, rel=rel, abs=1e-6), k
 
 
 @pytest.mark.timeout(60)

@@ -91,7 +91,7 @@ class Models:
 
   def encode(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     mu, lv = self._encode(self.enc_params, jnp.asarray(x))
-    return np.asarray(mu), np.asarray(lv)
+    return sharding.to_host(mu), sharding.to_host(lv)
 
   def decode(self, z: np.ndarray, seed: int, config=None, x_init=None) -> np.ndarray:
     key = (z.shape, id(config))
@@ -101,7 +101,7 @@ class Models:
       )
     fn = self._decoders[key]
     x_init = None if x_init is None else jnp.asarray(x_init)
-    return np.asarray(
+    return sharding.to_host(
       fn(self.score_params, self.enc_params, jnp.asarray(z), jax.random.key(seed), x_init)
     )
 

@@ -63,7 +63,7 @@ def batched(fn: Callable, x: np.ndarray, batch: int) -> list[np.ndarray] | np.nd
       xb = np.concatenate([xb, np.repeat(xb[-1:], batch - n, 0)])
     out = fn(xb)
     out = out if isinstance(out, tuple) else (out,)
-    outs.append([np.asarray(o)[:n] for o in out])
+    outs.append([sharding.to_host(o)[:n] for o in out])  # a gather when multi-process
   cat = [np.concatenate(parts) for parts in zip(*outs, strict=True)]
   return cat[0] if len(cat) == 1 else tuple(cat)
 
@@ -256,8 +256,8 @@ def eval_bpd(config, score_model, score_params, x: np.ndarray) -> dict[str, floa
   for i, lo in enumerate(range(0, len(x), batch)):
     xb = x[lo : lo + batch]
     b, s = fn(score_params, jnp.asarray(xb), jax.random.key(config.seed + 100 + i))
-    bpds.append(np.asarray(b)[: len(xb)])
-    steps.append(int(s))
+    bpds.append(sharding.to_host(b)[: len(xb)])
+    steps.append(int(sharding.to_host(s)))
   bpd = np.concatenate(bpds)
   if not np.all(np.isfinite(bpd)):
     log.warning(

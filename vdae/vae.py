@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vdae import data, latent, restore
+from vdae import data, latent, restore, sharding
 from vdae.models import decoder as decoder_lib
 from vdae.models import encoder as encoder_lib
 from vdae.trainer import StageSpec, Trainer
@@ -132,7 +132,7 @@ class VAETrainer(Trainer):
     del step
     x = jnp.asarray(self._recon_batch)
     rec = self._reconstruct()(state.ema_params, x)
-    return {"reconstructions": np.concatenate([np.asarray(x), np.asarray(rec)], axis=0)}
+    return {"reconstructions": np.concatenate([np.asarray(x), sharding.to_host(rec)], axis=0)}
 
   @functools.cache
   def _reconstruct(self):
