@@ -22,6 +22,7 @@ import numpy as np
 import optax
 from flax import traverse_util
 
+from vdae import files
 from vdae.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -139,27 +140,22 @@ def make_predict(model: Classifier, params: Params, batch: int = 256) -> Callabl
 
 
 def _save(path: str, params: Params, meta: dict) -> None:
-  os.makedirs(path, exist_ok=True)
   flat = {"/".join(k): np.asarray(v) for k, v in traverse_util.flatten_dict(params).items()}
-  tmp = os.path.join(path, ".params.tmp.npz")
-  np.savez(tmp, **flat)
-  os.replace(tmp, os.path.join(path, "params.npz"))
-  with open(os.path.join(path, ".meta.tmp"), "w") as f:
-    json.dump(meta, f, indent=1)
-  os.replace(os.path.join(path, ".meta.tmp"), os.path.join(path, "meta.json"))
+  files.write_npz(os.path.join(path, "params.npz"), **flat)
+  files.write_json(os.path.join(path, "meta.json"), meta)  # last: it marks the cache whole
 
 
 def _load(path: str, meta: dict) -> Params | None:
   """Cached params if WORKDIR/classifier holds ones trained exactly as `meta` says."""
   try:
-    with open(os.path.join(path, "meta.json")) as f:
-      cached = json.load(f)
+    cached = files.read_json(os.path.join(path, "meta.json"))
     if {k: cached.get(k) for k in meta} != meta:
       log.info("classifier cache in %s was trained differently; retraining", path)
       return None
-    with np.load(os.path.join(path, "params.npz")) as f:
-      flat = {tuple(k.split("/")): jnp.asarray(f[k]) for k in f.files}
-    return traverse_util.unflatten_dict(flat)
+    flat = files.read_npz(os.path.join(path, "params.npz"))
+    return traverse_util.unflatten_dict(
+      {tuple(k.split("/")): jnp.asarray(v) for k, v in flat.items()}
+    )
   except (OSError, ValueError, KeyError):
     return None
 
@@ -197,6 +193,5 @@ def load_or_train(config, workdir: str, splits) -> tuple[Classifier, Params, dic
       _save(path, params, meta)
     log.info("classifier test accuracy %.4f (cached in %s)", meta["test_accuracy"], path)
   else:
-    with open(os.path.join(path, "meta.json")) as f:
-      meta = json.load(f)
+    meta = files.read_json(os.path.join(path, "meta.json"))
   return model, params, meta

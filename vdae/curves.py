@@ -10,6 +10,8 @@ import os
 
 import numpy as np
 
+from vdae import files
+
 STAGES = (("stage1", "score model (DSM)"), ("stage2", "encoder (VDAE)"), ("vae", "VAE (-ELBO)"))
 
 
@@ -17,7 +19,7 @@ def read_scalars(logdir: str, tag: str) -> tuple[np.ndarray, np.ndarray] | None:
   """(steps, values) of one scalar tag in a TensorBoard run directory, or None."""
   from tensorboard.backend.event_processing import event_accumulator
 
-  if not os.path.isdir(logdir):
+  if not files.isdir(logdir):
     return None
   acc = event_accumulator.EventAccumulator(logdir, size_guidance={"scalars": 0})
   acc.Reload()
@@ -49,9 +51,6 @@ def plot_loss_curves(workdir: str, path: str, tag: str = "train/loss") -> str | 
     ax.set_ylabel(tag)
     ax.grid(alpha=0.3)
   fig.tight_layout()
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  tmp = path + ".tmp.png"
-  fig.savefig(tmp, dpi=100)
+  files.write_with(path, lambda f: fig.savefig(f, format="png", dpi=100))
   plt.close(fig)
-  os.replace(tmp, path)
   return path

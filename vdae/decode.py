@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vdae import data, latent, restore, sampling, sharding, train
+from vdae import data, files, latent, restore, sampling, sharding, train
 from vdae import sde as sde_lib
 from vdae.models import encoder as encoder_lib
 
@@ -140,10 +140,7 @@ def encode_mode(config, workdir: str) -> str:
     out["labels"] = np.concatenate(labels)
   path = os.path.join(workdir, "encode", "latents.npz")
   if jax.process_index() == 0:
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = path + ".tmp.npz"
-    np.savez(tmp, **out)
-    os.replace(tmp, path)
+    files.write_npz(path, **out)
   log.info("encoded %d %s images -> %s", len(out["mu"]), split.name, path)
   return path
 

@@ -41,7 +41,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vdae import classifier, curves, data, decode, fid, likelihood, sharding, train, writer
+from vdae import classifier, curves, data, decode, fid, files, likelihood, sharding, train, writer
 from vdae import sde as sde_lib
 
 log = logging.getLogger(__name__)
@@ -321,9 +321,8 @@ def _vae_bpd(config, v, params, x: np.ndarray) -> float:
 
 # --- the mode ------------------------------------------------------------------------
 def _stage_step(workdir: str, stage: str) -> int:
-  d = os.path.join(workdir, stage, "checkpoints")
-  steps = [int(s) for s in os.listdir(d) if s.isdigit()] if os.path.isdir(d) else []
-  return max(steps, default=0)
+  names = files.listdir(os.path.join(workdir, stage, "checkpoints"))
+  return max((int(s) for s in names if s.isdigit()), default=0)
 
 
 def comparison_rows(*sets: np.ndarray, cols: int = 8) -> np.ndarray:
@@ -339,11 +338,7 @@ def write_metrics(workdir: str, metrics: dict[str, float], step: int, images=Non
   path = os.path.join(workdir, "eval", "metrics.json")
   if jax.process_index() != 0:
     return path
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  tmp = path + ".tmp"
-  with open(tmp, "w") as f:
-    json.dump(metrics, f, indent=1, sort_keys=True)
-  os.replace(tmp, path)
+  files.write_json(path, metrics)
   tb = writer.Writer(os.path.join(workdir, "tensorboard", "eval"))
   try:
     tb.scalars(step, {f"eval/{k}": v for k, v in metrics.items() if math.isfinite(v)})
@@ -371,7 +366,7 @@ def evaluate(config, workdir: str) -> dict[str, float]:
     judge = Judge(config, workdir, splits)
   metrics = dict(judge.metrics)
   images = {}
-  has_stage2 = os.path.isdir(os.path.join(workdir, "stage2", "checkpoints"))
+  has_stage2 = files.isdir(os.path.join(workdir, "stage2", "checkpoints"))
   if has_stage2:
     m = decode.Models(config, workdir)
     score_model, score_params, mesh = m.score_model, m.score_params, m.mesh

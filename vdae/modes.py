@@ -6,11 +6,13 @@ from __future__ import annotations
 import logging
 import os
 
+from vdae import files
+
 log = logging.getLogger(__name__)
 
 
 def _has_encoder(workdir: str) -> bool:
-  return os.path.isdir(os.path.join(workdir, "stage2", "checkpoints"))
+  return files.isdir(os.path.join(workdir, "stage2", "checkpoints"))
 
 
 def sample(config, workdir: str):

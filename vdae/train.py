@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vdae import losses, restore, sampling, sharding, writer
+from vdae import files, losses, restore, sampling, sharding, writer
 from vdae import sde as sde_lib
 from vdae.kernels import fused_step
 from vdae.models import unet
@@ -140,10 +140,7 @@ def write_images(workdir: str, sub: str, name: str, images: np.ndarray, cols=Non
   out_dir = os.path.join(workdir, sub)
   png = os.path.join(out_dir, f"{name}.png")
   if jax.process_index() == 0:
-    os.makedirs(out_dir, exist_ok=True)
     g = writer.grid(images, cols)
     writer.save_png(png, g, writer.auto_scale(images.shape[1]))
-    tmp = os.path.join(out_dir, f".{name}.tmp.npz")
-    np.savez(tmp, images=images, **arrays)
-    os.replace(tmp, os.path.join(out_dir, f"{name}.npz"))
+    files.write_npz(os.path.join(out_dir, f"{name}.npz"), images=images, **arrays)
   return png

@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vdae import data, latent, restore, sharding
+from vdae import data, files, latent, restore, sharding
 from vdae.models import decoder as decoder_lib
 from vdae.models import encoder as encoder_lib
 from vdae.trainer import StageSpec, Trainer
@@ -144,7 +144,7 @@ def train_vae(config, workdir: str):
 
 
 def has_checkpoint(workdir: str) -> bool:
-  return os.path.isdir(os.path.join(workdir, STAGE, "checkpoints"))
+  return files.isdir(os.path.join(workdir, STAGE, "checkpoints"))
 
 
 def load_vae(config, workdir: str, image_shape, mesh) -> tuple[VAE, dict]:

@@ -7,10 +7,11 @@ WORKDIR/tensorboard` shows one run per stage.
 from __future__ import annotations
 
 import math
-import os
 
 import jax
 import numpy as np
+
+from vdae import files
 
 
 def to_uint8(images: np.ndarray) -> np.ndarray:
@@ -40,10 +41,7 @@ def save_png(path: str, image: np.ndarray, scale: int = 1) -> None:
   if scale > 1:
     image = image.repeat(scale, 0).repeat(scale, 1)
   img = Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image)
-  os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-  tmp = path + ".tmp"
-  img.save(tmp, format="PNG")
-  os.replace(tmp, path)  # never leave a half-written PNG behind
+  files.write_with(path, lambda f: img.save(f, format="PNG"))
 
 
 def auto_scale(h: int) -> int:
