@@ -106,6 +106,10 @@ def get_config() -> ml_collections.ConfigDict:
   sp.snr = 0.16  # Langevin corrector signal-to-noise ratio
   sp.corrector_steps = 1
   sp.num_samples = 64
+  # What --mode=sample draws: "score" = the score model alone (stage 1),
+  # "encoder" = z ~ N(0, I) decoded with the latent correction (stage 2),
+  # "auto" = the encoder's when stage 2 has a checkpoint.
+  sp.source = "auto"
   sp.denoise = True  # final Tweedie denoising step at t = eps
   sp.use_ema = True
   sp.kernel = "auto"  # auto | pallas | reference  (fused step, see vdae/kernels)

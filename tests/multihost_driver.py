@@ -32,11 +32,12 @@ def main(argv: list[str]) -> None:
   logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
   for noisy in ("absl", "orbax", "jax._src", "grain"):
     logging.getLogger(noisy).setLevel(logging.WARNING)
-  from vdae import runtime, train, train_encoder
+  from vdae import config_check, runtime, train, train_encoder
   from vdae.errors import VdaeError
 
   stages = {"pretrain": train.pretrain, "train_encoder": train_encoder.train_encoder}
   try:
+    config_check.check(_CONFIG.value)
     runtime.initialize(_CONFIG.value.runtime)
     for name in _STAGES.value:
       stages[name](_CONFIG.value, _WORKDIR.value)

@@ -73,6 +73,10 @@ def _cases(d) -> dict[str, tuple[list[str], str]]:
     "batch_not_divisible": (["--config.training.batch_size=6"], "not divisible by the 4 devices"),
     "mesh_unlike_the_devices": (["--config.mesh.data=3"], "does not fit the 4 available"),
     "mesh_too_small": (["--config.mesh.data=1", "--config.mesh.fsdp=2"], "but 4 are available"),
+    "bad_config_values": (
+      ["--config.sampling.method=heun", "--config.model.temb_dim=15"],
+      "sampling.method='heun' is not one of em, pc, ode; model.temb_dim=15 must be even",
+    ),
   }
 
 
@@ -90,6 +94,7 @@ def _cases(d) -> dict[str, tuple[list[str], str]]:
     "batch_not_divisible",
     "mesh_unlike_the_devices",
     "mesh_too_small",
+    "bad_config_values",
   ],
 )
 def test_bad_input_is_named_and_changes_nothing(case, cache, trained, tmp_path):

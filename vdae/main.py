@@ -53,11 +53,12 @@ def main(argv):
     logging.getLogger(noisy).setLevel(logging.WARNING)
   import importlib
 
-  from vdae import runtime
+  from vdae import config_check, runtime
   from vdae.errors import VdaeError
 
   config = _CONFIG.value
   try:
+    config_check.check(config)
     runtime.initialize(config.runtime)
     module, fn = MODES[_MODE.value]
     getattr(importlib.import_module(module), fn)(config, _WORKDIR.value)

@@ -16,8 +16,10 @@ def _has_encoder(workdir: str) -> bool:
 
 
 def sample(config, workdir: str):
-  """With an encoder: z ~ N(0, I), decoded; without: unconditional samples."""
-  if _has_encoder(workdir):
+  """z ~ N(0, I) decoded by the VDAE, or unconditional samples of the score
+  model (sampling.source; auto = the VDAE's when stage 2 has a checkpoint)."""
+  source = config.sampling.source
+  if source == "encoder" or (source == "auto" and _has_encoder(workdir)):
     from vdae import decode
 
     return decode.sample_mode(config, workdir)
