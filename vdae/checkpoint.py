@@ -11,7 +11,6 @@ is skipped with a warning for the one before it.
 from __future__ import annotations
 
 import importlib.metadata
-import json
 import logging
 import os
 import sys
@@ -23,6 +22,7 @@ import jax
 import orbax.checkpoint as ocp
 from etils import epath
 
+from vdae import files
 from vdae.errors import CheckpointError
 
 log = logging.getLogger(__name__)
@@ -90,6 +90,7 @@ class _DropAbandonedReads(logging.Filter):
     if "exception was never retrieved" not in record.getMessage():
       return True
     exc = record.exc_info[1] if record.exc_info else None
+    # A Task's record also names its coroutine, hence Orbax, in the message.
     return not (_raised_in_orbax(exc) or "orbax" in record.getMessage())
 
 
@@ -136,8 +137,7 @@ class Checkpointer:
   def _read_meta(self, step: int) -> dict:
     path = os.path.join(self.directory, str(step), "meta", "metadata")
     try:
-      with epath.Path(path).open() as f:  # epath: gs:// workdirs too
-        return json.load(f)
+      return files.read_json(path)
     except (OSError, ValueError) as e:
       raise CheckpointError(
         f"checkpoint {self.directory}/{step}: unreadable metadata ({e})."

@@ -9,14 +9,13 @@ clear way before anything is written.
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 
-from vdae import checkpoint, sharding, train_state
+from vdae import checkpoint, files, sharding, train_state
 from vdae.errors import CheckpointError
 
 
@@ -89,7 +88,7 @@ def restore_params(
   keys: config groups that must match the checkpoint's. what / run_first name
   the checkpoint and the mode that makes it, for the error messages.
   """
-  if not ckpt_dir.startswith("gs://") and not os.path.isdir(ckpt_dir):
+  if not files.isdir(ckpt_dir):
     raise CheckpointError(f"no {what} checkpoint at {ckpt_dir}. {run_first}")
   ckpt = checkpoint.Checkpointer(ckpt_dir, keep=1000, async_save=False, create=False)
   try:
