@@ -4,13 +4,34 @@ Experiment files import this, override what differs, and return the result.
 Every field is overridable on the command line, e.g.
 
   python -m vdae.main --config=configs/digits.py --workdir=runs/d \
-      --config.training.num_steps=200 --config.optim.lr=1e-3
+      --config.stage1.num_steps=200 --config.stage1.lr=1e-3
 
 The config is locked: a misspelt key or a value of the wrong type is an error
-that names it.
+that names it. Enumerated fields declare their valid values here (`one_of`);
+the up-front check (vdae/schema.py) and the code both read that declaration.
+
+Groups: data, model (score network), sde, encoder (stage-2 network), vae (the
+baseline's networks), one training group per trained stage with the same
+fields (stage1 = score model, stage2 = encoder, vae), loop (what every
+stage's loop shares), optim, sampling, eval, mesh, runtime.
 """
 
 import ml_collections
+
+from vdae.schema import one_of
+
+
+def _stage(num_steps: int, batch_size: int, lr: float, image_every: int):
+  """The fields every trained stage's group has (vdae/training/stages.py reads them)."""
+  g = ml_collections.ConfigDict()
+  g.num_steps = num_steps
+  g.batch_size = batch_size  # global, over all processes and devices
+  g.lr = lr  # peak learning rate after warmup
+  g.warmup_steps = 200
+  g.log_every = 50  # scalars to TensorBoard
+  g.image_every = image_every  # picture grid to TensorBoard (0 = never)
+  g.checkpoint_every = 500
+  return g
 
 
 def get_config() -> ml_collections.ConfigDict:
@@ -20,14 +41,14 @@ def get_config() -> ml_collections.ConfigDict:
   # Data: images are scaled to [-1, 1]; size and channels are read from the
   # data, and the networks are built for them.
   c.data = d = ml_collections.ConfigDict()
-  d.source = "digits"  # digits | npz | folder | array_record
+  d.source = one_of("data.source", "digits", ("digits", "npz", "folder", "array_record"))
   d.path = ""  # file, folder or glob for npz / folder / array_record
   d.test_fraction = 0.15  # held-out split for sources without one
   d.image_size = 0  # folder / array_record: resize to this (0 = keep)
   d.random_flip = False
   d.shuffle_seed = 0
   d.worker_count = 0  # Grain worker processes (0 = in-process)
-  d.prefetch = 2  # batches prefetched by the background thread
+  d.prefetch = 8  # batches Grain's reader threads keep ready
 
   # Score network (stage 1).
   c.model = m = ml_collections.ConfigDict()
@@ -37,14 +58,15 @@ def get_config() -> ml_collections.ConfigDict:
   m.attn_resolutions = (4,)
   m.dropout = 0.0
   m.groups = 8
-  m.embedding = "sinusoidal"  # sinusoidal | fourier
+  m.embedding = one_of("model.embedding", "sinusoidal", ("sinusoidal", "fourier"))
   m.temb_dim = 64  # raw time features; the MLP widens them to 4 * channels
   m.fourier_scale = 16.0
-  m.dtype = "float32"  # compute dtype: float32 | bfloat16 (params stay float32)
+  # Compute dtype (params stay float32).
+  m.dtype = one_of("model.dtype", "float32", ("float32", "bfloat16"))
 
   # SDE.
   c.sde = s = ml_collections.ConfigDict()
-  s.kind = "vp"  # vp | subvp | ve
+  s.kind = one_of("sde.kind", "vp", ("vp", "subvp", "ve"))
   s.beta_min = 0.1
   s.beta_max = 20.0
   s.sigma_min = 0.01
@@ -52,28 +74,9 @@ def get_config() -> ml_collections.ConfigDict:
   s.eps = 1e-3  # smallest training / sampling time
   s.time_scale = 1000.0  # t is embedded as t * time_scale
 
-  # Stage-1 training.
-  c.training = t = ml_collections.ConfigDict()
-  t.batch_size = 128  # global, over all processes and devices
-  t.num_steps = 3000
+  # Stage 1: score-model pretraining (denoising score matching).
+  c.stage1 = t = _stage(num_steps=3000, batch_size=128, lr=2e-3, image_every=1000)
   t.likelihood_weighting = False
-  t.ema_decay = 0.999
-  t.log_every = 50
-  t.sample_every = 1000  # sample grid to TensorBoard (0 = never)
-  t.checkpoint_every = 500
-  t.keep_checkpoints = 3
-  t.async_checkpointing = True
-  t.on_nonfinite = "stop"  # stop | skip
-
-  # Optimiser (shared by both stages; stage 2 can override its own copy).
-  c.optim = o = ml_collections.ConfigDict()
-  o.lr = 2e-3
-  o.warmup_steps = 200
-  o.weight_decay = 0.0
-  o.b1 = 0.9
-  o.b2 = 0.999
-  o.grad_clip = 1.0
-  o.schedule = "cosine"  # constant | cosine (after warmup)
 
   # Time-dependent encoder q_phi(z | x_t, t) (stage 2).
   c.encoder = e = ml_collections.ConfigDict()
@@ -84,24 +87,44 @@ def get_config() -> ml_collections.ConfigDict:
   e.groups = 8
   e.logvar_term = True  # keep log v_t in log q (the official code drops it)
 
-  # Stage-2 training: frozen score model, encoder only.
-  c.stage2 = s2 = ml_collections.ConfigDict()
+  # Stage 2: the encoder trained on the frozen score model.
+  c.stage2 = s2 = _stage(num_steps=3000, batch_size=128, lr=1e-3, image_every=1000)
   s2.stage1_workdir = ""  # stage-1 checkpoints ("" = this run's --workdir)
-  s2.num_steps = 3000
-  s2.batch_size = 128
-  s2.loss = "eps"  # eps (official) | score (sigma(t)^2-weighted score space)
+  # eps (official) | score (sigma(t)^2-weighted score space)
+  s2.loss = one_of("stage2.loss", "eps", ("eps", "score"))
   s2.beta_kl = 0.01
-  s2.time_sampling = "uniform"  # uniform | stratified (low-discrepancy)
-  s2.lr = 1e-3
-  s2.warmup_steps = 200
-  s2.log_every = 50
-  s2.recon_every = 1000  # reconstruction grid to TensorBoard (0 = never)
-  s2.checkpoint_every = 500
-  s2.encode_split = "test"  # split that --mode=encode/reconstruct reads
+  # uniform | stratified (low-discrepancy)
+  s2.time_sampling = one_of("stage2.time_sampling", "uniform", ("uniform", "stratified"))
+  s2.encode_split = one_of("stage2.encode_split", "test", ("train", "test"))  # encode/reconstruct
+
+  # Gaussian-likelihood VAE baseline (--mode=train_vae): the stage-2 encoder
+  # architecture at t = 0, a mirrored decoder, the same latent size and data.
+  c.vae = va = _stage(num_steps=3000, batch_size=128, lr=1e-3, image_every=1000)
+  va.beta_kl = 1.0
+  va.decoder_channels = 32
+  va.decoder_channel_mults = (2, 1)  # from the coarsest level up
+  va.decoder_num_res_blocks = 1
+  va.obs_log_var = -4.6  # log sigma^2 of p(x | z) (-4.6: sigma ~ 0.1 on [-1, 1] data)
+  va.learn_obs_var = True  # one learned log-variance, initialised at obs_log_var
+
+  # What every stage's training loop shares.
+  c.loop = lp = ml_collections.ConfigDict()
+  lp.ema_decay = 0.999
+  lp.keep_checkpoints = 3
+  lp.async_checkpointing = True
+  lp.on_nonfinite = one_of("loop.on_nonfinite", "stop", ("stop", "skip"))
+
+  # Optimiser shape (AdamW), shared by every stage; each stage sets its own lr.
+  c.optim = o = ml_collections.ConfigDict()
+  o.weight_decay = 0.0
+  o.b1 = 0.9
+  o.b2 = 0.999
+  o.grad_clip = 1.0
+  o.schedule = one_of("optim.schedule", "cosine", ("constant", "cosine"))  # after warmup
 
   # Sampling / decoding.
   c.sampling = sp = ml_collections.ConfigDict()
-  sp.method = "pc"  # em | pc | ode
+  sp.method = one_of("sampling.method", "pc", ("em", "pc", "ode"))
   sp.num_steps = 200
   sp.snr = 0.16  # Langevin corrector signal-to-noise ratio
   sp.corrector_steps = 1
@@ -109,11 +132,13 @@ def get_config() -> ml_collections.ConfigDict:
   # What --mode=sample draws: "score" = the score model alone (stage 1),
   # "encoder" = z ~ N(0, I) decoded with the latent correction (stage 2),
   # "auto" = the encoder's when stage 2 has a checkpoint.
-  sp.source = "auto"
+  sp.source = one_of("sampling.source", "auto", ("auto", "score", "encoder"))
   sp.denoise = True  # final Tweedie denoising step at t = eps
   sp.use_ema = True
-  sp.kernel = "auto"  # auto | pallas | reference  (fused step, see vdae/kernels)
-  sp.loop = "auto"  # auto | scan | python  (see sampling.compile_sampler)
+  # Fused step (see vdae/kernels): auto = Pallas on GPU/TPU, reference on CPU.
+  sp.kernel = one_of("sampling.kernel", "auto", ("auto", "pallas", "reference"))
+  # auto = python on CPU, scan elsewhere (see diffusion/samplers.compile_sampler).
+  sp.loop = one_of("sampling.loop", "auto", ("auto", "scan", "python"))
 
   # Evaluation (--mode=evaluate) on the held-out test split: metrics to
   # WORKDIR/eval/metrics.json and TensorBoard. Sizes keep digits at ~2 min on CPU.
@@ -121,9 +146,9 @@ def get_config() -> ml_collections.ConfigDict:
   ev.num_test = 64  # test images for the reconstruction metrics (0 = whole split)
   ev.num_samples = 64  # prior samples z ~ N(0, I) decoded for sample_fid
   ev.batch_size = 64  # decoding batch (the timings are per image at this batch)
-  ev.timing_methods = ("em", "pc", "ode")  # time_per_image_<method> ("" entries skipped)
+  ev.timing_methods = ("em", "pc", "ode")  # vdae/time_per_image_<method> ("" entries skipped)
   ev.bpd_num_images = 16  # test images for bits_per_dim (0 = skip it)
-  ev.bpd_solver = "tsit5"  # tsit5 | dopri5 (diffrax, adaptive)
+  ev.bpd_solver = one_of("eval.bpd_solver", "tsit5", ("tsit5", "dopri5"))  # diffrax, adaptive
   ev.bpd_rtol = 1e-3  # digits: 5e-4 bits/dim from 1e-5, at a sixth of the solver steps
   ev.bpd_atol = 1e-3
   ev.bpd_max_steps = 2000
@@ -138,23 +163,6 @@ def get_config() -> ml_collections.ConfigDict:
   ev.classifier_seed = 0
   ev.probe_max_iter = 2000  # logistic-regression linear probe on encoder means
 
-  # Gaussian-likelihood VAE baseline (--mode=train_vae): the stage-2 encoder
-  # architecture at t = 0, a mirrored decoder, the same latent size and data.
-  c.vae = va = ml_collections.ConfigDict()
-  va.num_steps = 3000
-  va.batch_size = 128
-  va.lr = 1e-3
-  va.warmup_steps = 200
-  va.beta_kl = 1.0
-  va.decoder_channels = 32
-  va.decoder_channel_mults = (2, 1)  # from the coarsest level up
-  va.decoder_num_res_blocks = 1
-  va.obs_log_var = -4.6  # log sigma^2 of p(x | z) (-4.6: sigma ~ 0.1 on [-1, 1] data)
-  va.learn_obs_var = True  # one learned log-variance, initialised at obs_log_var
-  va.log_every = 50
-  va.recon_every = 1000  # reconstruction grid to TensorBoard (0 = never)
-  va.checkpoint_every = 500
-
   # Device mesh and parameter layout. An axis of size -1 takes the remaining
   # devices. Rules map a regex over the parameter path to a layout:
   # "fsdp" shards the largest dimension divisible by the fsdp axis size,
@@ -164,8 +172,8 @@ def get_config() -> ml_collections.ConfigDict:
   ms.fsdp = 1
   ms.param_rules = ((".*", "fsdp"),)
 
-  # Multi-process runtime (see vdae/runtime.py); empty = single process, or
-  # detected from the TPU VM environment.
+  # Multi-process runtime (see vdae/parallel/runtime.py); empty = single
+  # process, or detected from the TPU VM environment.
   c.runtime = r = ml_collections.ConfigDict()
   r.coordinator_address = ""
   r.num_processes = 0

@@ -17,13 +17,13 @@ def get_config():
   c.model.channel_mults = (1, 2)
   c.model.num_res_blocks = 1
   c.model.attn_resolutions = ()
-  c.training.batch_size = 128
-  c.training.num_steps = 1500
+  c.stage1.batch_size = 128
+  c.stage1.num_steps = 1500
   c.stage2.num_steps = 1500
   c.stage2.beta_kl = 0.001  # more information in z: recon class accuracy 0.82 -> 0.94
   c.stage2.lr = 2e-3
   c.vae.num_steps = 1500
   c.eval.num_test = 0  # the whole test split (270): FID on 64 images sits at its small-sample floor
-  c.training.sample_every = 1000
+  c.stage1.image_every = 1000
   c.sampling.num_steps = 200
   return c

@@ -16,11 +16,11 @@ def get_config():
   c.model.num_res_blocks = 2
   c.model.attn_resolutions = (7,)
   c.model.temb_dim = 128
-  c.training.num_steps = 100_000
-  c.training.sample_every = 5000
-  c.training.checkpoint_every = 5000
-  c.optim.lr = 2e-4
-  c.optim.warmup_steps = 5000
+  c.stage1.num_steps = 100_000
+  c.stage1.image_every = 5000
+  c.stage1.checkpoint_every = 5000
+  c.stage1.lr = 2e-4
+  c.stage1.warmup_steps = 5000
   c.encoder.latent_dim = 32
   c.encoder.channels = 64
   c.encoder.channel_mults = (1, 2, 2)

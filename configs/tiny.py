@@ -15,17 +15,17 @@ def get_config():
   c.encoder.channels = 8
   c.encoder.groups = 4
   c.encoder.latent_dim = 4
-  c.training.batch_size = 16
-  c.training.num_steps = 6
-  c.training.log_every = 2
-  c.training.sample_every = 0
-  c.training.checkpoint_every = 3
-  c.training.async_checkpointing = False
-  c.optim.warmup_steps = 2
+  c.stage1.batch_size = 16
+  c.stage1.num_steps = 6
+  c.stage1.log_every = 2
+  c.stage1.image_every = 0
+  c.stage1.checkpoint_every = 3
+  c.loop.async_checkpointing = False
+  c.stage1.warmup_steps = 2
   c.stage2.num_steps = 4
   c.stage2.batch_size = 16
   c.stage2.log_every = 2
-  c.stage2.recon_every = 0
+  c.stage2.image_every = 0
   c.stage2.checkpoint_every = 2
   c.stage2.warmup_steps = 2
   c.sampling.num_steps = 4
@@ -41,6 +41,6 @@ def get_config():
   c.vae.warmup_steps = 2
   c.vae.decoder_channels = 8
   c.vae.log_every = 2
-  c.vae.recon_every = 0
+  c.vae.image_every = 0
   c.vae.checkpoint_every = 2
   return c

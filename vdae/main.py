@@ -2,47 +2,46 @@
 
   python -m vdae.main --config=configs/digits.py --workdir=runs/digits --mode=all
   python -m vdae.main --config=configs/digits.py --workdir=runs/digits --mode=pretrain \
-      --config.training.num_steps=500
+      --config.stage1.num_steps=500
 
 Any field of the config can be overridden with --config.<group>.<field>=value;
-the config is locked, so a misspelt key or a wrong type is an error.
+the config is locked, so a misspelt key or a wrong type is an error, and a
+field renamed since an earlier version names its new key.
 """
 
 from __future__ import annotations
 
+import importlib
 import logging
 import sys
 
 from absl import app, flags
 from ml_collections import config_flags
 
-MODES = {}  # name -> (module, function); filled lazily so --help stays fast
-
-
-def _register():
-  MODES.update(
-    {
-      "pretrain": ("vdae.train", "pretrain"),
-      "sample": ("vdae.modes", "sample"),
-      "train_encoder": ("vdae.train_encoder", "train_encoder"),
-      "encode": ("vdae.modes", "encode"),
-      "reconstruct": ("vdae.modes", "reconstruct"),
-      "interpolate": ("vdae.modes", "interpolate"),
-      "train_vae": ("vdae.vae", "train_vae"),
-      "evaluate": ("vdae.evaluate", "evaluate"),
-      "all": ("vdae.modes", "run_all"),
-    }
-  )
-
-
-_register()
+# mode -> "module:function" under vdae.commands (imported on use, so --help stays fast)
+COMMANDS = {
+  "pretrain": "train:pretrain",
+  "train_encoder": "train:train_encoder",
+  "train_vae": "train:train_vae",
+  "sample": "sample:sample",
+  "encode": "encode:encode",
+  "reconstruct": "reconstruct:reconstruct",
+  "interpolate": "interpolate:interpolate",
+  "evaluate": "evaluate:evaluate",
+  "all": "run_all:run_all",
+}
 
 _CONFIG = config_flags.DEFINE_config_file(
   "config", None, "Experiment config file.", lock_config=True
 )
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and outputs.")
-_MODE = flags.DEFINE_enum("mode", "all", list(MODES), "What to run.")
+_MODE = flags.DEFINE_enum("mode", "all", list(COMMANDS), "What to run.")
 flags.mark_flags_as_required(["config", "workdir"])
+
+
+def command(mode: str):
+  module, fn = COMMANDS[mode].split(":")
+  return getattr(importlib.import_module(f"vdae.commands.{module}"), fn)
 
 
 def main(argv):
@@ -51,20 +50,31 @@ def main(argv):
   logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
   for noisy in ("absl", "orbax", "jax._src", "grain"):
     logging.getLogger(noisy).setLevel(logging.WARNING)
-  import importlib
+  from vdae import schema
+  from vdae.io.errors import VdaeError
+  from vdae.parallel import runtime
+  from vdae.training import checkpoint
 
-  from vdae import config_check, runtime
-  from vdae.errors import VdaeError
-
+  checkpoint.install_noise_filters()
   config = _CONFIG.value
   try:
-    config_check.check(config)
+    schema.check(config)
     runtime.initialize(config.runtime)
-    module, fn = MODES[_MODE.value]
-    getattr(importlib.import_module(module), fn)(config, _WORKDIR.value)
+    command(_MODE.value)(config, _WORKDIR.value)
   except VdaeError as e:
     print(f"vdae: error: {e}", file=sys.stderr)
     sys.exit(2)
+
+
+def _unknown_field_message(detail: str, argv: list[str]) -> str:
+  from vdae import schema
+
+  for arg in argv:
+    if arg.startswith("--config."):
+      hint = schema.renamed_hint(arg[2:].split("=")[0])
+      if hint:
+        return f"{hint} (see configs/base.py)."
+  return f"a --config.* flag names a field the config does not have: {detail}"
 
 
 def _parse_flags(argv: list[str]) -> list[str]:
@@ -79,10 +89,7 @@ def _parse_flags(argv: list[str]) -> list[str]:
     detail = str(e.args[0] if e.args else e).replace("\\n", " ").replace("\n", " ")
     detail = detail.replace("\\'", "").replace("'", "")  # KeyError's nested reprs
     detail = detail.replace(" Did you mean", ". Did you mean")
-    print(
-      f"vdae: error: a --config.* flag names a field the config does not have: {detail}",
-      file=sys.stderr,
-    )
+    print(f"vdae: error: {_unknown_field_message(detail, argv)}", file=sys.stderr)
     sys.exit(2)
 
 

@@ -1,104 +1,37 @@
-"""The fused time-embedding and score-sum step: reference and dispatch.
+"""Dispatch of the fused step (owned here): the Pallas kernel or the reference.
 
-Every decoding step and every stage-2 loss evaluation does the same
-memory-bound elementwise work on [B, D] arrays. The reference below is the
-`jax.numpy` definition; `pallas_fused_step.py` does it in one pass. Callers use
-`reverse_step` / `stage2_residual`, which dispatch on `impl`:
+Callers use `reverse_step` / `stage2_residual`, which dispatch on `impl`
+(`sampling.kernel`):
   "auto"      -> the Pallas kernel on GPU/TPU, the reference on CPU;
   "pallas"    -> the kernel (interpret mode on CPU, for tests);
-  "reference" -> the reference.
+  "reference" -> the reference (kernels/reference.py).
 """
 
 from __future__ import annotations
 
-import dataclasses
-
 import jax
-import jax.numpy as jnp
 
-from vdae import sde as sde_lib
-from vdae.models.embedding import sinusoidal
+from vdae import schema
+from vdae.kernels import pallas_fused_step
+from vdae.kernels.reference import (
+  StepSpec,
+  reference_reverse_step,
+  reference_stage2_residual,
+)
 
-Array = jax.Array
-
-
-@dataclasses.dataclass(frozen=True)
-class StepSpec:
-  """Static description of the step: the SDE and the time-embedding layout."""
-
-  sde: sde_lib.SDE
-  temb_dim: int
-  time_scale: float
-
-
-def reference_reverse_step(
-  x: Array,
-  eps: Array,
-  c: Array | None,
-  noise: Array | None,
-  t: Array,
-  dt: Array,
-  spec: StepSpec,
-) -> tuple[Array, Array]:
-  """One reverse-time step from t to t - dt with the conditional score.
-
-  Args:
-    x: [B, D] current state x_t.
-    eps: [B, D] score network's noise prediction eps_theta(x_t, t).
-    c: [B, D] latent-correction score grad_x log q(z | x_t, t), or None (0).
-    noise: [B, D] standard normal for Euler-Maruyama, or None for the
-      probability-flow ODE (Euler) update.
-    t: [B] current time.
-    dt: scalar or [B] step size (> 0; time decreases).
-    spec: SDE and embedding layout.
-
-  Returns:
-    x_next [B, D] and the sinusoidal embedding of t - dt, [B, temb_dim].
-
-  Equivalent JAX:
-    f, g2 = sde.sde_coefficients(t); _, sigma = sde.marginal(t)
-    s = -eps / sigma + c
-    x_next = x - (f x - w g2 s) dt + sqrt(g2 dt) noise   # w = 1 SDE, 1/2 ODE
-  """
-  dt = jnp.broadcast_to(jnp.asarray(dt, jnp.float32), t.shape)
-  f, g2 = spec.sde.sde_coefficients(t)
-  _, sigma = spec.sde.marginal(t)
-  score = -eps / sigma[:, None]
-  if c is not None:
-    score = score + c
-  w = 0.5 if noise is None else 1.0
-  x_next = x - (f[:, None] * x - (w * g2)[:, None] * score) * dt[:, None]
-  if noise is not None:
-    x_next = x_next + jnp.sqrt(g2 * dt)[:, None] * noise
-  temb_next = sinusoidal(t - dt, spec.temb_dim, spec.time_scale)
-  return x_next.astype(x.dtype), temb_next
-
-
-def reference_stage2_residual(
-  eps: Array, c: Array, noise: Array, t: Array, spec: StepSpec
-) -> Array:
-  """Per-example 1/2 ||eps - sigma(t) c - noise||^2 over D: [B].
-
-  eps, c, noise: [B, D]; t: [B]. Differentiable in eps and c.
-  """
-  _, sigma = spec.sde.marginal(t)
-  r = eps - sigma[:, None] * c - noise
-  return 0.5 * jnp.sum(r * r, axis=-1)
+__all__ = ["StepSpec", "reverse_step", "stage2_residual"]
 
 
 def _use_pallas(impl: str) -> bool:
+  schema.require("sampling.kernel", impl)
   if impl == "auto":
     return jax.default_backend() in ("gpu", "tpu")
-  if impl not in ("pallas", "reference"):
-    raise ValueError(f"sampling.kernel must be auto, pallas or reference; got {impl!r}")
   return impl == "pallas"
 
 
 def reverse_step(x, eps, c, noise, t, dt, spec: StepSpec, impl: str = "auto"):
   """Dispatching form of `reference_reverse_step` (same signature + impl)."""
   if _use_pallas(impl):
-    from vdae.kernels import pallas_fused_step
-
     return pallas_fused_step.fused_reverse_step(x, eps, c, noise, t, dt, spec)
   return reference_reverse_step(x, eps, c, noise, t, dt, spec)
 
@@ -106,7 +39,5 @@ def reverse_step(x, eps, c, noise, t, dt, spec: StepSpec, impl: str = "auto"):
 def stage2_residual(eps, c, noise, t, spec: StepSpec, impl: str = "auto"):
   """Dispatching form of `reference_stage2_residual` (same signature + impl)."""
   if _use_pallas(impl):
-    from vdae.kernels import pallas_fused_step
-
     return pallas_fused_step.fused_stage2_residual(eps, c, noise, t, spec)
   return reference_stage2_residual(eps, c, noise, t, spec)

@@ -2,8 +2,8 @@
 
 Two kernels, each one `pl.pallas_call` over a grid of (batch block, D block):
 
-* `fused_reverse_step`  == `fused_step.reference_reverse_step`
-* `fused_stage2_residual` == `fused_step.reference_stage2_residual` (custom_vjp)
+* `fused_reverse_step`  == `reference.reference_reverse_step`
+* `fused_stage2_residual` == `reference.reference_stage2_residual` (custom_vjp)
 
 The work is elementwise over [B, D] plus per-example scalars, i.e. memory
 bound: the point of fusing is to read x, eps, c, noise once and write x_next
@@ -44,8 +44,8 @@ import jax.numpy as jnp
 from jax import lax
 from jax.experimental import pallas as pl
 
-from vdae import sde as sde_lib
-from vdae.kernels.fused_step import StepSpec
+from vdae.diffusion import sde as sde_lib
+from vdae.kernels.reference import StepSpec
 
 Array = jax.Array
 
@@ -292,7 +292,7 @@ def fused_reverse_step(
 ) -> tuple[Array, Array]:
   """One reverse-time step t -> t - dt in one Pallas kernel.
 
-  Reference: `vdae.kernels.fused_step.reference_reverse_step`, i.e.
+  Reference: `vdae.kernels.reference.reference_reverse_step`, i.e.
 
     f, g2 = sde.sde_coefficients(t); _, sigma = sde.marginal(t)
     s = -eps / sigma[:, None] + (c if c is not None else 0)
@@ -425,7 +425,7 @@ def fused_stage2_residual(
 ) -> Array:
   """Per-example stage-2 residual 1/2 ||eps - sigma(t) c - noise||^2: [B].
 
-  Reference: `vdae.kernels.fused_step.reference_stage2_residual`, i.e.
+  Reference: `vdae.kernels.reference.reference_stage2_residual`, i.e.
 
     _, sigma = sde.marginal(t)
     r = eps - sigma[:, None] * c - noise

@@ -1,1 +1,1 @@
-"""Flax networks: the score U-Net, the time-dependent encoder, the VAE decoder."""
+"""Flax networks: the score U-Net, the time-dependent encoder, the VAE decoder, shared layers."""

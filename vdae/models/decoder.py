@@ -1,4 +1,4 @@
-"""Decoder of the VAE baseline: z -> mean of a Gaussian p(x | z).
+"""The VAE baseline's decoder network: z -> mean of a Gaussian p(x | z).
 
 The stage-2 encoder run backwards: a dense map to the coarsest feature map,
 residual blocks (the same `ResBlock` as the encoder), nearest-neighbour
@@ -15,11 +15,11 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from vdae.errors import ConfigError
-from vdae.models.unet import ResBlock, _groups
+from vdae.io.errors import ConfigError
+from vdae.models.layers import ResBlock, group_count
 
 
-class Decoder(nn.Module):
+class VAEDecoder(nn.Module):
   """z [B, L] -> mean [B, H, W, C] (float32, unconstrained)."""
 
   image_shape: tuple[int, int, int]
@@ -49,12 +49,12 @@ class Decoder(nn.Module):
         b, hh, ww, c = h.shape
         h = jax.image.resize(h, (b, 2 * hh, 2 * ww, c), "nearest")
         h = nn.Conv(c, (3, 3))(h)
-    h = nn.silu(nn.GroupNorm(_groups(h.shape[-1], self.groups))(h))
+    h = nn.silu(nn.GroupNorm(group_count(h.shape[-1], self.groups))(h))
     return nn.Conv(c_img, (3, 3))(h).astype(jnp.float32)
 
 
-def from_config(vae_cfg, enc_cfg, image_shape: tuple[int, int, int]) -> Decoder:
-  return Decoder(
+def from_config(vae_cfg, enc_cfg, image_shape: tuple[int, int, int]) -> VAEDecoder:
+  return VAEDecoder(
     image_shape=tuple(image_shape),
     channels=vae_cfg.decoder_channels,
     channel_mults=tuple(vae_cfg.decoder_channel_mults),

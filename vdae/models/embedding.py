@@ -1,4 +1,4 @@
-"""Time embeddings shared by the score network and the encoder."""
+"""Time embeddings shared by the score network and the encoder (sinusoidal, Fourier)."""
 
 from __future__ import annotations
 
@@ -7,6 +7,8 @@ import math
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+
+from vdae import schema
 
 
 def sinusoidal(t: jax.Array, dim: int, time_scale: float) -> jax.Array:
@@ -26,12 +28,16 @@ class FourierFeatures(nn.Module):
 
   dim: int
   scale: float = 16.0
+  # log t is -inf at t = 0 (where the encoder sees clean images): t is clamped
+  # to the SDE's smallest time, where x_t is x_0 up to sigma(eps) noise.
+  min_time: float = 1e-3
 
   @nn.compact
   def __call__(self, t: jax.Array) -> jax.Array:
     w = self.param("w", nn.initializers.normal(self.scale), (self.dim // 2,))
     w = jax.lax.stop_gradient(w)
-    arg = jnp.log(t.astype(jnp.float32))[:, None] * w[None, :] * 2 * math.pi
+    t = jnp.maximum(t.astype(jnp.float32), self.min_time)
+    arg = jnp.log(t)[:, None] * w[None, :] * 2 * math.pi
     return jnp.concatenate([jnp.sin(arg), jnp.cos(arg)], axis=-1)
 
 
@@ -47,16 +53,15 @@ class TimeEmbedding(nn.Module):
   out_dim: int
   time_scale: float
   fourier_scale: float = 16.0
+  min_time: float = 1e-3
   dtype: jnp.dtype = jnp.float32
 
   @nn.compact
   def __call__(self, t: jax.Array, temb: jax.Array | None = None) -> jax.Array:
     if temb is None:
-      if self.kind == "sinusoidal":
+      if schema.require("model.embedding", self.kind) == "sinusoidal":
         temb = sinusoidal(t, self.raw_dim, self.time_scale)
-      elif self.kind == "fourier":
-        temb = FourierFeatures(self.raw_dim, self.fourier_scale)(t)
       else:
-        raise ValueError(f"model.embedding must be sinusoidal or fourier; got {self.kind!r}")
+        temb = FourierFeatures(self.raw_dim, self.fourier_scale, self.min_time)(t)
     h = nn.Dense(self.out_dim, dtype=self.dtype)(temb)
     return nn.Dense(self.out_dim, dtype=self.dtype)(nn.silu(h))

@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 
 from vdae.models.embedding import TimeEmbedding
-from vdae.models.unet import ResBlock, _groups
+from vdae.models.layers import ResBlock, group_count
 
 
 class Encoder(nn.Module):
@@ -29,12 +29,20 @@ class Encoder(nn.Module):
   embedding: str = "sinusoidal"
   temb_dim: int = 64
   time_scale: float = 1000.0
+  fourier_scale: float = 16.0
+  min_time: float = 1e-3  # Fourier features of log t: t = 0 (clean x) is clamped here
   dtype: jnp.dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x: jax.Array, t: jax.Array) -> tuple[jax.Array, jax.Array]:
     emb = TimeEmbedding(
-      self.embedding, self.temb_dim, 4 * self.channels, self.time_scale, dtype=self.dtype
+      self.embedding,
+      self.temb_dim,
+      4 * self.channels,
+      self.time_scale,
+      self.fourier_scale,
+      self.min_time,
+      self.dtype,
     )(t)
     h = nn.Conv(self.channels, (3, 3), dtype=self.dtype)(x.astype(self.dtype))
     for level, mult in enumerate(self.channel_mults):
@@ -42,7 +50,7 @@ class Encoder(nn.Module):
         h = ResBlock(self.channels * mult, self.groups, 0.0, self.dtype)(h, emb, False)
       if level != len(self.channel_mults) - 1:
         h = nn.Conv(h.shape[-1], (3, 3), strides=(2, 2), dtype=self.dtype)(h)
-    h = nn.silu(nn.GroupNorm(_groups(h.shape[-1], self.groups), dtype=self.dtype)(h))
+    h = nn.silu(nn.GroupNorm(group_count(h.shape[-1], self.groups), dtype=self.dtype)(h))
     h = h.reshape(h.shape[0], -1)
     h = nn.silu(nn.Dense(4 * self.channels, dtype=self.dtype)(h))
     h = h + nn.Dense(4 * self.channels, dtype=self.dtype)(nn.silu(emb))
@@ -63,5 +71,12 @@ def from_config(enc_cfg, model_cfg, sde_cfg) -> Encoder:
     embedding=model_cfg.embedding,
     temb_dim=model_cfg.temb_dim,
     time_scale=sde_cfg.time_scale,
+    fourier_scale=model_cfg.fourier_scale,
+    min_time=sde_cfg.eps,
     dtype=jnp.dtype(model_cfg.dtype),
   )
+
+
+def init_params(model: Encoder, key: jax.Array, image_shape: tuple[int, ...]):
+  """The encoder's parameters for images of `image_shape` [H, W, C]."""
+  return model.init(key, jnp.zeros((1, *image_shape), jnp.float32), jnp.zeros((1,)))["params"]

@@ -1,4 +1,4 @@
-"""Time-conditioned U-Net noise predictor eps_theta(x_t, t) (DDPM++ flavour).
+"""The score network: a time-conditioned U-Net noise predictor eps_theta(x_t, t) (DDPM++ flavour).
 
 Residual blocks with GroupNorm and a time-embedding shift, optional
 self-attention at chosen resolutions, one downsampling per level. Works for any
@@ -14,48 +14,7 @@ import jax
 import jax.numpy as jnp
 
 from vdae.models.embedding import TimeEmbedding
-
-
-def _groups(channels: int, groups: int) -> int:
-  """Largest divisor of `channels` that is <= `groups` (GroupNorm needs one)."""
-  g = min(groups, channels)
-  while channels % g:
-    g -= 1
-  return g
-
-
-class ResBlock(nn.Module):
-  out_ch: int
-  groups: int
-  dropout: float = 0.0
-  dtype: jnp.dtype = jnp.float32
-
-  @nn.compact
-  def __call__(self, x: jax.Array, emb: jax.Array, train: bool) -> jax.Array:
-    h = nn.GroupNorm(_groups(x.shape[-1], self.groups), dtype=self.dtype)(x)
-    h = nn.Conv(self.out_ch, (3, 3), dtype=self.dtype)(nn.silu(h))
-    h = h + nn.Dense(self.out_ch, dtype=self.dtype)(nn.silu(emb))[:, None, None, :]
-    h = nn.GroupNorm(_groups(self.out_ch, self.groups), dtype=self.dtype)(h)
-    h = nn.Dropout(self.dropout, deterministic=not train)(nn.silu(h))
-    # Zero-init the last conv so each block starts as the identity.
-    h = nn.Conv(self.out_ch, (3, 3), dtype=self.dtype, kernel_init=nn.initializers.zeros)(h)
-    if x.shape[-1] != self.out_ch:
-      x = nn.Conv(self.out_ch, (1, 1), dtype=self.dtype)(x)
-    return (x + h) / jnp.sqrt(2.0).astype(h.dtype)
-
-
-class AttnBlock(nn.Module):
-  groups: int
-  dtype: jnp.dtype = jnp.float32
-
-  @nn.compact
-  def __call__(self, x: jax.Array) -> jax.Array:
-    b, hh, ww, c = x.shape
-    h = nn.GroupNorm(_groups(c, self.groups), dtype=self.dtype)(x).reshape(b, hh * ww, c)
-    h = nn.MultiHeadDotProductAttention(
-      num_heads=1, dtype=self.dtype, out_kernel_init=nn.initializers.zeros
-    )(h)
-    return (x + h.reshape(b, hh, ww, c)) / jnp.sqrt(2.0).astype(h.dtype)
+from vdae.models.layers import AttnBlock, ResBlock, group_count
 
 
 class UNet(nn.Module):
@@ -71,6 +30,7 @@ class UNet(nn.Module):
   temb_dim: int = 64
   time_scale: float = 1000.0
   fourier_scale: float = 16.0
+  min_time: float = 1e-3  # Fourier features of log t: t is clamped here (sde.eps)
   dtype: jnp.dtype = jnp.float32
 
   @nn.compact
@@ -84,6 +44,7 @@ class UNet(nn.Module):
       4 * self.channels,
       self.time_scale,
       self.fourier_scale,
+      self.min_time,
       self.dtype,
     )(t, temb)
     block = lambda ch: ResBlock(ch, self.groups, self.dropout, self.dtype)
@@ -111,7 +72,7 @@ class UNet(nn.Module):
         h = jax.image.resize(h, (b, skips[-1].shape[1], skips[-1].shape[2], c), "nearest")
         h = nn.Conv(c, (3, 3), dtype=self.dtype)(h)
     assert not skips
-    h = nn.silu(nn.GroupNorm(_groups(h.shape[-1], self.groups), dtype=self.dtype)(h))
+    h = nn.silu(nn.GroupNorm(group_count(h.shape[-1], self.groups), dtype=self.dtype)(h))
     h = nn.Conv(out_ch, (3, 3), dtype=self.dtype, kernel_init=nn.initializers.zeros)(h)
     return h.astype(jnp.float32)
 
@@ -128,5 +89,6 @@ def from_config(model_cfg, sde_cfg) -> UNet:
     temb_dim=model_cfg.temb_dim,
     time_scale=sde_cfg.time_scale,
     fourier_scale=model_cfg.fourier_scale,
+    min_time=sde_cfg.eps,
     dtype=jnp.dtype(model_cfg.dtype),
   )

@@ -1,0 +1,1 @@
+"""The autoencoders compared: the VDAE, the VAE baseline, and the interface they share."""

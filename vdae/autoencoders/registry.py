@@ -1,0 +1,43 @@
+"""The autoencoders the harness compares, and how each is loaded from a workdir (owned here).
+
+One entry per autoencoder: the stage whose checkpoint says it is trained,
+and a loader that restores it (through `stages.load_stage`) as an
+`Autoencoder`. The harness evaluates every entry whose stage is trained.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+
+from vdae.autoencoders.base import Autoencoder
+from vdae.autoencoders.vae import VAE
+from vdae.autoencoders.vdae import VDAE
+from vdae.data.sources import data_levels
+from vdae.training.stages import load_stage
+
+
+def load_vdae(config, workdir: str, mesh, image_shape) -> VDAE:
+  score_params, _ = load_stage(
+    "stage1", config, workdir, mesh, image_shape, use_ema=config.sampling.use_ema
+  )
+  enc_params, _ = load_stage("stage2", config, workdir, mesh, image_shape)
+  return VDAE(config, score_params, enc_params, mesh, image_shape)
+
+
+def load_vae(config, workdir: str, mesh, image_shape) -> VAE:
+  params, _ = load_stage("vae", config, workdir, mesh, image_shape)
+  return VAE(config, params, image_shape, data_levels(config))
+
+
+@dataclasses.dataclass(frozen=True)
+class Entry:
+  stage: str  # trained when this stage has a checkpoint
+  load: Callable[..., Autoencoder]  # (config, workdir, mesh, image_shape) -> Autoencoder
+
+
+# Evaluation order; the comparison grid's rows follow it (originals, then each).
+AUTOENCODERS: dict[str, Entry] = {
+  "vae": Entry("vae", load_vae),
+  "vdae": Entry("stage2", load_vdae),
+}

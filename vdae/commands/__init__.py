@@ -1,0 +1,1 @@
+"""Command-line modes, one module each: train, sample, encode, reconstruct, interpolate, evaluate, all."""

@@ -1,0 +1,102 @@
+"""--mode=evaluate: every trained autoencoder through the one harness, the score model's
+likelihood, and the pictures; WORKDIR/eval/metrics.json and `eval/...` TensorBoard scalars.
+
+metrics.json has flat keys and float values: `<autoencoder>/<metric>` for each
+autoencoder in autoencoders/registry.py whose stage is trained (the keys are
+listed in vdae/evaluation/harness.py), score_model/bits_per_dim and
+score_model/bpd_solver_steps, classifier_test_accuracy and fid_train_vs_test.
+Files are written by process 0; every process runs the same computation.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+
+import jax
+import numpy as np
+
+from vdae.autoencoders.registry import AUTOENCODERS
+from vdae.commands import common
+from vdae.evaluation import harness
+from vdae.io import curves, files, writer
+from vdae.training import stages
+
+log = logging.getLogger(__name__)
+
+
+def comparison_rows(*sets: np.ndarray, cols: int = 8) -> np.ndarray:
+  """Interleaves row blocks of `cols` images: set 0, set 1, ... then the next block."""
+  n = min(len(x) for x in sets)
+  cols = min(cols, n)
+  n = n // cols * cols
+  return np.concatenate([x[i : i + cols] for i in range(0, n, cols) for x in sets])
+
+
+def write_metrics(workdir: str, metrics: dict[str, float], step: int, images=None) -> str:
+  """WORKDIR/eval/metrics.json, `eval/<key>` scalars and the picture grids (process 0 only)."""
+  path = os.path.join(workdir, "eval", "metrics.json")
+  if jax.process_index() != 0:
+    return path
+  files.write_json(path, metrics)
+  tb = writer.Writer(os.path.join(workdir, "tensorboard", "eval"))
+  try:
+    tb.scalars(step, {f"eval/{k}": v for k, v in metrics.items() if math.isfinite(v)})
+    for tag, ims in (images or {}).items():
+      tb.image(step, f"eval/{tag}", ims)
+      writer.save_png(
+        os.path.join(workdir, "eval", f"{tag}.png"),
+        writer.grid(ims, 8),
+        writer.auto_scale(ims.shape[1]),
+      )
+  finally:
+    tb.close()
+  return path
+
+
+def evaluate(config, workdir: str) -> dict[str, float]:
+  """Every metric this workdir's checkpoints allow; returns them and writes them."""
+  r = common.run(config, workdir)
+  ev = config.eval
+  with harness.Timer("classifier"):
+    judge = harness.Judge(config, workdir, r.splits)
+  metrics = dict(judge.metrics)
+  results, score_params = {}, None
+  for name, entry in AUTOENCODERS.items():
+    if not stages.is_trained(entry.stage, config, workdir):
+      log.warning("no %s checkpoint in %s: skipping the %s metrics", entry.stage, workdir, name)
+      continue
+    with harness.Timer(name):
+      ae = entry.load(config, workdir, r.mesh, r.image_shape)
+      results[name] = harness.evaluate_autoencoder(ae, config, judge, r.splits)
+    metrics.update(results[name].metrics)
+    score_params = getattr(ae, "score_params", score_params)
+  if ev.bpd_num_images:
+    if score_params is None:
+      score_params, _ = stages.load_stage(
+        "stage1", config, workdir, r.mesh, r.image_shape, use_ema=config.sampling.use_ema
+      )
+    with harness.Timer("bits_per_dim"):
+      x = r.splits["test"].arrays(ev.bpd_num_images)["image"]
+      metrics.update(harness.score_model_bpd(config, score_params, x))
+  originals = r.splits["test"].arrays(32)["image"]
+  images = {}
+  for name, res in results.items():
+    images[f"{name}_reconstructions"] = np.concatenate([originals, res.reconstructions[:32]])
+    images[f"{name}_samples"] = res.samples[:32]
+  if len(results) > 1:
+    images["comparison"] = comparison_rows(
+      originals, *(res.reconstructions[:32] for res in results.values())
+    )
+  metrics = {k: float(v) for k, v in metrics.items()}
+  step = stages.trained_step("stage2", config, workdir) or stages.trained_step(
+    "stage1", config, workdir
+  )
+  path = write_metrics(workdir, metrics, step, images)
+  if jax.process_index() == 0:
+    runs = [(name, s.title) for name, s in stages.STAGES.items()]
+    curves.plot_loss_curves(workdir, os.path.join(workdir, "eval", "loss_curves.png"), runs)
+  log.info("evaluation metrics -> %s\n%s", path, json.dumps(metrics, indent=1, sort_keys=True))
+  return metrics

@@ -1,0 +1,37 @@
+"""--mode=reconstruct: originals (odd rows) above their VDAE reconstructions (even rows)."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import jax
+import numpy as np
+
+from vdae.commands import common
+from vdae.io import writer
+
+log = logging.getLogger(__name__)
+
+
+def reconstruct(config, workdir: str, n: int = 32) -> str:
+  r = common.run(config, workdir)
+  ae = r.vdae()
+  x = r.encode_split(n)["image"]
+  mu = ae.encode(x)
+  rec = ae.decode(mu, jax.random.key(config.seed))
+  cols = 8
+  rows = []
+  for i in range(0, len(x), cols):
+    rows += [x[i : i + cols], rec[i : i + cols]]
+  path = writer.write_images(
+    os.path.join(workdir, "reconstruct"),
+    "reconstructions",
+    np.concatenate(rows),
+    cols=cols,
+    originals=x,
+    reconstructions=rec,
+    mu=mu,
+  )
+  log.info("reconstructions written to %s", path)
+  return path

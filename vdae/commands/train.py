@@ -1,0 +1,17 @@
+"""--mode=pretrain / train_encoder / train_vae: one stage of the stage table, trained."""
+
+from __future__ import annotations
+
+from vdae.training import stages
+
+
+def pretrain(config, workdir: str):
+  return stages.train("stage1", config, workdir)
+
+
+def train_encoder(config, workdir: str):
+  return stages.train("stage2", config, workdir)
+
+
+def train_vae(config, workdir: str):
+  return stages.train("vae", config, workdir)

@@ -1,0 +1,1 @@
+"""Input: data sources (digits, npz, folder, ArrayRecord) and the Grain batch pipelines."""

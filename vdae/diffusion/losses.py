@@ -1,0 +1,46 @@
+"""Denoising score matching (stage 1) and the diffusion time sampling it shares with stage 2.
+
+t ~ U[eps, 1] (or stratified), x_0 perturbed with the SDE's Gaussian kernel,
+the network regresses the true noise. Shapes: x0 [B, H, W, C]; losses are
+summed over pixels and averaged over the batch.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from vdae import schema
+from vdae.diffusion import sde as sde_lib
+from vdae.types import Array, EpsFn
+
+
+def sample_time(key: Array, batch: int, t_eps: float, method: str = "uniform") -> Array:
+  """t [B] on [eps, 1]: i.i.d. uniform, or stratified (one per 1/B stratum, a
+  low-discrepancy draw that lowers the loss's variance at equal cost)."""
+  if schema.require("stage2.time_sampling", method) == "uniform":
+    u = jax.random.uniform(key, (batch,))
+  else:
+    u0 = jax.random.uniform(key, ())
+    u = jnp.mod(u0 + jnp.arange(batch) / batch, 1.0)
+  return t_eps + (1.0 - t_eps) * u
+
+
+def dsm_loss(
+  eps_fn: EpsFn, x0: Array, key: Array, sde: sde_lib.SDE, likelihood_weighting: bool
+) -> tuple[Array, dict[str, Array]]:
+  """Denoising score matching in noise-prediction form.
+
+  E_t,n || eps_theta(x_t, t) - n ||^2, optionally weighted by g(t)^2 / sigma(t)^2
+  (the likelihood weighting: the score-space loss times g^2).
+  """
+  kt, kn = jax.random.split(key)
+  t = sample_time(kt, x0.shape[0], sde.eps)
+  n = jax.random.normal(kn, x0.shape, jnp.float32)
+  xt = sde.perturb(x0, t, n)
+  per_ex = jnp.sum(jnp.square(eps_fn(xt, t) - n), axis=tuple(range(1, x0.ndim)))
+  if likelihood_weighting:
+    _, g2 = sde.sde_coefficients(t)
+    _, sigma = sde.marginal(t)
+    per_ex = per_ex * g2 / sigma**2
+  return jnp.mean(per_ex), {"dsm": jnp.mean(per_ex)}

@@ -1,0 +1,123 @@
+"""Forward SDEs (VP, sub-VP, VE): their marginals, priors and reverse-time forms.
+
+Every SDE here has a Gaussian perturbation kernel
+  x_t = alpha(t) x_0 + sigma(t) n,  n ~ N(0, I),
+so one score network parameterisation (noise prediction, score = -eps / sigma)
+serves them all. Shapes: `t` is [B]; `x` is [B, ...]; per-example scalars are
+broadcast over the trailing axes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import jax
+import jax.numpy as jnp
+
+from vdae import schema
+from vdae.types import Array, ScoreFn
+
+
+def bcast(v: Array, x: Array) -> Array:
+  """Reshapes per-example `v` [B] to broadcast against `x` [B, ...]."""
+  return v.reshape(v.shape + (1,) * (x.ndim - v.ndim))
+
+
+@dataclasses.dataclass(frozen=True)
+class SDE:
+  """A linear SDE dx = f(t) x dt + g(t) dw on t in [eps, 1].
+
+  kind: "vp" (DDPM-like), "subvp" (Song et al. 2021), or "ve" (SMLD-like).
+  """
+
+  kind: str = "vp"
+  beta_min: float = 0.1
+  beta_max: float = 20.0
+  sigma_min: float = 0.01
+  sigma_max: float = 50.0
+  eps: float = 1e-3
+
+  def __post_init__(self):
+    schema.require("sde.kind", self.kind)
+
+  # --- coefficients --------------------------------------------------------
+  def beta(self, t: Array) -> Array:
+    """beta(t) = beta_min + t (beta_max - beta_min) (VP / sub-VP)."""
+    return self.beta_min + t * (self.beta_max - self.beta_min)
+
+  def log_alpha(self, t: Array) -> Array:
+    if self.kind == "ve":
+      return jnp.zeros_like(t)
+    return -0.25 * t**2 * (self.beta_max - self.beta_min) - 0.5 * t * self.beta_min
+
+  def marginal(self, t: Array) -> tuple[Array, Array]:
+    """(alpha(t), sigma(t)) of the perturbation kernel, each [B]."""
+    la = self.log_alpha(t)
+    alpha = jnp.exp(la)
+    if self.kind == "vp":
+      sigma = jnp.sqrt(-jnp.expm1(2.0 * la))
+    elif self.kind == "subvp":
+      sigma = -jnp.expm1(2.0 * la)
+    else:
+      sigma = self.sigma_min * (self.sigma_max / self.sigma_min) ** t
+    return alpha, sigma
+
+  def sde_coefficients(self, t: Array) -> tuple[Array, Array]:
+    """(f(t), g(t)^2): drift is f(t) * x, squared diffusion g(t)^2, each [B]."""
+    if self.kind == "ve":
+      _, sigma = self.marginal(t)
+      return jnp.zeros_like(t), sigma**2 * 2.0 * math.log(self.sigma_max / self.sigma_min)
+    b = self.beta(t)
+    if self.kind == "vp":
+      return -0.5 * b, b
+    return -0.5 * b, b * -jnp.expm1(4.0 * self.log_alpha(t))
+
+  def drift(self, x: Array, t: Array) -> Array:
+    f, _ = self.sde_coefficients(t)
+    return bcast(f, x) * x
+
+  def diffusion(self, t: Array) -> Array:
+    return jnp.sqrt(self.sde_coefficients(t)[1])
+
+  # --- marginals and prior -------------------------------------------------
+  def perturb(self, x0: Array, t: Array, noise: Array) -> Array:
+    alpha, sigma = self.marginal(t)
+    return bcast(alpha, x0) * x0 + bcast(sigma, x0) * noise
+
+  @property
+  def prior_std(self) -> float:
+    return self.sigma_max if self.kind == "ve" else 1.0
+
+  def prior_sample(self, key: Array, shape: tuple[int, ...]) -> Array:
+    return self.prior_std * jax.random.normal(key, shape)
+
+  def prior_logp(self, z: Array) -> Array:
+    """log N(z; 0, prior_std^2 I) summed over all but the batch axis: [B]."""
+    d = math.prod(z.shape[1:])
+    s2 = self.prior_std**2
+    sq = jnp.sum(z.reshape(z.shape[0], -1) ** 2, axis=-1)
+    return -0.5 * d * math.log(2 * math.pi * s2) - 0.5 * sq / s2
+
+  # --- reverse time --------------------------------------------------------
+  def reverse_drift(self, score_fn: ScoreFn, x: Array, t: Array, ode: bool) -> Array:
+    """Drift of the reverse SDE (ode=False) or the probability-flow ODE (ode=True).
+
+    reverse SDE:  dx = [f x - g^2 s] dt + g dw_bar
+    PF ODE:       dx = [f x - 1/2 g^2 s] dt
+    """
+    f, g2 = self.sde_coefficients(t)
+    w = 0.5 if ode else 1.0
+    return bcast(f, x) * x - bcast(w * g2, x) * score_fn(x, t)
+
+
+def from_config(cfg) -> SDE:
+  """Builds the SDE from the `sde` config group."""
+  return SDE(
+    kind=cfg.kind,
+    beta_min=cfg.beta_min,
+    beta_max=cfg.beta_max,
+    sigma_min=cfg.sigma_min,
+    sigma_max=cfg.sigma_max,
+    eps=cfg.eps,
+  )

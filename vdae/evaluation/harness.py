@@ -1,0 +1,219 @@
+"""One evaluation of any `Autoencoder` on the held-out split, and of the score model's likelihood.
+
+`evaluate_autoencoder` gives every autoencoder the same keys, prefixed
+`<name>/` (vdae/commands/evaluate.py writes them to metrics.json):
+
+  recon_mse, recon_psnr      decode(encode(x)) vs x, x in [-1, 1]; the PSNR
+                             (peak-to-peak 2) is the mean of per-image PSNRs.
+                             Reconstructions are clipped to [-1, 1] first, as
+                             for any image that is saved.
+  rate                       KL(q(z | x) || N(0, I)) in nats per image.
+  recon_class_accuracy       the evaluation classifier (classifier.py) gives
+                             the reconstruction the original's label.
+  recon_fid, sample_fid      Fréchet distance in the classifier's penultimate
+                             features of reconstructions / prior samples
+                             (z ~ N(0, I) decoded) against the whole test split.
+  linear_probe_accuracy      logistic regression on the codes, fit on the
+                             whole train split, scored on test.
+  time_per_image             seconds per decoded image at eval.batch_size,
+                             compile time excluded.
+  ...                        plus the autoencoder's own `extra_metrics`.
+
+Unprefixed: classifier_test_accuracy, fid_train_vs_test (the floor that sample
+sizes this small allow). `score_model_bpd` gives score_model/bits_per_dim: the
+unconditional score model's PF-ODE likelihood (diffusion/likelihood.py).
+Datasets without labels get the label-free metrics. Every batch comes from
+data/pipeline.py, padded with a mask.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from vdae.autoencoders.base import Autoencoder
+from vdae.data import pipeline, sources
+from vdae.diffusion import likelihood, score
+from vdae.diffusion import sde as sde_lib
+from vdae.evaluation import classifier, metrics
+from vdae.parallel import sharding
+
+log = logging.getLogger(__name__)
+
+
+class Timer:
+  """Logs how long each part of the evaluation took (the budget is what users tune)."""
+
+  def __init__(self, name: str):
+    self.name = name
+
+  def __enter__(self):
+    self.t0 = time.perf_counter()
+
+  def __exit__(self, *exc):
+    log.info("evaluate: %s took %.1f s", self.name, time.perf_counter() - self.t0)
+
+
+class Judge:
+  """The label-dependent metrics: classifier, features, probe. Empty without labels."""
+
+  def __init__(self, config, workdir: str, splits: dict[str, sources.Split]):
+    self.config = config
+    self.labelled = splits["train"].has_labels and splits["test"].has_labels
+    self.metrics: dict[str, float] = {}
+    if not self.labelled:
+      log.info("the data has no labels: skipping classifier, FID and probe metrics")
+      return
+    model, params, meta = classifier.load_or_train(config, workdir, splits)
+    self.predict = classifier.make_predict(model, params)
+    _, self.test_feats = self.predict(splits["test"].arrays()["image"])
+    n = min(len(splits["train"]), max(config.eval.num_samples, 2))
+    _, train_feats = self.predict(splits["train"].arrays(n)["image"])
+    self.metrics = {
+      "classifier_test_accuracy": float(meta["test_accuracy"]),
+      "fid_train_vs_test": metrics.fid_from_features(train_feats, self.test_feats),
+    }
+
+  def recon(self, x: np.ndarray, rec: np.ndarray, labels: np.ndarray | None) -> dict:
+    rec = np.clip(rec, -1.0, 1.0)
+    out = {
+      "recon_mse": float(np.mean(np.square(rec - x))),
+      "recon_psnr": float(np.mean(metrics.psnr(rec, x))),
+    }
+    if self.labelled:
+      logits, feats = self.predict(rec)
+      out["recon_class_accuracy"] = float(np.mean(logits.argmax(-1) == labels))
+      out["recon_fid"] = metrics.fid_from_features(feats, self.test_feats)
+    return out
+
+  def samples(self, x: np.ndarray) -> dict:
+    if not self.labelled:
+      return {}
+    _, feats = self.predict(np.clip(x, -1.0, 1.0))
+    return {"sample_fid": metrics.fid_from_features(feats, self.test_feats)}
+
+  def probe(self, train_z, train_y, test_z, test_y) -> dict:
+    if not self.labelled:
+      return {}
+    acc = metrics.linear_probe(
+      train_z, train_y, test_z, test_y, self.config.eval.probe_max_iter, self.config.seed
+    )
+    return {"linear_probe_accuracy": acc}
+
+
+@dataclasses.dataclass
+class Result:
+  metrics: dict[str, float]  # prefixed `<name>/`
+  reconstructions: np.ndarray  # [N, H, W, C] of the evaluated test images
+  samples: np.ndarray  # [num_samples, H, W, C] decoded prior draws
+
+
+def _encode_split(ae: Autoencoder, split: sources.Split, batch: int, limit=None):
+  """(codes [N, L], rates [N], labels [N], images [N, ...]) over the split, in order."""
+  codes, rates, labels, images = [], [], [], []
+  for b in pipeline.eval_batches(split, batch, limit):
+    v = b["valid"]
+    codes.append(ae.encode(b["image"])[v])
+    rates.append(ae.rate(b["image"])[v])
+    labels.append(b["label"][v])
+    images.append(b["image"][v])
+  return tuple(np.concatenate(a) for a in (codes, rates, labels, images))
+
+
+def _decode_all(ae: Autoencoder, z: np.ndarray, batch: int, seed: int) -> tuple[np.ndarray, float]:
+  """x decoded from z [N, L] in padded batches (batch i keyed fold_in(seed, i));
+  returns (x, seconds spent decoding)."""
+  seconds, counter = 0.0, iter(range(len(z)))
+
+  def one(zb):
+    nonlocal seconds
+    key = jax.random.fold_in(jax.random.key(seed), next(counter))
+    t0 = time.perf_counter()
+    out = ae.decode(zb, key)
+    seconds += time.perf_counter() - t0
+    return out
+
+  return pipeline.map_batched(one, z, batch), seconds
+
+
+def evaluate_autoencoder(
+  ae: Autoencoder, config, judge: Judge, splits: dict[str, sources.Split]
+) -> Result:
+  """Every metric of `ae` on the test split (eval.num_test images; 0 = all)."""
+  ev, seed = config.eval, config.seed
+  test = splits["test"]
+  mu, rates, labels, x = _encode_split(ae, test, ev.batch_size, ev.num_test or None)
+  ae.compile_decode(np.zeros((ev.batch_size, ae.latent_dim), np.float32))
+  rec, secs = _decode_all(ae, mu, ev.batch_size, seed)
+  out = judge.recon(x, rec, labels if test.has_labels else None)
+  out["rate"] = float(np.mean(rates))
+  out["time_per_image"] = secs / (math.ceil(len(mu) / ev.batch_size) * ev.batch_size)
+  z = np.asarray(jax.random.normal(jax.random.key(seed + 1), (ev.num_samples, ae.latent_dim)))
+  samples, _ = _decode_all(ae, z, ev.batch_size, seed + 2)
+  out.update(judge.samples(samples))
+  out.update(ae.extra_metrics(x, ev.batch_size, seed))
+  if judge.labelled:  # the probe is fit on all of train and scored on all of test
+    train_z, _, train_y, _ = _encode_split(ae, splits["train"], ev.batch_size)
+    test_z, test_y = mu, labels
+    if len(mu) < len(test):
+      test_z, _, test_y, _ = _encode_split(ae, test, ev.batch_size)
+    out.update(judge.probe(train_z, train_y, test_z, test_y))
+  return Result({f"{ae.name}/{k}": float(v) for k, v in out.items()}, rec, samples)
+
+
+def score_model_bpd(config, score_params, x: np.ndarray) -> dict[str, float]:
+  """Mean bits per dim of x [N, H, W, C] under the score model's PF ODE, dequantised
+  (score_model/bits_per_dim, score_model/bpd_solver_steps)."""
+  ev = config.eval
+  sde = sde_lib.from_config(config.sde)
+  levels = sources.data_levels(config)
+  model = score.model_from_config(config)
+
+  def run(params, xb, key):
+    score_fn = score.score_fn_from_eps(score.eps_fn_for(model, params, config), sde)
+    k_deq, k_probe = jax.random.split(key)
+    if ev.dequantize:
+      xb = likelihood.dequantize(xb, levels, k_deq)
+    logp, stats = likelihood.log_likelihood(
+      score_fn,
+      xb,
+      sde,
+      k_probe,
+      exact_max_dim=ev.exact_trace_max_dim,
+      probes=ev.hutchinson_probes,
+      rtol=ev.bpd_rtol,
+      atol=ev.bpd_atol,
+      solver=ev.bpd_solver,
+      max_steps=ev.bpd_max_steps,
+    )
+    d = math.prod(xb.shape[1:])
+    return likelihood.bits_per_dim(logp, d, levels), stats["num_steps"]
+
+  fn = jax.jit(run)
+  batch = min(ev.batch_size, len(x))
+  bpds, steps = [], []
+  for i, lo in enumerate(range(0, len(x), batch)):
+    xb = x[lo : lo + batch]
+    b, s = fn(score_params, jnp.asarray(xb), jax.random.key(config.seed + 100 + i))
+    bpds.append(sharding.to_host(b)[: len(xb)])
+    steps.append(int(sharding.to_host(s)))
+  bpd = np.concatenate(bpds)
+  if not np.all(np.isfinite(bpd)):
+    log.warning(
+      "bits_per_dim: the ODE solve failed for %d of %d images (raise "
+      "eval.bpd_max_steps or the tolerances)",
+      int(np.sum(~np.isfinite(bpd))),
+      len(bpd),
+    )
+  return {
+    "score_model/bits_per_dim": (
+      float(np.nanmean(bpd)) if np.any(np.isfinite(bpd)) else float("nan")
+    ),
+    "score_model/bpd_solver_steps": float(np.mean(steps)),
+  }

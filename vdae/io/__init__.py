@@ -1,0 +1,1 @@
+"""Files in the workdir, TensorBoard and pictures, loss curves, user-facing errors."""

@@ -1,0 +1,29 @@
+"""User-facing errors (owned here): each names the problem and what to do about it.
+
+`vdae.main` turns any `VdaeError` into a one-paragraph message and exit code 2,
+with nothing already written touched.
+"""
+
+
+class VdaeError(Exception):
+  """Base of every error caused by the user's input or environment."""
+
+
+class ConfigError(VdaeError):
+  """A config value is missing, unknown, of the wrong type or inconsistent."""
+
+
+class DataError(VdaeError):
+  """The dataset is missing, empty, malformed or holds non-finite values."""
+
+
+class CheckpointError(VdaeError):
+  """A checkpoint is missing, damaged, or does not match the config."""
+
+
+class WorkdirError(VdaeError):
+  """The workdir cannot be created or written."""
+
+
+class NonFiniteError(VdaeError):
+  """Training produced a non-finite loss or gradient."""

@@ -1,0 +1,1 @@
+"""The latent space: the encoder's correction score and the VDAE objective."""

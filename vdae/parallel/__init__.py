@@ -1,0 +1,1 @@
+"""Devices and processes: the mesh and parameter layout, multi-host start-up."""

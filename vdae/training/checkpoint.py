@@ -1,0 +1,220 @@
+"""Orbax checkpointing: train state + Grain iterator state + run metadata (owned here).
+
+One `CheckpointManager` per stage directory (`WORKDIR/<stage>/checkpoints`).
+Saves are async by default; a step directory appears only once complete (Orbax
+writes into a temporary directory and renames it), so a killed process leaves
+nothing that restore trips over. Restores go into an abstract *sharded* target,
+so a run can resume on a different device count. A damaged newest checkpoint
+is skipped with a warning for the one before it.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import logging
+import os
+import sys
+import types
+from typing import Any
+
+import grain
+import jax
+import orbax.checkpoint as ocp
+from etils import epath
+
+from vdae.io import files
+from vdae.io.errors import CheckpointError
+
+log = logging.getLogger(__name__)
+
+_VERSIONED = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "grain", "ml-collections")
+
+
+def package_versions() -> dict[str, str]:
+  out = {}
+  for name in _VERSIONED:
+    try:
+      out[name] = importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+      out[name] = "missing"
+  return out
+
+
+def abstract_like(state: Any, shardings: Any) -> Any:
+  """ShapeDtypeStructs carrying the target shardings (restore target)."""
+  return jax.tree.map(
+    lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), state, shardings
+  )
+
+
+def _raised_in_orbax(exc: BaseException | None) -> bool:
+  """Whether `exc`, or an exception it was raised from, came out of Orbax."""
+  seen = set()
+  while exc is not None and id(exc) not in seen:
+    seen.add(id(exc))
+    tb = exc.__traceback__
+    while tb is not None:
+      if f"{os.sep}orbax{os.sep}" in tb.tb_frame.f_code.co_filename:
+        return True
+      tb = tb.tb_next
+    exc = exc.__cause__ or exc.__context__
+  return False
+
+
+# When Orbax gives up on a damaged checkpoint, it abandons the sibling reads
+# still in flight on its asyncio loop, and closes the loop. Their fallout is
+# printed by the interpreter and by asyncio as one traceback each, hundreds per
+# damaged step, burying the one clear message `Checkpointer.restore` gives:
+#   - completion callbacks that hit the closed loop ("Event loop is closed"),
+#   - read coroutines collected unfinished (Orbax re-raises their GeneratorExit),
+#   - futures whose exceptions nobody retrieved (logged by asyncio).
+# Only these are dropped; every other unraisable exception or asyncio error
+# still prints. `install_noise_filters` puts the filters in place.
+def _drop_abandoned_reads(previous):
+  def hook(unraisable):
+    exc, obj = unraisable.exc_value, unraisable.object
+    if isinstance(exc, RuntimeError) and str(exc) == "Event loop is closed":
+      return
+    if isinstance(obj, types.CoroutineType) and _raised_in_orbax(exc):
+      return
+    previous(unraisable)
+
+  return hook
+
+
+class _DropAbandonedReads(logging.Filter):
+  def filter(self, record: logging.LogRecord) -> bool:
+    if "exception was never retrieved" not in record.getMessage():
+      return True
+    exc = record.exc_info[1] if record.exc_info else None
+    # A Task's record also names its coroutine, hence Orbax, in the message.
+    return not (_raised_in_orbax(exc) or "orbax" in record.getMessage())
+
+
+_installed = False
+
+
+def install_noise_filters() -> None:
+  """Drops the abandoned-read fallout described above; `vdae.main` calls this
+  once at start (importing this module changes no global hook)."""
+  global _installed
+  if _installed:
+    return
+  _installed = True
+  sys.unraisablehook = _drop_abandoned_reads(sys.unraisablehook)
+  logging.getLogger("asyncio").addFilter(_DropAbandonedReads())
+
+
+class Checkpointer:
+  """Saves and restores {state, data iterator, meta} for one training stage."""
+
+  def __init__(self, directory: str, *, keep: int, async_save: bool, create=True):
+    directory = os.fspath(directory)
+    # Orbax requires absolute paths; users type relative ones (runs/digits).
+    self.directory = directory if "://" in directory else os.path.abspath(directory)
+    options = ocp.CheckpointManagerOptions(
+      max_to_keep=keep,
+      create=create,
+      enable_async_checkpointing=async_save,
+      cleanup_tmp_directories=True,  # leftovers of a killed save
+    )
+    self._mngr = ocp.CheckpointManager(self.directory, options=options)
+
+  # --- queries -------------------------------------------------------------------
+  def steps(self) -> list[int]:
+    return sorted(self._mngr.all_steps())
+
+  def latest_step(self) -> int | None:
+    steps = self.steps()
+    return steps[-1] if steps else None
+
+  def read_meta(self, step: int | None = None) -> dict:
+    """The run metadata of `step`, or of the newest checkpoint whose metadata reads."""
+    if step is not None:
+      return self._read_meta(step)
+    steps = list(reversed(self.steps()))
+    if not steps:
+      raise CheckpointError(f"no checkpoint in {self.directory}.")
+    for s in steps[:-1]:
+      try:
+        return self._read_meta(s)
+      except CheckpointError as e:  # restore() skips that checkpoint as damaged too
+        log.warning("%s", e)
+    return self._read_meta(steps[-1])
+
+  def _read_meta(self, step: int) -> dict:
+    path = os.path.join(self.directory, str(step), "meta", "metadata")
+    try:
+      return files.read_json(path)
+    except (OSError, ValueError) as e:
+      raise CheckpointError(
+        f"checkpoint {self.directory}/{step}: unreadable metadata ({e})."
+      ) from e
+
+  # --- save / restore ----------------------------------------------------------
+  def save(self, step: int, state: Any, data_iter: Any | None, meta: dict, force=False) -> bool:
+    items = {"state": ocp.args.StandardSave(state), "meta": ocp.args.JsonSave(meta)}
+    if data_iter is not None:
+      items["data"] = grain.checkpoint.CheckpointSave(data_iter)
+    return self._mngr.save(step, args=ocp.args.Composite(**items), force=force)
+
+  def restore(
+    self, abstract_state: Any, data_iter: Any | None = None, step: int | None = None
+  ) -> tuple[int, Any]:
+    """Restores the newest readable checkpoint (or `step`) into the sharded target.
+
+    A newest checkpoint that fails to restore (or whose metadata does not
+    read) is skipped, with a warning, for the one before it, and moved aside to
+    `<directory>.damaged/<step>` so the run can write that step again (Orbax
+    refuses to overwrite a step) and its bytes stay there to inspect. If none
+    restores, a CheckpointError says so and nothing is moved.
+    """
+    candidates = [step] if step is not None else list(reversed(self.steps()))
+    if not candidates:
+      raise CheckpointError(f"no checkpoint in {self.directory}.")
+    errors = []
+    for s in candidates:
+      items = {"state": ocp.args.StandardRestore(abstract_state)}
+      if data_iter is not None:
+        items["data"] = grain.checkpoint.CheckpointRestore(data_iter)
+      try:
+        self._read_meta(s)
+        out = self._mngr.restore(s, args=ocp.args.Composite(**items))
+        if errors:
+          log.warning("restored step %d after skipping damaged newer checkpoint(s): %s", s, errors)
+          self._move_aside([c for c in candidates if c > s])
+        return s, out["state"]
+      except Exception as e:  # noqa: BLE001 - any failure means "damaged"; try older
+        log.warning(
+          "checkpoint %s/%d could not be restored (%s); trying the one before",
+          self.directory,
+          s,
+          str(e).splitlines()[0][:300],
+        )
+        errors.append(f"step {s}: {type(e).__name__}")
+    raise CheckpointError(
+      f"none of the checkpoints in {self.directory} could be restored ({'; '.join(errors)}). "
+      "Move the directory aside to start afresh."
+    )
+
+  def _move_aside(self, steps: list[int]) -> None:
+    """Renames damaged step directories out of the manager's sight (process 0
+    renames, every process waits for it, then re-lists the steps)."""
+    aside = epath.Path(self.directory.rstrip("/") + ".damaged")
+    if jax.process_index() == 0:
+      aside.mkdir(parents=True, exist_ok=True)
+      for s in steps:
+        dst, n = aside / str(s), 1
+        while dst.exists():
+          dst, n = aside / f"{s}.{n}", n + 1
+        (epath.Path(self.directory) / str(s)).rename(dst)
+        log.warning("moved damaged checkpoint %s/%d to %s", self.directory, s, dst)
+    ocp.multihost.sync_global_processes("vdae_checkpoint_move_aside")
+    self._mngr.reload()
+
+  def wait(self) -> None:
+    self._mngr.wait_until_finished()
+
+  def close(self) -> None:
+    self._mngr.wait_until_finished()
+    self._mngr.close()

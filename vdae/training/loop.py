@@ -1,0 +1,301 @@
+"""The one training loop (`Trainer`) and its periodic hooks: order of things, nothing else.
+
+A stage (training/stages.py) supplies a `StageSpec`: what to initialise, the
+loss, the frozen inputs, the pictures, and its sizes from its config group.
+The `Trainer` runs it: sharded state creation, resume, the jitted step, and
+after every step the hooks in order: progress, scalars, pictures,
+checkpoint, preemption. The mesh and the data splits are passed in.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import time
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import numpy as np
+
+from vdae.data import pipeline
+from vdae.io import writer
+from vdae.io.errors import NonFiniteError, WorkdirError
+from vdae.parallel import sharding
+from vdae.training import checkpoint, restore, state as state_lib, step as step_lib
+from vdae.training.preemption import Preemption
+from vdae.types import LossFn, Params
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class StageSpec:
+  """What one stage trains, built once per run by `stages.stage_spec`."""
+
+  name: str  # WORKDIR/<name>/checkpoints and tensorboard/<name>
+  init_params: Callable[[jax.Array], Params]
+  loss_fn: LossFn
+  compare_keys: tuple[str, ...]  # config keys that must match to resume
+  lr: float
+  warmup: int
+  num_steps: int
+  batch_size: int
+  log_every: int
+  image_every: int
+  checkpoint_every: int
+  frozen: Any = None  # earlier stages' params: a step argument, never optimised
+  # images(state, step) -> {tag: [N, H, W, C] in [-1, 1]} for TensorBoard
+  images: Callable[[Any, int], dict[str, np.ndarray]] | None = None
+
+
+def ensure_workdir(path: str) -> None:
+  if path.startswith("gs://"):
+    return  # object stores have no directories to create
+  try:
+    os.makedirs(path, exist_ok=True)
+    probe = os.path.join(path, f".write_probe_{jax.process_index()}")
+    with open(probe, "w") as f:
+      f.write("ok")
+    os.remove(probe)
+  except OSError as e:
+    raise WorkdirError(
+      f"workdir {path!r} is not writable ({e.strerror}). Pick another --workdir."
+    ) from e
+
+
+# --- hooks ---------------------------------------------------------------------------
+class FiniteGuard:
+  """Raises under `on_nonfinite=stop` once any step so far was skipped as non-finite."""
+
+  def __init__(self, name: str, policy: str, watch: step_lib.NonFiniteWatch, ckpt):
+    self.name, self.policy, self.watch, self.ckpt = name, policy, watch, ckpt
+
+  def check(self) -> int:
+    """How many steps were skipped (a host sync); raises NonFiniteError under `stop`."""
+    first, count = self.watch.read()
+    if count and self.policy == "stop":
+      self.ckpt.wait()
+      raise NonFiniteError(
+        f"{self.name}: non-finite loss or gradient at step {first}. The update was not "
+        f"applied; the last good checkpoint is step {self.ckpt.latest_step()}. Lower the "
+        f"stage's lr, check the data, or set loop.on_nonfinite=skip."
+      )
+    return count
+
+
+class Hook:
+  """Runs after a step; `close` at the end of the loop, however it ends."""
+
+  def after_step(self, step: int, state, metrics: dict, last: bool) -> None:
+    raise NotImplementedError
+
+  def close(self) -> None:
+    pass
+
+
+class ProgressHook(Hook):
+  def __init__(self, start: int, total: int, desc: str):
+    from tqdm import tqdm
+
+    self.bar = tqdm(
+      total=total,
+      initial=start,
+      desc=desc,
+      disable=jax.process_index() != 0,
+      dynamic_ncols=True,
+      mininterval=2.0,
+    )
+
+  def after_step(self, step, state, metrics, last):
+    self.bar.update(1)
+
+  def close(self):
+    self.bar.close()
+
+
+class ScalarsHook(Hook):
+  """train/ and perf/ scalars every `every` steps: the only per-step host sync."""
+
+  def __init__(self, every, tb, guard, sched, batch_size, flops_fn, start, progress):
+    self.every, self.tb, self.guard, self.sched = every, tb, guard, sched
+    self.batch_size, self.flops_fn, self.progress = batch_size, flops_fn, progress
+    self.last_t, self.last_step = time.perf_counter(), start
+
+  def after_step(self, step, state, metrics, last):
+    if not (step % self.every == 0 or last):
+      return
+    m = jax.device_get(metrics)
+    m["nonfinite_steps"] = self.guard.check()
+    now = time.perf_counter()
+    sps = (step - self.last_step) / (now - self.last_t)
+    self.last_t, self.last_step = now, step
+    scalars = {f"train/{k}": v for k, v in m.items()}
+    scalars.update(
+      {
+        "train/lr": float(self.sched(step)),
+        "perf/steps_per_sec": sps,
+        "perf/examples_per_sec": sps * self.batch_size,
+      }
+    )
+    flops = self.flops_fn()
+    if flops:
+      scalars["perf/flops_per_sec_per_device"] = sps * flops / jax.device_count()
+    self.tb.scalars(step, scalars)
+    self.progress.bar.set_postfix(loss=f"{m['loss']:.4g}")
+
+
+class ImagesHook(Hook):
+  def __init__(self, every, tb, images):
+    self.every, self.tb, self.images = every, tb, images
+
+  def after_step(self, step, state, metrics, last):
+    if self.images and self.every and step % self.every == 0:
+      for tag, ims in self.images(state, step).items():
+        self.tb.image(step, tag, ims)
+
+
+class CheckpointHook(Hook):
+  """Saves every `every` steps and at the end; `save` is once per step."""
+
+  def __init__(self, every, ckpt, guard, data_iter, meta):
+    self.every, self.ckpt, self.guard, self.it, self.meta = every, ckpt, guard, data_iter, meta
+    self.saved_step = None
+
+  def save(self, step: int, state) -> None:
+    if self.saved_step == step:  # a second save of the same step is an Orbax error
+      return
+    self.guard.check()
+    self.ckpt.save(step, state, self.it, self.meta, force=True)
+    self.saved_step = step
+
+  def after_step(self, step, state, metrics, last):
+    if step % self.every == 0 or last:
+      self.save(step, state)
+
+
+class PreemptionHook(Hook):
+  """On a preemption notice: save this step (if not saved), wait, exit 143."""
+
+  def __init__(self, name, ckpt_hook: CheckpointHook, start: int):
+    self.name, self.ckpt_hook = name, ckpt_hook
+    self.preempt = Preemption()
+    self.preempt.reached(start)  # report our step before the long compile (see Preemption)
+
+  def after_step(self, step, state, metrics, last):
+    if self.preempt.reached(step):
+      self.ckpt_hook.save(step, state)
+      self.ckpt_hook.ckpt.wait()
+      log.warning("%s: preempted; checkpoint saved at step %d", self.name, step)
+      raise SystemExit(143)
+
+  def close(self):
+    self.preempt.close()
+
+
+# --- the loop ------------------------------------------------------------------------
+class Trainer:
+  """Runs one StageSpec to its num_steps, resuming from WORKDIR/<name>/checkpoints."""
+
+  def __init__(self, spec: StageSpec, config, workdir: str, mesh, splits):
+    self.spec, self.config, self.workdir, self.mesh, self.splits = (
+      spec,
+      config,
+      workdir,
+      mesh,
+      splits,
+    )
+    self.image_shape = tuple(splits["train"].image_shape)
+    ensure_workdir(workdir)
+
+  @property
+  def stage_dir(self) -> str:
+    return os.path.join(self.workdir, self.spec.name)
+
+  def meta(self) -> dict:
+    return {
+      "stage": self.spec.name,
+      "config": restore.config_json(self.config),
+      "image_shape": list(self.image_shape),
+      "versions": checkpoint.package_versions(),
+    }
+
+  def _resume(self, ckpt, state, shardings, it):
+    if ckpt.latest_step() is None:
+      return state
+    restore.check_meta(
+      ckpt.read_meta(),
+      self.config,
+      self.spec.compare_keys,
+      self.image_shape,
+      f"{self.stage_dir}/checkpoints",
+      "Resume with the original config, or use a new --workdir.",
+    )
+    step0, state = ckpt.restore(checkpoint.abstract_like(state, shardings), it)
+    log.info("%s: resumed from step %d", self.spec.name, step0)
+    return state
+
+  def train(self):
+    spec, cfg, lp = self.spec, self.config, self.config.loop
+    sharding.check_batch(spec.batch_size, self.mesh)
+    opt, sched = state_lib.make_optimizer(spec.lr, spec.warmup, spec.num_steps, cfg.optim)
+    state, shardings = state_lib.create_sharded(
+      spec.init_params, opt, cfg.seed, self.mesh, cfg.mesh.param_rules
+    )
+    it = iter(
+      pipeline.train_dataset(
+        self.splits["train"], cfg.data, spec.batch_size, jax.process_index(), jax.process_count()
+      )
+    )
+    ckpt = checkpoint.Checkpointer(
+      os.path.join(self.stage_dir, "checkpoints"),
+      keep=lp.keep_checkpoints,
+      async_save=lp.async_checkpointing,
+    )
+    hooks: list[Hook] = []
+    tb = None
+    try:
+      state = self._resume(ckpt, state, shardings, it)
+      start = int(state.step)
+      step_fn = step_lib.jit_step(spec.loss_fn, opt, lp.ema_decay, shardings, spec.frozen, self.mesh)
+      tb = writer.Writer(os.path.join(self.workdir, "tensorboard", spec.name))
+      if start == 0:
+        tb.text(0, "config", "```\n" + cfg.to_json_best_effort(indent=2) + "\n```")
+      watch = step_lib.NonFiniteWatch(self.mesh)
+      guard = FiniteGuard(spec.name, lp.on_nonfinite, watch, ckpt)
+      compiled = {}
+      progress = ProgressHook(start, spec.num_steps, spec.name)
+      ckpt_hook = CheckpointHook(spec.checkpoint_every, ckpt, guard, it, self.meta())
+      hooks = [progress]
+      hooks += [
+        ScalarsHook(
+          spec.log_every,
+          tb,
+          guard,
+          sched,
+          spec.batch_size,
+          lambda: compiled.get("flops"),
+          start,
+          progress,
+        ),
+        ImagesHook(spec.image_every, tb, spec.images),
+        ckpt_hook,
+        PreemptionHook(spec.name, ckpt_hook, start),
+      ]
+      for step in range(start + 1, spec.num_steps + 1):
+        batch = sharding.global_batch(next(it), self.mesh)
+        if "fn" not in compiled:
+          compiled["fn"] = step_fn.lower(state, batch, spec.frozen).compile()
+          compiled["flops"] = step_lib.compiled_flops(compiled["fn"])
+        state, metrics = compiled["fn"](state, batch, spec.frozen)
+        watch.update(metrics, step)
+        for h in hooks:
+          h.after_step(step, state, metrics, step == spec.num_steps)
+    finally:
+      for h in hooks:
+        h.close()
+      ckpt.close()
+      if tb is not None:
+        tb.close()
+    return state

@@ -1,0 +1,303 @@
+"""The stage table: every trained stage declared once (owned here).
+
+A `Stage` names its directory (WORKDIR/<name>/, also its TensorBoard run and
+its config group, whose fields are schema.STAGE_FIELDS), the config keys
+that must match to resume or to load it, how to initialise its parameters,
+and how to build its loss, frozen inputs and pictures. From the table:
+
+  stage_spec(name, ...)   the StageSpec the one Trainer runs;
+  train(name, config, workdir)   --mode=pretrain / train_encoder / train_vae;
+  load_stage(name, ...)   the one loader every reader uses (same checks, same
+                          messages); is_trained(name, ...) the one "is it there?".
+
+Directory names (stage1, stage2, vae) are those of earlier versions, so
+existing workdirs resume.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import os
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from vdae.autoencoders import vae as vae_lib
+from vdae.autoencoders.vdae import VDAE
+from vdae.data import sources
+from vdae.diffusion import losses, samplers, score
+from vdae.diffusion import sde as sde_lib
+from vdae.io import files
+from vdae.latent import objective
+from vdae.models import encoder as encoder_lib
+from vdae.parallel import sharding
+from vdae.training import restore, state as state_lib
+from vdae.training.loop import StageSpec, Trainer
+from vdae.types import Key, LossFn, Params
+
+
+@dataclasses.dataclass
+class Context:
+  """What a stage is built from: the run's config, workdir, mesh and data."""
+
+  config: Any
+  workdir: str
+  mesh: Any
+  splits: dict[str, sources.Split]
+
+  @property
+  def image_shape(self) -> tuple[int, int, int]:
+    return tuple(self.splits["train"].image_shape)
+
+  def recon_batch(self, n: int = 16) -> np.ndarray:
+    """The first n test images: the fixed batch of the reconstruction grids."""
+    return self.splits["test"].arrays(n)["image"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Built:
+  loss_fn: LossFn
+  frozen: Any = None
+  images: Callable[[Any, int], dict[str, np.ndarray]] | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Stage:
+  name: str  # directory, TensorBoard run and config group
+  mode: str  # the --mode that trains it
+  what: str  # how messages name its checkpoint ("the stage-1 checkpoint")
+  title: str  # the loss-curve panel's
+  compare_keys: tuple[str, ...]  # config keys that must match to resume or load
+  # (config, image_shape) -> init_params(key) -> params
+  init: Callable[[Any, tuple], Callable[[Key], Params]]
+  build: Callable[[Context], Built]
+  # Where readers find it: (config, workdir) -> the workdir holding its checkpoints.
+  source: Callable[[Any, str], str] = lambda config, workdir: workdir
+
+
+# --- stage 1: the score model ------------------------------------------------------
+def _score_init(config, image_shape):
+  model = score.model_from_config(config)
+  return lambda key: score.init_params(model, key, image_shape)
+
+
+def make_sample_fn(config, shape, mesh):
+  """f(score_params, key) -> unconditional samples [N, H, W, C], replicated."""
+  model = score.model_from_config(config)
+  fn = samplers.compile_sampler(
+    lambda params: (score.eps_fn_for(model, params, config), None),
+    config.sampling,
+    sde_lib.from_config(config.sde),
+    score.step_spec(config),
+    shape,
+    out_sharding=sharding.replicated(mesh),
+  )
+  return lambda params, key: fn(params, key)
+
+
+def _score_build(ctx: Context) -> Built:
+  cfg = ctx.config
+  model, sde = score.model_from_config(cfg), sde_lib.from_config(cfg.sde)
+
+  def loss_fn(params, batch, key, frozen):
+    del frozen
+    k_loss, k_drop = jax.random.split(key)
+    eps_fn = score.eps_fn_for(model, params, cfg, train=True, rngs={"dropout": k_drop})
+    return losses.dsm_loss(eps_fn, batch["image"], k_loss, sde, cfg.stage1.likelihood_weighting)
+
+  n = min(cfg.sampling.num_samples, 64)
+  sample = functools.cache(lambda: make_sample_fn(cfg, (n, *ctx.image_shape), ctx.mesh))
+
+  def images(state, step):
+    out = sample()(state.ema_params, jax.random.key(step))
+    return {"samples": sharding.to_host(out)}  # a gather when multi-process
+
+  return Built(loss_fn, None, images)
+
+
+# --- stage 2: the encoder on the frozen score model ----------------------------------
+def _encoder_init(config, image_shape):
+  enc = encoder_lib.from_config(config.encoder, config.model, config.sde)
+  return lambda key: encoder_lib.init_params(enc, key, image_shape)
+
+
+def make_encoder_loss(config, correction_impl: str = "reverse", kernel: str | None = None):
+  """loss_fn(enc_params, batch, key, score_params) -> (loss, aux)."""
+  score_model = score.model_from_config(config)
+  enc = encoder_lib.from_config(config.encoder, config.model, config.sde)
+  sde, spec, s2 = sde_lib.from_config(config.sde), score.step_spec(config), config.stage2
+
+  def loss_fn(params, batch, key, score_params):
+    return objective.vdae_loss(
+      lambda x, t: score_model.apply({"params": score_params}, x, t),
+      lambda x, t: enc.apply({"params": params}, x, t),
+      batch["image"],
+      key,
+      sde,
+      spec,
+      beta_kl=s2.beta_kl,
+      form=s2.loss,
+      logvar_term=config.encoder.logvar_term,
+      time_sampling=s2.time_sampling,
+      kernel=config.sampling.kernel if kernel is None else kernel,
+      correction_impl=correction_impl,
+    )
+
+  return loss_fn
+
+
+def _encoder_build(ctx: Context) -> Built:
+  # Fails cleanly (CheckpointError) before anything of stage 2 is written.
+  score_params, _ = load_stage("stage1", ctx.config, ctx.workdir, ctx.mesh, ctx.image_shape)
+  ae = VDAE(ctx.config, score_params, None, ctx.mesh, ctx.image_shape)
+  x = ctx.recon_batch()
+
+  def images(state, step):
+    ae.enc_params = state.ema_params
+    rec = ae.reconstruct(x, jax.random.key(step))
+    return {"reconstructions": np.concatenate([x, rec], axis=0)}
+
+  return Built(make_encoder_loss(ctx.config), score_params, images)
+
+
+# --- the VAE baseline -----------------------------------------------------------------
+def _vae_init(config, image_shape):
+  model = vae_lib.model_from_config(config, image_shape)
+  return lambda key: model.init(key, image_shape)
+
+
+def _vae_build(ctx: Context) -> Built:
+  model = vae_lib.model_from_config(ctx.config, ctx.image_shape)
+  x = jnp.asarray(ctx.recon_batch())
+  reconstruct = jax.jit(lambda p, x: model.decode(p, model.encode(p, x)[0]))
+
+  def images(state, step):
+    del step
+    rec = reconstruct(state.ema_params, x)
+    return {"reconstructions": np.concatenate([np.asarray(x), sharding.to_host(rec)], axis=0)}
+
+  return Built(model.loss_fn(ctx.config.vae.beta_kl), None, images)
+
+
+STAGES: dict[str, Stage] = {
+  s.name: s
+  for s in (
+    Stage(
+      "stage1",
+      "pretrain",
+      "stage-1",
+      "score model (DSM)",
+      ("model", "sde"),
+      _score_init,
+      _score_build,
+      source=lambda config, workdir: config.stage2.stage1_workdir or workdir,
+    ),
+    Stage(
+      "stage2",
+      "train_encoder",
+      "encoder",
+      "encoder (VDAE)",
+      ("model", "sde", "encoder"),
+      _encoder_init,
+      _encoder_build,
+    ),
+    Stage(
+      "vae",
+      "train_vae",
+      "VAE",
+      "VAE (-ELBO)",
+      ("encoder",) + tuple(f"vae.{f}" for f in vae_lib.ARCH_FIELDS),
+      _vae_init,
+      _vae_build,
+    ),
+  )
+}
+
+
+# --- built from the table -----------------------------------------------------------
+def _optimizer(name: str, config):
+  g = config[name]
+  return state_lib.make_optimizer(g.lr, g.warmup_steps, g.num_steps, config.optim)
+
+
+def stage_spec(name: str, ctx: Context) -> StageSpec:
+  """The StageSpec of stage `name`: sizes from its config group, parts from the table."""
+  stage, g = STAGES[name], ctx.config[name]
+  built = stage.build(ctx)
+  return StageSpec(
+    name=name,
+    init_params=stage.init(ctx.config, ctx.image_shape),
+    loss_fn=built.loss_fn,
+    compare_keys=stage.compare_keys,
+    lr=g.lr,
+    warmup=g.warmup_steps,
+    num_steps=g.num_steps,
+    batch_size=g.batch_size,
+    log_every=g.log_every,
+    image_every=g.image_every,
+    checkpoint_every=g.checkpoint_every,
+    frozen=built.frozen,
+    images=built.images,
+  )
+
+
+def context(config, workdir: str, mesh=None, splits=None) -> Context:
+  mesh = sharding.make_mesh(config.mesh) if mesh is None else mesh
+  splits = sources.load_splits(config.data) if splits is None else splits
+  return Context(config, workdir, mesh, splits)
+
+
+def trainer(name: str, config, workdir: str, mesh=None, splits=None) -> Trainer:
+  ctx = context(config, workdir, mesh, splits)
+  return Trainer(stage_spec(name, ctx), config, workdir, ctx.mesh, ctx.splits)
+
+
+def train(name: str, config, workdir: str, mesh=None, splits=None):
+  """Trains stage `name` to its num_steps (resuming); returns the final state."""
+  return trainer(name, config, workdir, mesh, splits).train()
+
+
+def checkpoint_dir(name: str, config, workdir: str) -> str:
+  return os.path.join(STAGES[name].source(config, workdir), name, "checkpoints")
+
+
+def trained_step(name: str, config, workdir: str) -> int:
+  """The newest checkpointed step of stage `name` (0 if it has none)."""
+  names = files.listdir(checkpoint_dir(name, config, workdir))
+  return max((int(s) for s in names if s.isdigit()), default=0)
+
+
+def is_trained(name: str, config, workdir: str) -> bool:
+  """Whether stage `name` has a checkpoint where its readers look for it."""
+  return trained_step(name, config, workdir) > 0
+
+
+def load_stage(
+  name: str, config, workdir: str, mesh, image_shape, use_ema: bool = True
+) -> tuple[Params, dict]:
+  """(params, meta) of stage `name`'s newest checkpoint, sharded on `mesh`.
+
+  Raises CheckpointError if it is missing or was trained with another config
+  (the stage's compare_keys) or image shape.
+  """
+  stage = STAGES[name]
+  opt, _ = _optimizer(name, config)
+  hint = f"Run --mode={stage.mode} first"
+  if name == "stage1":
+    hint += ", or point --config.stage2.stage1_workdir at a workdir that has one"
+  return restore.restore_params(
+    checkpoint_dir(name, config, workdir),
+    stage.init(config, tuple(image_shape)),
+    opt,
+    config,
+    mesh,
+    keys=stage.compare_keys,
+    image_shape=image_shape,
+    what=stage.what,
+    run_first=hint + ".",
+    use_ema=use_ema,
+  )
