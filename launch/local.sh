@@ -16,7 +16,7 @@ any vdae.main flags; a later --mode=... replaces --mode=all.
   PYTHON      environment variable: the interpreter (default: python3)
 
 example:
-  launch/local.sh -c configs/tiny.py -w /tmp/tiny -- --config.training.num_steps=20
+  launch/local.sh -c configs/tiny.py -w /tmp/tiny -- --config.stage1.num_steps=20
 EOF2
 }
 

@@ -21,11 +21,11 @@ checkpoint (a finished stage is restored and skipped).
   -w WORKDIR  gs://BUCKET/RUN: every host must see the same directory
   -p PROJECT  GCP project (default: gcloud's configured one)
   -m MODES    comma-separated vdae.main modes (default pretrain,train_encoder,evaluate)
-  FLAGS       more vdae.main flags for every mode, e.g. --config.training.num_steps=20000
+  FLAGS       more vdae.main flags for every mode, e.g. --config.stage1.num_steps=20000
 
 example:
   launch/tpu_run.sh -n vdae-v4 -z us-central2-b -c configs/cifar10.py \
-      -w gs://my-bucket/vdae/cifar10 -- --config.training.batch_size=512
+      -w gs://my-bucket/vdae/cifar10 -- --config.stage1.batch_size=512
 EOF2
 }
 

@@ -1,4 +1,4 @@
-"""The VDAE as an `Autoencoder`: frozen score model + trained encoder, no decoder network (owned here).
+"""The VDAE as an `Autoencoder`: frozen score model + trained encoder, no decoder network.
 
 Encoding is the encoder's q(z | x_0, t = 0). Decoding integrates the reverse
 SDE / probability-flow ODE with the conditional score

@@ -1,7 +1,7 @@
 """Cost of a checkpoint save, async vs blocking, for the digits and CIFAR-10 states.
 
 What the training loop saves (train state: params, Adam moments, EMA, step,
-rng; the Grain iterator position; the run metadata) through vdae.checkpoint:
+rng; the Grain iterator position; the run metadata) through vdae/training/checkpoint.py:
 
   async     time until save() returns and the loop can take its next step
             (device-to-host copy; the write goes on in a background thread),
@@ -32,8 +32,11 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 from configs import cifar10, digits  # noqa: E402
-from vdae import checkpoint, data, sharding, train, train_state  # noqa: E402
 from vdae.benchmarks import common  # noqa: E402
+from vdae.data import pipeline  # noqa: E402
+from vdae.parallel import sharding  # noqa: E402
+from vdae.training import checkpoint, stages  # noqa: E402
+from vdae.training import state as state_lib  # noqa: E402
 
 
 def configs(only: str | None):
@@ -49,21 +52,10 @@ def configs(only: str | None):
 
 def random_state(cfg, workdir: str):
   """(train state with random values, laid out by the config's rules, data iterator)."""
-  t = train.Pretrainer(cfg, workdir)
-  spec = t.build()
-  opt, _ = train_state.make_optimizer(spec.lr, spec.warmup, spec.num_steps, t.optim_cfg)
-
-  def init(key):
-    params = spec.init_params(key)
-    return train_state.TrainState(
-      step=jax.numpy.zeros((), jax.numpy.int32),
-      params=params,
-      opt_state=opt.init(params),
-      ema_params=params,
-      rng=jax.random.key_data(key),
-    )
-
-  abstract = jax.eval_shape(init, jax.random.key(0))
+  t = stages.trainer("stage1", cfg, workdir)
+  spec = t.spec
+  opt, _ = state_lib.make_optimizer(spec.lr, spec.warmup, spec.num_steps, cfg.optim)
+  abstract = state_lib.abstract_state(spec.init_params, opt)
   shardings = sharding.state_shardings(abstract, t.mesh, cfg.mesh.param_rules)
   rng = np.random.default_rng(0)
 
@@ -75,7 +67,7 @@ def random_state(cfg, workdir: str):
     return jax.device_put(host, s)
 
   state = jax.tree.map(fill, abstract, shardings)
-  it = iter(data.train_dataset(t.splits["train"], cfg.data, spec.batch_size, 0, 1))
+  it = iter(pipeline.train_dataset(t.splits["train"], cfg.data, spec.batch_size, 0, 1))
   next(it)
   return state, it, t.meta()
 

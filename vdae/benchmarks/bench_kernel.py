@@ -38,8 +38,8 @@ try:
 except ImportError:  # run as a script from a checkout without installing the package
   sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from vdae import sde as sde_lib  # noqa: E402
-from vdae.kernels import fused_step as fs  # noqa: E402
+from vdae.diffusion import sde as sde_lib  # noqa: E402
+from vdae.kernels import reference as fs  # noqa: E402
 from vdae.models.embedding import sinusoidal  # noqa: E402
 
 DEFAULT_SHAPES = "256x64,256x784,256x3072,256x12288"

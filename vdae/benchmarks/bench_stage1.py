@@ -23,8 +23,8 @@ sys.path.insert(
 import jax  # noqa: E402
 
 from configs import digits  # noqa: E402
-from vdae import train  # noqa: E402
 from vdae.benchmarks import common  # noqa: E402
+from vdae.training import stages  # noqa: E402
 
 
 def configs(only: str | None):
@@ -37,7 +37,7 @@ def configs(only: str | None):
   c32.model.channel_mults = (1, 2, 2)
   c32.model.num_res_blocks = 2
   c32.model.attn_resolutions = (8,)
-  c32.training.batch_size = 32
+  c32.stage1.batch_size = 32
   yield "32x32x3 (64ch, 3 levels, attn@8)", c32
 
 
@@ -59,7 +59,7 @@ def main():
     if args.only and not name.startswith(args.only):
       continue
     with tempfile.TemporaryDirectory() as wd:
-      t = train.Pretrainer(cfg, wd)
+      t = stages.trainer("stage1", cfg, wd)
       compiled, state, spec, flops, it, batch = common.compiled_step(t)
       sec, _ = common.time_steps(compiled, state, spec.frozen, batch, args.repeats)
       consumed = spec.batch_size / sec

@@ -22,16 +22,16 @@ sys.path.insert(
 import jax  # noqa: E402
 
 from configs import digits  # noqa: E402
-from vdae import train, train_encoder  # noqa: E402
 from vdae.benchmarks import common  # noqa: E402
+from vdae.training import stages  # noqa: E402
 
 
 def _stage1_checkpoint(cfg, wd):
   """A 1-step stage-1 checkpoint: the benchmark needs the frozen model's shapes only."""
   c = cfg.copy_and_resolve_references()
-  c.training.num_steps = 1
-  c.training.sample_every = 0
-  train.pretrain(c, wd)
+  c.stage1.num_steps = 1
+  c.stage1.image_every = 0
+  stages.train("stage1", c, wd)
 
 
 def configs():
@@ -51,15 +51,11 @@ def configs():
   yield "32x32x3 (D=3072)", c32
 
 
-class _Variant(train_encoder.EncoderTrainer):
-  correction = "reverse"
-
-  def build(self):
-    spec = super().build()
-    spec.loss_fn = train_encoder.make_loss_fn(
-      self.score_model, self.encoder, self.config, correction=self.correction
-    )
-    return spec
+def _trainer(cfg, wd, correction_impl: str):
+  """The stage-2 trainer with its loss's latent score computed by `correction_impl`."""
+  t = stages.trainer("stage2", cfg, wd)
+  t.spec.loss_fn = stages.make_encoder_loss(cfg, correction_impl=correction_impl)
+  return t
 
 
 def main():
@@ -78,7 +74,7 @@ def main():
       _stage1_checkpoint(cfg, wd)
       times = {}
       for corr in ("reverse", "jacfwd"):
-        t = type(f"_{corr}", (_Variant,), {"correction": corr})(cfg, wd)
+        t = _trainer(cfg, wd, corr)
         compiled, state, spec, _, _, batch = common.compiled_step(t)
         reps = args.repeats if corr == "reverse" else max(2, args.repeats // 2)
         times[corr], _ = common.time_steps(compiled, state, spec.frozen, batch, reps)

@@ -12,7 +12,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vdae import sharding, train_state, trainer
+from vdae.data import pipeline
+from vdae.parallel import sharding
+from vdae.training import loop
+from vdae.training import state as state_lib
+from vdae.training import step as step_lib
 
 
 def median_time(fn: Callable[[], object], repeats: int, warmup: int = 2) -> float:
@@ -44,20 +48,19 @@ def synthetic_npz(shape=(32, 32, 3), n: int = 512) -> str:
   return path
 
 
-def compiled_step(t: trainer.Trainer):
-  """(compiled step, state, spec, FLOPs per step, batch iterator, one global batch)."""
-  from vdae import data
-
-  spec = t.build()
-  opt, _ = train_state.make_optimizer(spec.lr, spec.warmup, spec.num_steps, t.optim_cfg)
-  state, shardings = train_state.create_sharded(
-    spec.init_params, opt, t.config.seed, t.mesh, t.config.mesh.param_rules
+def compiled_step(t: loop.Trainer):
+  """(compiled step, state, spec, FLOPs per step, batch iterator, one global batch) of the
+  trainer's stage, built exactly as `Trainer.train` builds it."""
+  spec, cfg = t.spec, t.config
+  opt, _ = state_lib.make_optimizer(spec.lr, spec.warmup, spec.num_steps, cfg.optim)
+  state, shardings = state_lib.create_sharded(
+    spec.init_params, opt, cfg.seed, t.mesh, cfg.mesh.param_rules
   )
-  step = t.jit_step(spec, opt, shardings)
-  it = iter(data.train_dataset(t.splits["train"], t.config.data, spec.batch_size, 0, 1))
+  step = step_lib.jit_step(spec.loss_fn, opt, cfg.loop.ema_decay, shardings, spec.frozen, t.mesh)
+  it = iter(pipeline.train_dataset(t.splits["train"], cfg.data, spec.batch_size, 0, 1))
   batch = sharding.global_batch(next(it), t.mesh)
   compiled = step.lower(state, batch, spec.frozen).compile()
-  return compiled, state, spec, trainer.compiled_flops(compiled) or 0.0, it, batch
+  return compiled, state, spec, step_lib.compiled_flops(compiled) or 0.0, it, batch
 
 
 def time_steps(compiled, state, frozen, batch, repeats: int) -> tuple[float, object]:

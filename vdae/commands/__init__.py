@@ -1,1 +1,2 @@
-"""Command-line modes, one module each: train, sample, encode, reconstruct, interpolate, evaluate, all."""
+"""Command-line modes, one module each: train, sample, encode, reconstruct, interpolate,
+evaluate, all."""

@@ -20,7 +20,7 @@ log = logging.getLogger(__name__)
 
 
 def source(config, workdir: str) -> str:
-  """"encoder" or "score": what sampling.source means for this workdir."""
+  """ "encoder" or "score": what sampling.source means for this workdir."""
   src = config.sampling.source
   if src == "auto":
     return "encoder" if stages.is_trained("stage2", config, workdir) else "score"

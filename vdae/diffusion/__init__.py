@@ -1,1 +1,1 @@
-"""Diffusion: SDEs, the score model's interface, the DSM loss, samplers and the PF-ODE likelihood."""
+"""Diffusion: SDEs, the score model's interface, DSM loss, samplers, PF-ODE likelihood."""

@@ -45,9 +45,7 @@ def eps_fn_for(model: unet.UNet, params: Params, config, train: bool = False, rn
   use_temb = config.model.embedding == "sinusoidal"
 
   def eps_fn(x, t, temb=None):
-    return model.apply(
-      {"params": params}, x, t, train, temb if use_temb else None, rngs=rngs or {}
-    )
+    return model.apply({"params": params}, x, t, train, temb if use_temb else None, rngs=rngs or {})
 
   return eps_fn
 

@@ -9,7 +9,7 @@ class VdaeError(Exception):
   """Base of every error caused by the user's input or environment."""
 
 
-class ConfigError(VdaeError):
+class ConfigError(VdaeError, ValueError):
   """A config value is missing, unknown, of the wrong type or inconsistent."""
 
 

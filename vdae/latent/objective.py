@@ -48,7 +48,11 @@ def vdae_loss(
   mu0, logvar0 = encode_fn(x0, jnp.zeros((b,), jnp.float32))
   z = mu0 + jnp.exp(0.5 * logvar0) * jax.random.normal(kz, mu0.shape)
   # "jacfwd" (one forward pass per pixel) exists only as the benchmark baseline.
-  corr = correction.correction_score if correction_impl == "reverse" else correction.correction_score_jacfwd
+  corr = (
+    correction.correction_score
+    if correction_impl == "reverse"
+    else correction.correction_score_jacfwd
+  )
   c = corr(encode_fn, xt, t, z, logvar_term)
   # The score network is frozen: no gradient flows into (or through) it.
   eps = jax.lax.stop_gradient(eps_fn(xt, t))

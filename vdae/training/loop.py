@@ -23,7 +23,9 @@ from vdae.data import pipeline
 from vdae.io import writer
 from vdae.io.errors import NonFiniteError, WorkdirError
 from vdae.parallel import sharding
-from vdae.training import checkpoint, restore, state as state_lib, step as step_lib
+from vdae.training import checkpoint, restore
+from vdae.training import state as state_lib
+from vdae.training import step as step_lib
 from vdae.training.preemption import Preemption
 from vdae.types import LossFn, Params
 
@@ -258,7 +260,9 @@ class Trainer:
     try:
       state = self._resume(ckpt, state, shardings, it)
       start = int(state.step)
-      step_fn = step_lib.jit_step(spec.loss_fn, opt, lp.ema_decay, shardings, spec.frozen, self.mesh)
+      step_fn = step_lib.jit_step(
+        spec.loss_fn, opt, lp.ema_decay, shardings, spec.frozen, self.mesh
+      )
       tb = writer.Writer(os.path.join(self.workdir, "tensorboard", spec.name))
       if start == 0:
         tb.text(0, "config", "```\n" + cfg.to_json_best_effort(indent=2) + "\n```")

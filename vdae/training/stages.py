@@ -35,7 +35,8 @@ from vdae.io import files
 from vdae.latent import objective
 from vdae.models import encoder as encoder_lib
 from vdae.parallel import sharding
-from vdae.training import restore, state as state_lib
+from vdae.training import restore
+from vdae.training import state as state_lib
 from vdae.training.loop import StageSpec, Trainer
 from vdae.types import Key, LossFn, Params
 

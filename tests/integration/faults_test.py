@@ -18,7 +18,7 @@ import jax
 import numpy as np
 import pytest
 
-from tests import procs
+from tests.support import procs
 
 pytestmark = pytest.mark.slow
 
@@ -48,7 +48,7 @@ def _ckpt(wd: str) -> str:
 def reference(cache, tmp_path_factory) -> dict:
   """The final state of an uninterrupted N-step run."""
   wd = str(tmp_path_factory.mktemp("ref") / "wd")
-  rc, out = _stage1(cache, wd, f"--config.training.num_steps={N}")
+  rc, out = _stage1(cache, wd, f"--config.stage1.num_steps={N}")
   assert rc == 0, out[-4000:]
   return procs.read_state(_ckpt(wd), N)
 
@@ -57,9 +57,7 @@ def reference(cache, tmp_path_factory) -> dict:
 def six_steps(cache, tmp_path_factory) -> str:
   """A workdir stopped after 6 of N steps, checkpoints at 2, 4, 6 (tests copy it)."""
   wd = str(tmp_path_factory.mktemp("six") / "wd")
-  rc, out = _stage1(
-    cache, wd, "--config.training.num_steps=6", "--config.training.checkpoint_every=2"
-  )
+  rc, out = _stage1(cache, wd, "--config.stage1.num_steps=6", "--config.stage1.checkpoint_every=2")
   assert rc == 0, out[-4000:]
   assert procs.steps(_ckpt(wd)) == [2, 4, 6]
   return wd
@@ -81,9 +79,9 @@ def test_sigkill_at_random_moments_then_resume(cache, reference, tmp_path):
   flags = (
     f"--workdir={wd}",
     "--stages=pretrain",
-    f"--config.training.num_steps={N}",
-    "--config.training.checkpoint_every=1",
-    "--config.training.async_checkpointing=True",
+    f"--config.stage1.num_steps={N}",
+    "--config.stage1.checkpoint_every=1",
+    "--config.loop.async_checkpointing=True",
   )
   ck = _ckpt(wd)
   mid_save = 0
@@ -128,8 +126,8 @@ def test_sigterm_saves_at_the_next_step_and_exits_143(cache, reference, tmp_path
   flags = (
     f"--workdir={wd}",
     "--stages=pretrain",
-    f"--config.training.num_steps={N}",
-    "--config.training.checkpoint_every=1000",
+    f"--config.stage1.num_steps={N}",
+    "--config.stage1.checkpoint_every=1000",
   )  # only the preemption save
   p = procs.Proc(procs.driver(*flags), procs.child_env(cache), str(tmp_path / "cut.log"))
   try:
@@ -144,7 +142,7 @@ def test_sigterm_saves_at_the_next_step_and_exits_143(cache, reference, tmp_path
   k = int(re.search(r"stage1: preempted; checkpoint saved at step (\d+)", out).group(1))
   assert procs.steps(_ckpt(wd)) == [k] and k < N
   rc, out = _stage1(
-    cache, wd, f"--config.training.num_steps={N}", "--config.training.checkpoint_every=1000"
+    cache, wd, f"--config.stage1.num_steps={N}", "--config.stage1.checkpoint_every=1000"
   )
   assert rc == 0, out[-4000:]
   assert f"stage1: resumed from step {k}" in out
@@ -176,7 +174,7 @@ def test_damaged_newest_checkpoints_are_skipped_and_moved_aside(
   os.remove(os.path.join(ck, "4", "meta", "metadata"))  # step 4: its metadata gone
   damaged6 = procs.snapshot(os.path.join(ck, "6"))
   rc, out = _stage1(
-    cache, wd, f"--config.training.num_steps={N}", "--config.training.checkpoint_every=2"
+    cache, wd, f"--config.stage1.num_steps={N}", "--config.stage1.checkpoint_every=2"
   )
   assert rc == 0, out[-4000:]
   assert f"{ck}/6 could not be restored" in out and f"{ck}/4 could not be restored" in out
@@ -192,7 +190,7 @@ def test_damaged_newest_checkpoints_are_skipped_and_moved_aside(
     for path in _array_files(os.path.join(_ckpt(wd2), str(s))):
       os.remove(path)
   before = procs.snapshot(wd2)
-  rc, out = _stage1(cache, wd2, f"--config.training.num_steps={N}")
+  rc, out = _stage1(cache, wd2, f"--config.stage1.num_steps={N}")
   assert rc == 2, out[-4000:]
   assert "vdae: error: none of the checkpoints" in out and "Traceback" not in out
   assert procs.snapshot(wd2) == before
@@ -207,24 +205,24 @@ def test_nonfinite_loss_stop_keeps_the_last_good_checkpoint(cache, six_steps, tm
   rc, out = _stage1(
     cache,
     wd,
-    f"--config.training.num_steps={N}",
-    "--config.optim.lr=1e30",
-    "--config.training.checkpoint_every=2",
+    f"--config.stage1.num_steps={N}",
+    "--config.stage1.lr=1e30",
+    "--config.stage1.checkpoint_every=2",
   )
   assert rc == 2, out[-4000:]
   assert re.search(r"vdae: error: stage1: non-finite loss or gradient at step \d+", out)
   assert "the last good checkpoint is step 6" in out and "Traceback" not in out
   assert procs.snapshot(_ckpt(wd)) == before  # nothing written, nothing lost
 
-  # training.on_nonfinite=skip: the run goes on, non-finite updates are not
+  # loop.on_nonfinite=skip: the run goes on, non-finite updates are not
   # applied (the state stays finite) and the metric says how often.
   rc, out = _stage1(
     cache,
     wd,
-    f"--config.training.num_steps={N}",
-    "--config.optim.lr=1e30",
-    "--config.training.checkpoint_every=2",
-    "--config.training.on_nonfinite=skip",
+    f"--config.stage1.num_steps={N}",
+    "--config.stage1.lr=1e30",
+    "--config.stage1.checkpoint_every=2",
+    "--config.loop.on_nonfinite=skip",
   )
   assert rc == 0, out[-4000:]
   state = procs.read_state(_ckpt(wd), N)
@@ -241,22 +239,20 @@ def test_a_one_off_nonfinite_step_between_log_steps_stops_the_run():
   """`on_nonfinite=stop` must not depend on the bad step landing on a log step."""
   from types import SimpleNamespace
 
-  from vdae import trainer
-  from vdae.errors import NonFiniteError
+  from vdae.io.errors import NonFiniteError
+  from vdae.training import loop
+  from vdae.training import step as step_lib
 
   mesh = jax.sharding.Mesh(np.array(jax.devices()), ("data",))
-  watch = trainer.NonFiniteWatch(mesh)
+  watch = step_lib.NonFiniteWatch(mesh)
   for step, bad in enumerate([0, 0, 1, 0, 1, 0, 0], start=1):
     watch.update({"nonfinite": jax.numpy.float32(bad)}, step)
   assert watch.read() == (3, 2)
 
   ckpt = SimpleNamespace(wait=lambda: None, latest_step=lambda: 2)
-  run = lambda mode: SimpleNamespace(
-    stage="stage1", config=SimpleNamespace(training=SimpleNamespace(on_nonfinite=mode))
-  )
   with pytest.raises(NonFiniteError, match="at step 3.*last good checkpoint is step 2"):
-    trainer.Trainer._check_finite(run("stop"), watch, ckpt)
-  assert trainer.Trainer._check_finite(run("skip"), watch, ckpt) == 2
+    loop.FiniteGuard("stage1", "stop", watch, ckpt).check()
+  assert loop.FiniteGuard("stage1", "skip", watch, ckpt).check() == 2
 
 
 _ABANDONED_READ = """
@@ -282,12 +278,12 @@ def _read_coroutine(filename: str):
 
 @pytest.mark.timeout(30)
 def test_only_orbax_abandoned_reads_are_silenced(monkeypatch):
-  """The noise filters of vdae/checkpoint.py drop Orbax's abandoned reads
+  """The noise filters of vdae/training/checkpoint.py drop Orbax's abandoned reads
   (a damaged restore prints hundreds) and nothing else."""
   import gc
   import logging
 
-  from vdae import checkpoint
+  from vdae.training import checkpoint
 
   printed = []
   monkeypatch.setattr(sys, "unraisablehook", checkpoint._drop_abandoned_reads(printed.append))

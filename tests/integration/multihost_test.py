@@ -18,14 +18,14 @@ import time
 
 import pytest
 
-from tests import procs
+from tests.support import procs
 
 pytestmark = pytest.mark.slow
 
 S1, S2 = 4, 6  # stage 2 runs past step S1 + 1: see the agreement note in test 1
 FLAGS = (
-  f"--config.training.num_steps={S1}",
-  "--config.training.checkpoint_every=2",
+  f"--config.stage1.num_steps={S1}",
+  "--config.stage1.checkpoint_every=2",
   f"--config.stage2.num_steps={S2}",
   "--config.stage2.checkpoint_every=3",
   "--config.stage2.log_every=1",
@@ -76,7 +76,7 @@ def _launch(cache: str, wd: str, logdir: str, *extra: str) -> procs.Proc:
 @pytest.mark.timeout(420)
 def test_two_processes_preempted_and_resumed_match_one_process(reference, cache, tmp_path):
   wd, logs1, logs2 = str(tmp_path / "wd"), str(tmp_path / "l1"), str(tmp_path / "l2")
-  job = _launch(cache, wd, logs1, f"--config.training.sample_every={S1}")
+  job = _launch(cache, wd, logs1, f"--config.stage1.image_every={S1}")
   try:
     procs.wait_for(lambda: "launch: process 1 pid" in job.output(), 30, "the launch", [job])
     pid1 = int(re.search(r"launch: process 1 pid (\d+)", job.output()).group(1))
@@ -154,7 +154,18 @@ def test_two_process_evaluate_with_parameters_split_across_processes(reference, 
   holds half of every parameter, so every decoded or encoded batch must be
   gathered), writes the metrics one process with 4 devices does."""
   mesh = ("--config.mesh.data=1", "--config.mesh.fsdp=4")
-  flags = (*procs.MINI, "--mode=evaluate", *mesh, "--config.eval.timing_methods=('em',)")
+  # The adaptive PF-ODE solve takes different steps when the devices split the
+  # work differently: its tolerance is tightened so that two runs of it agree to
+  # far better than the 1e-3 relative bound below (~100 x rtol).
+  rtol = 1e-5
+  flags = (
+    *procs.MINI,
+    "--mode=evaluate",
+    *mesh,
+    "--config.eval.timing_methods=('em',)",
+    f"--config.eval.bpd_rtol={rtol}",
+    f"--config.eval.bpd_atol={rtol}",
+  )
   metrics = {}
   for n in (1, 2):
     wd = str(tmp_path / f"wd{n}")
@@ -172,9 +183,9 @@ def test_two_process_evaluate_with_parameters_split_across_processes(reference, 
       metrics[n] = json.load(f)
   assert sorted(metrics[2]) == sorted(metrics[1])
   for k, want in metrics[1].items():
-    if k.startswith("time_per_image") or k == "bpd_solver_steps":
+    if "time_per_image" in k or k == "score_model/bpd_solver_steps":
       continue  # wall time; the adaptive solver's step count
-    rel = 1e-3 if k == "bits_per_dim" else 1e-5
+    rel = 100 * rtol if k == "score_model/bits_per_dim" else 1e-5
     assert metrics[2][k] == pytest.approx(want, rel=rel, abs=1e-6), k
 
 
@@ -291,14 +302,14 @@ def test_tpu_scripts_send_every_worker_command_to_all_workers(tmp_path):
     "-w",
     "gs://b/run",
     "--",
-    "--config.training.num_steps=3",
+    "--config.stage1.num_steps=3",
   )
   runs = _calls(tmp_path)
   assert [c[:4] for c in runs] == [["compute", "tpus", "tpu-vm", "ssh"]] * 3
   for c, mode in zip(runs, ("pretrain", "train_encoder", "evaluate")):
     cmd = next(a for a in c if a.startswith("--command="))
     assert "VDAE_AUTO_DISTRIBUTED=1" in cmd and f"--mode={mode}" in cmd
-    assert "--workdir=gs://b/run" in cmd and "--config.training.num_steps=3" in cmd
+    assert "--workdir=gs://b/run" in cmd and "--config.stage1.num_steps=3" in cmd
   assert "all workers" in out
 
   # Every ssh and scp goes to every worker.

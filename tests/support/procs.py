@@ -21,8 +21,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-DRIVER = os.path.join(ROOT, "tests", "multihost_driver.py")
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+DRIVER = os.path.join(ROOT, "tests", "support", "multihost_driver.py")
 LAUNCH = os.path.join(ROOT, "launch")
 
 # configs/tiny.py made cheaper to compile (one resolution, one block, no

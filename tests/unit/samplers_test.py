@@ -5,9 +5,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from tests import gaussian
-from vdae import sampling
-from vdae import sde as sde_lib
+from tests.support import gaussian
+from vdae.diffusion import samplers as sampling
+from vdae.diffusion import sde as sde_lib
 from vdae.kernels import fused_step
 
 M = jnp.array([1.0, -0.5])

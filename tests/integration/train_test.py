@@ -8,10 +8,11 @@ import jax
 import numpy as np
 import pytest
 
-from vdae import runtime, sharding, train, train_encoder
-from vdae.errors import CheckpointError, ConfigError
+from vdae.io.errors import CheckpointError, ConfigError
+from vdae.parallel import sharding
+from vdae.training import preemption, stages
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def _params_close(a, b, rtol=1e-5, atol=1e-6):
@@ -19,10 +20,8 @@ def _params_close(a, b, rtol=1e-5, atol=1e-6):
     np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=rtol, atol=atol)
 
 
-def _trainer(cls, config, workdir, devices):
-  t = cls(config, str(workdir))
-  t.mesh = sharding.make_mesh(config.mesh, devices)
-  return t
+def _train(name, config, workdir, devices):
+  return stages.train(name, config, str(workdir), mesh=sharding.make_mesh(config.mesh, devices))
 
 
 @pytest.mark.timeout(240)
@@ -30,12 +29,11 @@ def test_same_step_same_numbers_on_1_and_4_devices(tmp_path, tiny_config):
   """One device vs a 2x2 (data x fsdp) mesh: same loss and parameters."""
   assert jax.device_count() == 4
   cfg = tiny_config
-  cfg.training.num_steps = 3
-  one = _trainer(train.Pretrainer, cfg, tmp_path / "one", jax.devices()[:1]).train()
+  cfg.stage1.num_steps = 3
+  one = _train("stage1", cfg, tmp_path / "one", jax.devices()[:1])
   cfg4 = cfg.copy_and_resolve_references()
   cfg4.mesh.data, cfg4.mesh.fsdp = 2, 2
-  t4 = _trainer(train.Pretrainer, cfg4, tmp_path / "four", jax.devices())
-  four = t4.train()
+  four = _train("stage1", cfg4, tmp_path / "four", jax.devices())
   # The 2x2 run really is sharded: some parameter is split over `fsdp`.
   specs = {str(x.sharding.spec) for x in jax.tree.leaves(four.params)}
   assert any("fsdp" in s for s in specs), specs
@@ -47,9 +45,9 @@ def test_same_step_same_numbers_on_1_and_4_devices(tmp_path, tiny_config):
 @pytest.mark.timeout(240)
 def test_resume_after_preemption_reaches_the_same_parameters(tmp_path, tiny_config, monkeypatch):
   cfg = tiny_config
-  cfg.training.num_steps = 6
-  cfg.training.checkpoint_every = 100  # only the preemption save and the final one
-  full = train.Pretrainer(cfg, str(tmp_path / "full")).train()
+  cfg.stage1.num_steps = 6
+  cfg.stage1.checkpoint_every = 100  # only the preemption save and the final one
+  full = stages.train("stage1", cfg, str(tmp_path / "full"))
 
   calls = {"n": 0}
 
@@ -57,13 +55,13 @@ def test_resume_after_preemption_reaches_the_same_parameters(tmp_path, tiny_conf
     calls["n"] += 1
     return step == 4
 
-  monkeypatch.setattr(runtime.Preemption, "reached", preempt_at_4)
+  monkeypatch.setattr(preemption.Preemption, "reached", preempt_at_4)
   with pytest.raises(SystemExit) as e:
-    train.Pretrainer(cfg, str(tmp_path / "cut")).train()
+    stages.train("stage1", cfg, str(tmp_path / "cut"))
   assert e.value.code == 143
   assert sorted(os.listdir(tmp_path / "cut" / "stage1" / "checkpoints")) == ["4"]
   monkeypatch.undo()
-  resumed = train.Pretrainer(cfg, str(tmp_path / "cut")).train()
+  resumed = stages.train("stage1", cfg, str(tmp_path / "cut"))
   assert int(resumed.step) == 6
   _params_close(full.params, resumed.params, rtol=1e-6, atol=1e-7)
   _params_close(full.opt_state, resumed.opt_state, rtol=1e-6, atol=1e-7)
@@ -73,22 +71,22 @@ def test_resume_after_preemption_reaches_the_same_parameters(tmp_path, tiny_conf
 def test_stage2_gradient_path_and_checkpoint_errors(tmp_path, tiny_config):
   cfg = tiny_config
   with pytest.raises(CheckpointError, match="no stage-1 checkpoint"):
-    train_encoder.EncoderTrainer(cfg, str(tmp_path))
+    stages.trainer("stage2", cfg, str(tmp_path))
   assert not (tmp_path / "stage2").exists()
-  cfg.training.num_steps = 2
-  train.pretrain(cfg, str(tmp_path))
+  cfg.stage1.num_steps = 2
+  stages.train("stage1", cfg, str(tmp_path))
   other = cfg.copy_and_resolve_references()
   other.model.channels = 16
   with pytest.raises(CheckpointError, match="model.channels"):
-    train_encoder.EncoderTrainer(other, str(tmp_path))
+    stages.trainer("stage2", other, str(tmp_path))
   assert not (tmp_path / "stage2").exists()
   # The frozen score params are an argument of the step, not part of its state.
-  t = train_encoder.EncoderTrainer(cfg, str(tmp_path))
+  t = stages.trainer("stage2", cfg, str(tmp_path))
   state = t.train()
   names = {"/".join(map(str, p)) for p, _ in jax.tree_util.tree_flatten_with_path(state.params)[0]}
   assert not any("ResBlock" in n and "Encoder" not in n for n in names if "UNet" in n)
   n_enc = sum(x.size for x in jax.tree.leaves(state.params))
-  n_score = sum(x.size for x in jax.tree.leaves(t.score_params))
+  n_score = sum(x.size for x in jax.tree.leaves(t.spec.frozen))
   assert n_enc != n_score
 
 
@@ -118,10 +116,17 @@ def _cli(*args, timeout=180):
 @pytest.mark.parametrize(
   "override,needle",
   [
-    ("--config.training.num_stepz=3", "num_stepz"),
-    ("--config.training.num_steps=abc", "num_steps"),
+    ("--config.stage1.num_stepz=3", "num_stepz"),
+    ("--config.stage1.num_steps=abc", "num_steps"),
     ("--config.data.source=csv", "data.source"),
-    ("--config.training.batch_size=7", "batch size 7"),
+    ("--config.stage1.batch_size=7", "batch size 7"),
+    # names from before the stage groups: the error names the new field
+    (
+      "--config.training.num_steps=3",
+      "--config.training.num_steps is now --config.stage1.num_steps",
+    ),
+    ("--config.optim.lr=1e-3", "--config.optim.lr is now --config.stage1.lr"),
+    ("--config.training.bogus=3", "the `training` group was split into"),
   ],
 )
 def test_cli_rejects_bad_config(tmp_path, override, needle):

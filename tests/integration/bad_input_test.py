@@ -4,7 +4,7 @@ non-zero exit, no traceback, and nothing a previous run wrote changed.
 Each case runs `python -m vdae.main` against a workdir that already holds a
 finished stage-1 run (started through launch/local.sh) and checks every file
 in it byte for byte afterwards. In-process checks of the same validators are
-in tests/test_data.py and tests/test_train.py.
+in tests/unit/data_test.py and tests/integration/train_test.py.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import sys
 import numpy as np
 import pytest
 
-from tests import procs
+from tests.support import procs
 
 pytestmark = pytest.mark.slow
 
@@ -38,8 +38,8 @@ def trained(cache, tmp_path_factory) -> str:
     "--",
     *procs.MINI[1:],
     "--mode=pretrain",
-    "--config.training.num_steps=4",
-    "--config.training.checkpoint_every=2",
+    "--config.stage1.num_steps=4",
+    "--config.stage1.checkpoint_every=2",
   ]
   rc, out = procs.run(argv, procs.child_env(cache), wd + ".log", timeout=240)
   assert rc == 0, out[-4000:]
@@ -70,9 +70,10 @@ def _cases(d) -> dict[str, tuple[list[str], str]]:
       "trained on images of shape [8, 8, 1]",
     ),
     "resume_with_another_model": (["--config.model.channels=16"], "model.channels"),
-    "batch_not_divisible": (["--config.training.batch_size=6"], "not divisible by the 4 devices"),
+    "batch_not_divisible": (["--config.stage1.batch_size=6"], "not divisible by the 4 devices"),
     "mesh_unlike_the_devices": (["--config.mesh.data=3"], "does not fit the 4 available"),
     "mesh_too_small": (["--config.mesh.data=1", "--config.mesh.fsdp=2"], "but 4 are available"),
+    "old_override_name": (["--config.training.num_steps=9"], "now --config.stage1.num_steps"),
     "bad_config_values": (
       ["--config.sampling.method=heun", "--config.model.temb_dim=15"],
       "sampling.method='heun' is not one of em, pc, ode; model.temb_dim=15 must be even",
@@ -94,6 +95,7 @@ def _cases(d) -> dict[str, tuple[list[str], str]]:
     "batch_not_divisible",
     "mesh_unlike_the_devices",
     "mesh_too_small",
+    "old_override_name",
     "bad_config_values",
   ],
 )
@@ -107,7 +109,7 @@ def test_bad_input_is_named_and_changes_nothing(case, cache, trained, tmp_path):
     *procs.MINI,
     f"--workdir={trained}",
     "--mode=pretrain",
-    "--config.training.num_steps=8",
+    "--config.stage1.num_steps=8",
     *flags,
   ]
   rc, out = procs.run(argv, procs.child_env(cache), str(tmp_path / "log.txt"), timeout=100)

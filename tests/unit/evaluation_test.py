@@ -1,15 +1,15 @@
-"""Evaluation: Fréchet distance, the evaluation classifier, the linear probe, and
---mode=evaluate end to end on the tiny config (stage 1, stage 2 and the VAE
-trained for a few steps in a module-scoped workdir)."""
+"""Evaluation pieces: Fréchet distance, the evaluation classifier, the linear probe,
+PSNR, the judge without labels, and the harness on an analytic autoencoder."""
 
-import json
 import os
 
 import numpy as np
 import pytest
 import scipy.linalg
 
-from vdae import classifier, data, evaluate, fid
+from vdae.data import sources
+from vdae.evaluation import classifier, harness, metrics
+from vdae.evaluation import metrics as fid
 
 
 # --- Fréchet distance --------------------------------------------------------------
@@ -56,7 +56,7 @@ def digits_classifier(tmp_path_factory):
 
   config = digits.get_config()
   workdir = str(tmp_path_factory.mktemp("clf"))
-  splits = data.load_splits(config.data)
+  splits = sources.load_splits(config.data)
   model, params, meta = classifier.load_or_train(config, workdir, splits)
   return config, workdir, splits, model, params, meta
 
@@ -90,107 +90,24 @@ def test_linear_probe_separates_separable_codes():
   rng = np.random.default_rng(0)
   y = rng.integers(0, 3, 300)
   z = rng.normal(size=(300, 4)) * 0.1 + np.eye(4)[y] * 3
-  assert evaluate.linear_probe(z[:200], y[:200], z[200:], y[200:], 200) == 1.0
+  assert metrics.linear_probe(z[:200], y[:200], z[200:], y[200:], 200) == 1.0
   noise = rng.normal(size=(300, 4))
-  assert evaluate.linear_probe(noise[:200], y[:200], noise[200:], y[200:], 200) < 0.6
+  assert metrics.linear_probe(noise[:200], y[:200], noise[200:], y[200:], 200) < 0.6
 
 
 @pytest.mark.timeout(30)
 def test_unlabelled_data_gets_label_free_metrics(tiny_config):
   rng = np.random.default_rng(0)
   images = rng.integers(0, 256, (40, 8, 8)).astype(np.uint8)
-  splits = data._in_memory_splits(images, None, 0.25, "test")
-  judge = evaluate.Judge(tiny_config, "/nonexistent", splits)
+  splits = sources._in_memory_splits(images, None, 0.25, "test")
+  judge = harness.Judge(tiny_config, "/nonexistent", splits)
   x = splits["test"].arrays()["image"]
   assert judge.metrics == {}
   assert set(judge.recon(x, x, None)) == {"recon_mse", "recon_psnr"}
-  assert judge.samples(x) == {} and judge.probe(lambda v: v, splits) == {}
+  assert judge.samples(x) == {} and judge.probe(x, None, x, None) == {}
 
 
 def test_psnr_and_levels(tiny_config):
   x = np.zeros((2, 4))
-  np.testing.assert_allclose(evaluate.psnr(x, x + 0.02), 10 * np.log10(4 / 4e-4))
-  assert evaluate.data_levels(tiny_config) == 17
-
-
-# --- end to end ---------------------------------------------------------------------------
-VDAE_KEYS = {
-  "recon_mse",
-  "recon_psnr",
-  "recon_class_accuracy",
-  "linear_probe_accuracy",
-  "sample_fid",
-  "recon_fid",
-  "bits_per_dim",
-  "bpd_solver_steps",
-  "time_per_image_em",
-  "time_per_image_pc",
-  "time_per_image_ode",
-  "classifier_test_accuracy",
-  "fid_train_vs_test",
-}
-VAE_KEYS = {
-  f"vae/{k}"
-  for k in (
-    "recon_mse",
-    "recon_psnr",
-    "recon_class_accuracy",
-    "recon_fid",
-    "sample_fid",
-    "linear_probe_accuracy",
-    "neg_elbo_bits_per_dim",
-    "time_per_image",
-  )
-}
-
-
-@pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory):
-  """Stage 1, stage 2 and the VAE on the tiny config, then --mode=evaluate."""
-  from configs import tiny
-  from vdae import train, train_encoder, vae
-
-  config = tiny.get_config()
-  workdir = str(tmp_path_factory.mktemp("tiny_eval"))
-  train.pretrain(config, workdir)
-  train_encoder.train_encoder(config, workdir)
-  vae.train_vae(config, workdir)
-  return config, workdir, evaluate.evaluate(config, workdir)
-
-
-@pytest.mark.timeout(240)
-def test_evaluate_writes_every_metric(tiny_run):
-  _, workdir, metrics = tiny_run
-  assert set(metrics) == VDAE_KEYS | VAE_KEYS
-  with open(os.path.join(workdir, "eval", "metrics.json")) as f:
-    written = json.load(f)
-  assert written == pytest.approx(metrics)
-  assert all(isinstance(v, float) and np.isfinite(v) for v in written.values()), written
-  for k in ("recon_class_accuracy", "linear_probe_accuracy", "vae/recon_class_accuracy"):
-    assert 0.0 <= written[k] <= 1.0
-  assert written["bits_per_dim"] > 0 and written["sample_fid"] >= 0
-  events = os.listdir(os.path.join(workdir, "tensorboard", "eval"))
-  assert any(e.startswith("events.out.tfevents") for e in events)
-
-
-@pytest.mark.timeout(60)
-def test_evaluate_event_file_has_eval_scalars(tiny_run):
-  from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-  _, workdir, metrics = tiny_run
-  acc = EventAccumulator(os.path.join(workdir, "tensorboard", "eval"))
-  acc.Reload()
-  tags = set(acc.Tags()["scalars"])
-  assert {f"eval/{k}" for k in metrics} <= tags
-
-
-@pytest.mark.timeout(60)
-def test_vae_checkpoint_with_another_decoder_fails_clearly(tiny_run):
-  from vdae import sharding, vae
-  from vdae.errors import CheckpointError
-
-  config, workdir, _ = tiny_run
-  other = config.copy_and_resolve_references()
-  other.vae.decoder_channels = 16
-  with pytest.raises(CheckpointError, match="vae.decoder_channels"):
-    vae.load_vae(other, workdir, (8, 8, 1), sharding.make_mesh(other.mesh))
+  np.testing.assert_allclose(metrics.psnr(x, x + 0.02), 10 * np.log10(4 / 4e-4))
+  assert sources.data_levels(tiny_config) == 17

@@ -8,7 +8,7 @@ import os
 import numpy as np
 import pytest
 
-from vdae import files
+from vdae.io import files
 
 pytestmark = pytest.mark.timeout(30)
 

@@ -5,7 +5,9 @@ import os
 import numpy as np
 from PIL import Image
 
-from vdae import curves, writer
+from vdae.io import curves, writer
+
+RUNS = (("stage1", "score"), ("stage2", "encoder"), ("vae", "VAE"))
 
 
 def test_loss_curves_from_tensorboard_events(tmp_path):
@@ -18,8 +20,8 @@ def test_loss_curves_from_tensorboard_events(tmp_path):
   np.testing.assert_array_equal(steps, np.arange(0, 100, 10))
   np.testing.assert_allclose(values, 10.0 / (1 + steps), rtol=1e-6)
   assert curves.read_scalars(str(tmp_path / "tensorboard" / "vae"), "train/loss") is None
-  path = curves.plot_loss_curves(str(tmp_path), str(tmp_path / "eval" / "loss_curves.png"))
+  path = curves.plot_loss_curves(str(tmp_path), str(tmp_path / "eval" / "loss_curves.png"), RUNS)
   w, h = Image.open(path).size
   assert w > 2 * h  # two panels side by side (stage1, stage2; no VAE run)
   assert not any(f.endswith(".tmp.png") for f in os.listdir(tmp_path / "eval"))
-  assert curves.plot_loss_curves(str(tmp_path / "none"), str(tmp_path / "x.png")) is None
+  assert curves.plot_loss_curves(str(tmp_path / "none"), str(tmp_path / "x.png"), RUNS) is None

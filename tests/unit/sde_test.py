@@ -7,9 +7,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from tests import gaussian
-from vdae import losses
-from vdae import sde as sde_lib
+from tests.support import gaussian
+from vdae.diffusion import losses
+from vdae.diffusion import sde as sde_lib
 
 KINDS = ("vp", "subvp", "ve")
 

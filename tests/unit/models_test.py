@@ -81,3 +81,24 @@ def test_encoder_has_no_batch_coupling():
   np.testing.assert_allclose(mu[0], mu2[0], rtol=1e-6)
   np.testing.assert_allclose(lv[0], lv2[0], rtol=1e-6)
   assert not np.allclose(mu[1], mu2[1])
+
+
+def test_encoder_with_fourier_features_is_finite_at_t0_and_reads_fourier_scale(tiny_config):
+  """The encoder sees clean images at t = 0, where log t is -inf: t is clamped to
+  sde.eps. Its Fourier features use model.fourier_scale like the score network's."""
+  c = tiny_config
+  c.model.embedding = "fourier"
+  enc = encoder.from_config(c.encoder, c.model, c.sde)
+  x = jax.random.normal(jax.random.key(1), (2, 8, 8, 1))
+  params = encoder.init_params(enc, jax.random.key(0), (8, 8, 1))
+  mu, lv = enc.apply({"params": params}, x, jnp.zeros((2,)))
+  assert np.all(np.isfinite(mu)) and np.all(np.isfinite(lv))
+  at_eps = enc.apply({"params": params}, x, jnp.full((2,), c.sde.eps))
+  np.testing.assert_array_equal(mu, at_eps[0])  # t = 0 is read as t = eps
+  w = params["TimeEmbedding_0"]["FourierFeatures_0"]["w"]
+  c.model.fourier_scale = 0.5
+  small = encoder.from_config(c.encoder, c.model, c.sde)
+  w_small = encoder.init_params(small, jax.random.key(0), (8, 8, 1))["TimeEmbedding_0"][
+    "FourierFeatures_0"
+  ]["w"]
+  np.testing.assert_allclose(np.asarray(w_small) * 32.0, np.asarray(w), rtol=1e-5)

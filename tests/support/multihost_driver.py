@@ -16,7 +16,7 @@ import logging
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
 from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
@@ -33,7 +33,7 @@ def main(argv: list[str]) -> None:
   for noisy in ("absl", "orbax", "jax._src", "grain"):
     logging.getLogger(noisy).setLevel(logging.WARNING)
   from vdae import config_check, runtime, train, train_encoder
-  from vdae.errors import VdaeError
+  from vdae.io.errors import VdaeError
 
   stages = {"pretrain": train.pretrain, "train_encoder": train_encoder.train_encoder}
   try:

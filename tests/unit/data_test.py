@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from vdae import data
-from vdae.errors import ConfigError, DataError
+from vdae.data import pipeline, sources
+from vdae.io.errors import ConfigError, DataError
 
 
 def _cfg(tiny_config, **kw):
@@ -23,19 +23,19 @@ def _pixels(n=20, h=6, w=5, c=1, seed=0):
 
 
 def test_digits_split_is_fixed_and_scaled(tiny_config):
-  s = data.load_splits(tiny_config.data)
+  s = sources.load_splits(tiny_config.data)
   assert len(s["train"]) + len(s["test"]) == 1797
   assert s["train"].image_shape == (8, 8, 1)
   a = s["test"].arrays(10)
   assert a["image"].min() >= -1 and a["image"].max() <= 1 and a["image"].max() > 0.5
-  again = data.load_splits(tiny_config.data)["test"].arrays(10)
+  again = sources.load_splits(tiny_config.data)["test"].arrays(10)
   np.testing.assert_array_equal(a["label"], again["label"])
 
 
 def test_npz_uint8_with_labels(tmp_path, tiny_config):
   ims = _pixels()
   np.savez(tmp_path / "d.npz", images=ims, labels=np.arange(20))
-  s = data.load_splits(_cfg(tiny_config, source="npz", path=str(tmp_path / "d.npz")))
+  s = sources.load_splits(_cfg(tiny_config, source="npz", path=str(tmp_path / "d.npz")))
   assert s["train"].image_shape == (6, 5, 1) and s["train"].has_labels
   item = s["train"][0]
   # label k belongs to image k: the pixels follow their label through the split
@@ -47,7 +47,7 @@ def test_npz_uint8_with_labels(tmp_path, tiny_config):
 def test_npz_float_rgb_without_labels(tmp_path, tiny_config):
   ims = np.random.default_rng(1).random((12, 4, 4, 3)).astype(np.float32)
   np.savez(tmp_path / "f.npz", images=ims)
-  s = data.load_splits(_cfg(tiny_config, source="npz", path=str(tmp_path / "f.npz")))
+  s = sources.load_splits(_cfg(tiny_config, source="npz", path=str(tmp_path / "f.npz")))
   assert s["test"].image_shape == (4, 4, 3) and not s["test"].has_labels
   assert s["test"][0]["label"] == -1
 
@@ -65,22 +65,22 @@ def test_npz_float_rgb_without_labels(tmp_path, tiny_config):
 def test_npz_bad_arrays_are_named(tmp_path, tiny_config, bad, msg):
   np.savez(tmp_path / "b.npz", images=bad)
   with pytest.raises(DataError, match=msg):
-    data.load_splits(_cfg(tiny_config, source="npz", path=str(tmp_path / "b.npz")))
+    sources.load_splits(_cfg(tiny_config, source="npz", path=str(tmp_path / "b.npz")))
 
 
 def test_npz_missing_file_and_key(tmp_path, tiny_config):
   with pytest.raises(DataError, match="does not exist"):
-    data.load_splits(_cfg(tiny_config, source="npz", path=str(tmp_path / "nope.npz")))
+    sources.load_splits(_cfg(tiny_config, source="npz", path=str(tmp_path / "nope.npz")))
   np.savez(tmp_path / "k.npz", pictures=_pixels())
   with pytest.raises(DataError, match="no `images`"):
-    data.load_splits(_cfg(tiny_config, source="npz", path=str(tmp_path / "k.npz")))
+    sources.load_splits(_cfg(tiny_config, source="npz", path=str(tmp_path / "k.npz")))
   with pytest.raises(ConfigError, match="data.path"):
-    data.load_splits(_cfg(tiny_config, source="npz", path=""))
+    sources.load_splits(_cfg(tiny_config, source="npz", path=""))
 
 
 def test_unknown_source(tiny_config):
   with pytest.raises(ConfigError, match="not one of"):
-    data.load_splits(_cfg(tiny_config, source="csv"))
+    sources.load_splits(_cfg(tiny_config, source="csv"))
 
 
 def test_folder_with_class_subfolders(tmp_path, tiny_config):
@@ -89,7 +89,7 @@ def test_folder_with_class_subfolders(tmp_path, tiny_config):
     d = tmp_path / f"class_{i % 3}"
     d.mkdir(exist_ok=True)
     Image.fromarray(im).save(d / f"{i}.png")
-  s = data.load_splits(_cfg(tiny_config, source="folder", path=str(tmp_path)))
+  s = sources.load_splits(_cfg(tiny_config, source="folder", path=str(tmp_path)))
   assert s["train"].image_shape == (7, 7, 3) and s["train"].has_labels
   labels = s["train"].arrays()["label"]
   assert set(labels.tolist()) <= {0, 1, 2}
@@ -99,16 +99,16 @@ def test_folder_resizes_or_names_the_odd_image(tmp_path, tiny_config):
   for i, im in enumerate(_pixels(n=6, h=8, w=8)):
     Image.fromarray(im[..., 0]).save(tmp_path / f"{i}.png")
   Image.fromarray(_pixels(n=1, h=5, w=5)[0, ..., 0]).save(tmp_path / "odd.png")
-  s = data.load_splits(_cfg(tiny_config, source="folder", path=str(tmp_path)))
+  s = sources.load_splits(_cfg(tiny_config, source="folder", path=str(tmp_path)))
   with pytest.raises(DataError, match="odd.png"):
     [s[k][i] for k in ("train", "test") for i in range(len(s[k]))]
-  s = data.load_splits(_cfg(tiny_config, source="folder", path=str(tmp_path), image_size=4))
+  s = sources.load_splits(_cfg(tiny_config, source="folder", path=str(tmp_path), image_size=4))
   assert s["train"][0]["image"].shape == (4, 4, 1)
 
 
 def test_empty_folder(tmp_path, tiny_config):
   with pytest.raises(DataError, match="empty"):
-    data.load_splits(_cfg(tiny_config, source="folder", path=str(tmp_path)))
+    sources.load_splits(_cfg(tiny_config, source="folder", path=str(tmp_path)))
 
 
 def _write_array_record(path, images, labels):
@@ -116,7 +116,7 @@ def _write_array_record(path, images, labels):
 
   from array_record.python import array_record_module
 
-  from vdae.tf_example import Example
+  from vdae.data.tf_example import Example
 
   w = array_record_module.ArrayRecordWriter(str(path), "group_size:1")
   for im, lb in zip(images, labels):
@@ -134,33 +134,33 @@ def test_array_record_tfds_layout(tmp_path, tiny_config):
   _write_array_record(tmp_path / "ds-train.array_record-00000-of-00001", ims, np.arange(10) % 4)
   _write_array_record(tmp_path / "ds-test.array_record-00000-of-00001", ims[:3], [1, 2, 3])
   cfg = _cfg(tiny_config, source="array_record", path=str(tmp_path / "ds-train.array_record*"))
-  s = data.load_splits(cfg)
+  s = sources.load_splits(cfg)
   assert len(s["train"]) == 10 and len(s["test"]) == 3
   item = s["train"][4]
   assert int(item["label"]) == 0
   np.testing.assert_allclose(item["image"], ims[4] / 127.5 - 1, atol=1e-6)
   with pytest.raises(DataError, match="matches no files"):
-    data.load_splits(_cfg(tiny_config, source="array_record", path=str(tmp_path / "x*")))
+    sources.load_splits(_cfg(tiny_config, source="array_record", path=str(tmp_path / "x*")))
 
 
 def test_batches_are_process_blocks_of_the_global_batch(tiny_config):
   """2 processes' batches, side by side, equal the 1-process global batch."""
-  split = data.load_splits(tiny_config.data)["train"]
-  one = iter(data.train_dataset(split, tiny_config.data, 8, 0, 1))
-  p0 = iter(data.train_dataset(split, tiny_config.data, 8, 0, 2))
-  p1 = iter(data.train_dataset(split, tiny_config.data, 8, 1, 2))
+  split = sources.load_splits(tiny_config.data)["train"]
+  one = iter(pipeline.train_dataset(split, tiny_config.data, 8, 0, 1))
+  p0 = iter(pipeline.train_dataset(split, tiny_config.data, 8, 0, 2))
+  p1 = iter(pipeline.train_dataset(split, tiny_config.data, 8, 1, 2))
   for _ in range(3):
     g = next(one)["index"]
     np.testing.assert_array_equal(g, np.concatenate([next(p0)["index"], next(p1)["index"]]))
   with pytest.raises(ConfigError, match="divisible"):
-    data.train_dataset(split, tiny_config.data, 9, 0, 2)
+    pipeline.train_dataset(split, tiny_config.data, 9, 0, 2)
 
 
 def test_epochs_reshuffle_and_cover_the_split(tmp_path, tiny_config):
   np.savez(tmp_path / "d.npz", images=_pixels(n=40))
   cfg = _cfg(tiny_config, source="npz", path=str(tmp_path / "d.npz"))
-  split = data.load_splits(cfg)["train"]
-  it = iter(data.train_dataset(split, cfg, len(split), 0, 1))
+  split = sources.load_splits(cfg)["train"]
+  it = iter(pipeline.train_dataset(split, cfg, len(split), 0, 1))
   e1, e2 = next(it)["index"], next(it)["index"]
   assert sorted(e1.tolist()) == sorted(split.rows.tolist())  # index = row in the source
   assert sorted(e2.tolist()) == sorted(split.rows.tolist())

@@ -6,7 +6,7 @@ and log-density, used as gold references by the tests.
 
 import jax.numpy as jnp
 
-from vdae import sde as sde_lib
+from vdae.diffusion import sde as sde_lib
 
 
 def var_t(sde: sde_lib.SDE, t, s2):

@@ -16,9 +16,10 @@ import numpy as np
 import pytest
 from jax import export
 
-from vdae import sde as sde_lib
-from vdae.kernels import fused_step as fs
+from vdae.diffusion import sde as sde_lib
+from vdae.kernels import fused_step
 from vdae.kernels import pallas_fused_step as pf
+from vdae.kernels import reference as fs
 
 KINDS = ("vp", "subvp", "ve")
 SHAPES = ((3, 64), (5, 200), (17, 3 * 37))
@@ -252,25 +253,25 @@ def test_dispatch_auto_uses_reference_on_cpu(monkeypatch):
   monkeypatch.setattr(pf, "fused_stage2_residual", boom)
   spec = _spec("vp")
   x, eps, c, noise, t = _inputs(3, 64)
-  got = fs.reverse_step(x, eps, c, noise, t, 0.01, spec, impl="auto")
+  got = fused_step.reverse_step(x, eps, c, noise, t, 0.01, spec, impl="auto")
   want = fs.reference_reverse_step(x, eps, c, noise, t, 0.01, spec)
   np.testing.assert_array_equal(got[0], want[0])
   np.testing.assert_array_equal(got[1], want[1])
   np.testing.assert_array_equal(
-    fs.stage2_residual(eps, c, noise, t, spec, impl="auto"),
+    fused_step.stage2_residual(eps, c, noise, t, spec, impl="auto"),
     fs.reference_stage2_residual(eps, c, noise, t, spec),
   )
   with pytest.raises(AssertionError, match="must not run"):
-    fs.reverse_step(x, eps, c, noise, t, 0.01, spec, impl="pallas")
+    fused_step.reverse_step(x, eps, c, noise, t, 0.01, spec, impl="pallas")
 
 
 def test_dispatch_rejects_unknown_impl():
   spec = _spec("vp")
   x, eps, c, noise, t = _inputs(3, 64)
   with pytest.raises(ValueError, match="triton"):
-    fs.reverse_step(x, eps, c, noise, t, 0.01, spec, impl="triton")
+    fused_step.reverse_step(x, eps, c, noise, t, 0.01, spec, impl="triton")
   with pytest.raises(ValueError, match="Pallas"):
-    fs.stage2_residual(eps, c, noise, t, spec, impl="Pallas")
+    fused_step.stage2_residual(eps, c, noise, t, spec, impl="Pallas")
 
 
 @pytest.mark.timeout(120)
@@ -294,7 +295,7 @@ def test_decode_loop_pallas_equals_reference(kind, ode):
     for i in range(n_steps):
       eps = jnp.tanh(x) * t[:, None]
       c = 0.1 * jnp.sin(x) - 0.05 * x
-      x, temb = fs.reverse_step(x, eps, c, noises[i], t, dt, spec, impl=impl)
+      x, temb = fused_step.reverse_step(x, eps, c, noises[i], t, dt, spec, impl=impl)
       t = t - dt
     return x, temb
 

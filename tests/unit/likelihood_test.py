@@ -8,9 +8,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from tests import gaussian
-from vdae import likelihood
-from vdae import sde as sde_lib
+from tests.support import gaussian
+from vdae.diffusion import likelihood
+from vdae.diffusion import sde as sde_lib
 
 B, D = 64, 3
 S2 = jnp.array([0.25, 0.04, 0.5])

@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from vdae import latent, losses
-from vdae import sde as sde_lib
+from vdae.diffusion import sde as sde_lib
 from vdae.kernels import fused_step
+from vdae.latent import correction as latent
+from vdae.latent import objective
 from vdae.models import encoder as encoder_lib
 
 L, D, S2_NOISE = 2, 6, 0.05
@@ -110,7 +111,7 @@ def _stage2_setup(form="eps"):
   sp = jax.tree.unflatten(tree, [0.2 * jax.random.normal(k, p.shape) for k, p in zip(keys, leaves)])
 
   def loss(enc_params, score_params, form=form):
-    return losses.vdae_loss(
+    return objective.vdae_loss(
       lambda xx, t: score.apply({"params": score_params}, xx, t),
       lambda xx, t: enc.apply({"params": enc_params}, xx, t),
       x,

@@ -1,0 +1,58 @@
+"""The config schema: choices declared once, read by the check and the code; renamed keys."""
+
+import pytest
+
+from configs import base, cifar10, digits, mnist, tiny
+from vdae import schema
+from vdae.diffusion import sde as sde_lib
+from vdae.io.errors import ConfigError
+
+
+def test_every_stage_group_has_the_same_fields():
+  c = base.get_config()
+  for g in schema.STAGE_GROUPS:
+    assert set(schema.STAGE_FIELDS) <= set(c[g]), g
+
+
+@pytest.mark.parametrize("mod", [base, digits, mnist, cifar10, tiny])
+def test_shipped_configs_pass_the_check(mod):
+  schema.check(mod.get_config())
+
+
+def test_choices_are_read_by_the_check_and_by_the_code():
+  assert schema.choices("sde.kind") == ("vp", "subvp", "ve")
+  c = tiny.get_config()
+  c.sde.kind = "vpp"
+  c.sampling.loop = "while"
+  with pytest.raises(
+    ConfigError, match="sde.kind='vpp' is not one of vp, subvp, ve.*sampling.loop"
+  ):
+    schema.check(c)
+  with pytest.raises(ConfigError, match="sde.kind='vpp' is not one of vp, subvp, ve"):
+    sde_lib.SDE(kind="vpp")
+
+
+def test_renamed_keys_name_their_successor():
+  assert schema.renamed_hint("config.training.num_steps") == (
+    "--config.training.num_steps is now --config.stage1.num_steps"
+  )
+  assert "split into loop, stage1" in schema.renamed_hint("config.training.nope")
+  assert schema.renamed_hint("config.stage1.nope") is None
+  c = base.get_config()
+  for old, new in schema.RENAMED.items():
+    group, field = new.split(".")
+    assert field in c[group], new  # every successor exists
+    assert old.split(".")[1] not in c.get(old.split(".")[0], {}) or old.split(".")[0] != "training"
+
+
+def test_check_lists_every_problem():
+  c = tiny.get_config()
+  c.stage2.num_steps = 0
+  c.vae.lr = -1.0
+  c.model.temb_dim = 7
+  with pytest.raises(ConfigError) as e:
+    schema.check(c)
+  msg = str(e.value)
+  assert "stage2.num_steps=0 must be positive" in msg
+  assert "vae.lr=-1.0 must be positive" in msg
+  assert "model.temb_dim=7 must be even" in msg
