@@ -73,11 +73,11 @@ def test_evaluate_event_file_has_eval_scalars(tiny_run):
 
 @pytest.mark.timeout(60)
 def test_vae_checkpoint_with_another_decoder_fails_clearly(tiny_run):
-  from vdae import sharding, vae
   from vdae.io.errors import CheckpointError
+  from vdae.parallel import sharding
 
   config, workdir, _ = tiny_run
   other = config.copy_and_resolve_references()
   other.vae.decoder_channels = 16
   with pytest.raises(CheckpointError, match="vae.decoder_channels"):
-    vae.load_vae(other, workdir, (8, 8, 1), sharding.make_mesh(other.mesh))
+    stages.load_stage("vae", other, workdir, sharding.make_mesh(other.mesh), (8, 8, 1))

@@ -32,12 +32,16 @@ def main(argv: list[str]) -> None:
   logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
   for noisy in ("absl", "orbax", "jax._src", "grain"):
     logging.getLogger(noisy).setLevel(logging.WARNING)
-  from vdae import config_check, runtime, train, train_encoder
+  from vdae import schema
+  from vdae.commands import train
   from vdae.io.errors import VdaeError
+  from vdae.parallel import runtime
+  from vdae.training import checkpoint
 
-  stages = {"pretrain": train.pretrain, "train_encoder": train_encoder.train_encoder}
+  checkpoint.install_noise_filters()
+  stages = {"pretrain": train.pretrain, "train_encoder": train.train_encoder}
   try:
-    config_check.check(_CONFIG.value)
+    schema.check(_CONFIG.value)
     runtime.initialize(_CONFIG.value.runtime)
     for name in _STAGES.value:
       stages[name](_CONFIG.value, _WORKDIR.value)

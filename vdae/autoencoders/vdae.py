@@ -14,8 +14,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from vdae.autoencoders.base import Autoencoder
+from vdae.data import pipeline
 from vdae.diffusion import samplers, score
 from vdae.diffusion import sde as sde_lib
+from vdae.kernels.reference import StepSpec
 from vdae.latent import correction
 from vdae.models import encoder as encoder_lib
 from vdae.parallel import sharding
@@ -41,7 +43,7 @@ def make_decode_fn(score_model, enc_model, config, shape) -> samplers.CompiledSa
     return eps_fn, lambda x, t: correction.correction_score(encode_fn, x, t, z, lv)
 
   return samplers.compile_sampler(
-    make_fns, config.sampling, sde_lib.from_config(config.sde), score.step_spec(config), shape
+    make_fns, config.sampling, sde_lib.from_config(config.sde), StepSpec.from_config(config), shape
   )
 
 
@@ -103,9 +105,7 @@ class VDAE(Autoencoder):
     """time_per_image_<method>: seconds per image of one batch of reconstructions
     with each of eval.timing_methods other than sampling.method (compile excluded)."""
     out = {}
-    mu = self.encode(test_images[:batch])
-    if len(mu) < batch:
-      mu = np.concatenate([mu, np.repeat(mu[-1:], batch - len(mu), 0)])
+    mu = pipeline.pad_batch({"z": self.encode(test_images[:batch])}, batch)["z"]
     for method in self.config.eval.timing_methods:
       if not method or method == self.config.sampling.method:
         continue

@@ -17,7 +17,7 @@ log = logging.getLogger(__name__)
 
 def encode(config, workdir: str) -> str:
   r = common.run(config, workdir)
-  ae = r.vdae()
+  ae = common.vdae(r)
   split = r.splits[config.stage2.encode_split]
   parts = {"mu": [], "log_var": [], "index": [], "labels": []}
   for b in pipeline.eval_batches(split, config.stage2.batch_size):

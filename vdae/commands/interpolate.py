@@ -28,8 +28,8 @@ def slerp(a: np.ndarray, b: np.ndarray, w: np.ndarray) -> np.ndarray:
 
 def interpolate(config, workdir: str, pairs: int = 4, steps: int = 8) -> str:
   r = common.run(config, workdir)
-  ae = r.vdae()
-  x = r.encode_split(2 * pairs)["image"]
+  ae = common.vdae(r)
+  x = common.encode_split(r, 2 * pairs)["image"]
   mu = ae.encode(x)
   w = np.linspace(0.0, 1.0, steps)
   lin = [(1 - w)[:, None] * mu[2 * i] + w[:, None] * mu[2 * i + 1] for i in range(pairs)]

@@ -16,8 +16,8 @@ log = logging.getLogger(__name__)
 
 def reconstruct(config, workdir: str, n: int = 32) -> str:
   r = common.run(config, workdir)
-  ae = r.vdae()
-  x = r.encode_split(n)["image"]
+  ae = common.vdae(r)
+  x = common.encode_split(r, n)["image"]
   mu = ae.encode(x)
   rec = ae.decode(mu, jax.random.key(config.seed))
   cols = 8

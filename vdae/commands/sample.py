@@ -31,7 +31,7 @@ def vdae_samples(config, workdir: str) -> str:
   r = common.run(config, workdir)
   n = config.sampling.num_samples
   z = np.asarray(jax.random.normal(jax.random.key(config.seed), (n, config.encoder.latent_dim)))
-  x = r.vdae().decode(z, jax.random.key(config.seed + 1))
+  x = common.vdae(r).decode(z, jax.random.key(config.seed + 1))
   return writer.write_images(os.path.join(workdir, "samples"), "samples", x, z=z)
 
 

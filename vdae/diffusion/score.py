@@ -1,9 +1,9 @@
 """The score model as the rest of the package sees it (owned here).
 
 The one place that builds the score network from the config, initialises its
-parameters, turns its noise prediction into a score (s = -eps / sigma), and
-describes the fused step's static layout (`step_spec`). Samplers, losses,
-the likelihood and the autoencoders all go through these.
+parameters, and turns its noise prediction into a score (s = -eps / sigma).
+Samplers, losses, the fused step's reference, the likelihood and the
+autoencoders all go through these.
 """
 
 from __future__ import annotations
@@ -11,7 +11,6 @@ from __future__ import annotations
 import jax.numpy as jnp
 
 from vdae.diffusion import sde as sde_lib
-from vdae.kernels.reference import StepSpec
 from vdae.models import unet
 from vdae.types import Array, EpsFn, Key, Params, ScoreFn
 
@@ -48,8 +47,3 @@ def eps_fn_for(model: unet.UNet, params: Params, config, train: bool = False, rn
     return model.apply({"params": params}, x, t, train, temb if use_temb else None, rngs=rngs or {})
 
   return eps_fn
-
-
-def step_spec(config) -> StepSpec:
-  """The fused step's static description for this config's SDE and embedding."""
-  return StepSpec(sde_lib.from_config(config.sde), config.model.temb_dim, config.sde.time_scale)

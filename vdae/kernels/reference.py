@@ -12,6 +12,7 @@ import dataclasses
 import jax.numpy as jnp
 
 from vdae.diffusion import sde as sde_lib
+from vdae.diffusion.score import eps_to_score
 from vdae.models.embedding import sinusoidal
 from vdae.types import Array
 
@@ -23,6 +24,11 @@ class StepSpec:
   sde: sde_lib.SDE
   temb_dim: int
   time_scale: float
+
+  @classmethod
+  def from_config(cls, config) -> StepSpec:
+    """The step for this config's SDE and time embedding."""
+    return cls(sde_lib.from_config(config.sde), config.model.temb_dim, config.sde.time_scale)
 
 
 def reference_reverse_step(
@@ -57,7 +63,7 @@ def reference_reverse_step(
   dt = jnp.broadcast_to(jnp.asarray(dt, jnp.float32), t.shape)
   f, g2 = spec.sde.sde_coefficients(t)
   _, sigma = spec.sde.marginal(t)
-  score = -eps / sigma[:, None]
+  score = eps_to_score(eps, sigma)
   if c is not None:
     score = score + c
   w = 0.5 if noise is None else 1.0

@@ -32,6 +32,7 @@ from vdae.data import sources
 from vdae.diffusion import losses, samplers, score
 from vdae.diffusion import sde as sde_lib
 from vdae.io import files
+from vdae.kernels.reference import StepSpec
 from vdae.latent import objective
 from vdae.models import encoder as encoder_lib
 from vdae.parallel import sharding
@@ -93,7 +94,7 @@ def make_sample_fn(config, shape, mesh):
     lambda params: (score.eps_fn_for(model, params, config), None),
     config.sampling,
     sde_lib.from_config(config.sde),
-    score.step_spec(config),
+    StepSpec.from_config(config),
     shape,
     out_sharding=sharding.replicated(mesh),
   )
@@ -130,7 +131,7 @@ def make_encoder_loss(config, correction_impl: str = "reverse", kernel: str | No
   """loss_fn(enc_params, batch, key, score_params) -> (loss, aux)."""
   score_model = score.model_from_config(config)
   enc = encoder_lib.from_config(config.encoder, config.model, config.sde)
-  sde, spec, s2 = sde_lib.from_config(config.sde), score.step_spec(config), config.stage2
+  sde, spec, s2 = sde_lib.from_config(config.sde), StepSpec.from_config(config), config.stage2
 
   def loss_fn(params, batch, key, score_params):
     return objective.vdae_loss(
