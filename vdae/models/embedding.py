@@ -65,3 +65,11 @@ class TimeEmbedding(nn.Module):
         temb = FourierFeatures(self.raw_dim, self.fourier_scale, self.min_time)(t)
     h = nn.Dense(self.out_dim, dtype=self.dtype)(temb)
     return nn.Dense(self.out_dim, dtype=self.dtype)(nn.silu(h))
+
+
+def for_network(net: nn.Module, out_dim: int) -> TimeEmbedding:
+  """The time embedding of a network with the usual fields (`embedding`, `temb_dim`,
+  `time_scale`, `fourier_scale`, `min_time`, `dtype`); call it inside its compact method."""
+  return TimeEmbedding(
+    net.embedding, net.temb_dim, out_dim, net.time_scale, net.fourier_scale, net.min_time, net.dtype
+  )

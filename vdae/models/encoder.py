@@ -14,7 +14,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from vdae.models.embedding import TimeEmbedding
+from vdae.models import embedding
 from vdae.models.layers import ResBlock, group_count
 
 
@@ -35,15 +35,7 @@ class Encoder(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array, t: jax.Array) -> tuple[jax.Array, jax.Array]:
-    emb = TimeEmbedding(
-      self.embedding,
-      self.temb_dim,
-      4 * self.channels,
-      self.time_scale,
-      self.fourier_scale,
-      self.min_time,
-      self.dtype,
-    )(t)
+    emb = embedding.for_network(self, 4 * self.channels)(t)
     h = nn.Conv(self.channels, (3, 3), dtype=self.dtype)(x.astype(self.dtype))
     for level, mult in enumerate(self.channel_mults):
       for _ in range(self.num_res_blocks):

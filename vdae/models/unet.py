@@ -13,7 +13,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from vdae.models.embedding import TimeEmbedding
+from vdae.models import embedding
 from vdae.models.layers import AttnBlock, ResBlock, group_count
 
 
@@ -38,15 +38,7 @@ class UNet(nn.Module):
     self, x: jax.Array, t: jax.Array, train: bool = False, temb: jax.Array | None = None
   ) -> jax.Array:
     out_ch = x.shape[-1]
-    emb = TimeEmbedding(
-      self.embedding,
-      self.temb_dim,
-      4 * self.channels,
-      self.time_scale,
-      self.fourier_scale,
-      self.min_time,
-      self.dtype,
-    )(t, temb)
+    emb = embedding.for_network(self, 4 * self.channels)(t, temb)
     block = lambda ch: ResBlock(ch, self.groups, self.dropout, self.dtype)
     h = nn.Conv(self.channels, (3, 3), dtype=self.dtype)(x.astype(self.dtype))
     skips = [h]
