@@ -179,5 +179,9 @@ def get_config() -> ml_collections.ConfigDict:
   r.num_processes = 0
   r.process_id = -1
   r.local_device_ids = ""
+  # One run per workdir (vdae/io/workdir_lock.py): a lock whose holder's pid is gone
+  # (same host) or whose heartbeat is older than this is taken over with a warning.
+  r.lock_stale_seconds = 120.0
+  r.force_unlock = False  # take the lock whatever holds it (a holder you know is gone)
 
   return c

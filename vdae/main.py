@@ -50,17 +50,11 @@ def main(argv):
   logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
   for noisy in ("absl", "orbax", "jax._src", "grain"):
     logging.getLogger(noisy).setLevel(logging.WARNING)
-  from vdae import schema
+  from vdae.commands import runner
   from vdae.io.errors import VdaeError
-  from vdae.parallel import runtime
-  from vdae.training import checkpoint
 
-  checkpoint.install_noise_filters()
-  config = _CONFIG.value
   try:
-    schema.check(config)
-    runtime.initialize(config.runtime)
-    command(_MODE.value)(config, _WORKDIR.value)
+    runner.execute(_CONFIG.value, _WORKDIR.value, [command(_MODE.value)])
   except VdaeError as e:
     print(f"vdae: error: {e}", file=sys.stderr)
     sys.exit(2)

@@ -73,6 +73,17 @@ def _cases(d) -> dict[str, tuple[list[str], str]]:
     "batch_not_divisible": (["--config.stage1.batch_size=6"], "not divisible by the 4 devices"),
     "mesh_unlike_the_devices": (["--config.mesh.data=3"], "does not fit the 4 available"),
     "mesh_too_small": (["--config.mesh.data=1", "--config.mesh.fsdp=2"], "but 4 are available"),
+    # Degenerate sizes: named with the minimum and the fields that set it.
+    "images_too_small": (
+      npz("one_pixel.npz", rng.integers(0, 256, (20, 1, 1), dtype=np.uint8))
+      + ["--config.model.channel_mults=(1,2)"],
+      "too small for the score U-Net: model.channel_mults=(1, 2) has 2 levels, so each side "
+      "must be at least 2",
+    ),
+    "vae_cannot_reproduce": (
+      npz("seven.npz", rng.integers(0, 256, (20, 7, 7), dtype=np.uint8)) + ["--mode=train_vae"],
+      "cannot be reproduced by the VAE decoder",
+    ),
     "old_override_name": (["--config.training.num_steps=9"], "now --config.stage1.num_steps"),
     "bad_config_values": (
       ["--config.sampling.method=heun", "--config.model.temb_dim=15"],
@@ -95,6 +106,8 @@ def _cases(d) -> dict[str, tuple[list[str], str]]:
     "batch_not_divisible",
     "mesh_unlike_the_devices",
     "mesh_too_small",
+    "images_too_small",
+    "vae_cannot_reproduce",
     "old_override_name",
     "bad_config_values",
   ],

@@ -360,3 +360,31 @@ def test_tensorboard_script_serves_the_run(tmp_path):
     procs.wait_for(serving, 60, "TensorBoard to list the run", [p])
   finally:
     p.kill()
+
+
+@pytest.mark.timeout(420)
+def test_processes_agree_on_the_step_to_restore(reference, cache, tmp_path):
+  """Process 1 cannot read the newest checkpoint (its data-iterator position is
+  damaged), process 0 can: both must restore the same older step, not each the
+  newest it can read, and end with the one-process parameters."""
+  wd = str(tmp_path / "wd")
+  for i, logs in enumerate(("l1", "l2")):
+    job = _launch(cache, wd, str(tmp_path / logs), "--stages=pretrain")
+    try:
+      rc = job.wait(timeout=240)
+    finally:
+      job.kill()
+    assert rc == 0, job.output()[-4000:]
+    if i == 0:
+      ck = os.path.join(wd, "stage1", "checkpoints")
+      assert procs.steps(ck) == [2, S1]
+      with open(os.path.join(ck, str(S1), "data", "process_1-of-2.json"), "w") as f:
+        f.write("{cut sho")
+  for i in range(2):
+    with open(os.path.join(tmp_path, "l2", f"process_{i}.log")) as f:
+      log = f.read()
+    assert "stage1: resumed from step 2" in log, log[-3000:]
+  assert os.path.isdir(os.path.join(wd, "stage1", "checkpoints.damaged", str(S1)))
+  ref = procs.read_state(os.path.join(reference, "stage1", "checkpoints"), S1)
+  got = procs.read_state(os.path.join(wd, "stage1", "checkpoints"), S1)
+  procs.assert_trees_close(ref, got, what="stage1 ")

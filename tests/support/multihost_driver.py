@@ -32,20 +32,21 @@ def main(argv: list[str]) -> None:
   logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
   for noisy in ("absl", "orbax", "jax._src", "grain"):
     logging.getLogger(noisy).setLevel(logging.WARNING)
-  from vdae import schema
-  from vdae.commands import train
+  from vdae.commands import runner, train
   from vdae.io.errors import VdaeError
-  from vdae.parallel import runtime
-  from vdae.training import checkpoint
 
-  checkpoint.install_noise_filters()
-  stages = {"pretrain": train.pretrain, "train_encoder": train.train_encoder}
-  try:
-    schema.check(_CONFIG.value)
-    runtime.initialize(_CONFIG.value.runtime)
-    for name in _STAGES.value:
-      stages[name](_CONFIG.value, _WORKDIR.value)
+  def announced(name):
+    fn = getattr(train, name)
+
+    def run(config, workdir):
+      fn(config, workdir)
       print(f"driver: {name} done", flush=True)
+
+    run.__name__ = name
+    return run
+
+  try:
+    runner.execute(_CONFIG.value, _WORKDIR.value, [announced(n) for n in _STAGES.value])
   except VdaeError as e:
     print(f"vdae: error: {e}", file=sys.stderr)
     sys.exit(2)

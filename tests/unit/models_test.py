@@ -102,3 +102,34 @@ def test_encoder_with_fourier_features_is_finite_at_t0_and_reads_fourier_scale(t
     "FourierFeatures_0"
   ]["w"]
   np.testing.assert_allclose(np.asarray(w_small) * 32.0, np.asarray(w), rtol=1e-5)
+
+
+@pytest.mark.parametrize("side,mults", [(7, (1, 2)), (5, (1, 2, 2)), (4, (1, 2, 2))])
+def test_odd_and_smallest_sides_round_trip_through_the_unet(tiny_config, side, mults):
+  from vdae.models import sizes
+
+  c = tiny_config
+  c.model.channel_mults = mults
+  c.model.attn_resolutions = ()
+  sizes.check_score_model(c, (side, side, 1))  # accepted...
+  model = unet.from_config(c.model, c.sde)
+  x = jnp.zeros((2, side, side, 1))
+  v = model.init(jax.random.key(0), x, jnp.ones(2))
+  assert model.apply(v, x, jnp.ones(2)).shape == x.shape  # ...and reproduced
+
+
+def test_sizes_below_the_downsampling_are_refused(tiny_config):
+  from vdae.io.errors import DataError
+  from vdae.models import sizes
+
+  c = tiny_config
+  c.model.channel_mults = (1, 2, 2)
+  with pytest.raises(
+    DataError, match=r"3x3 are too small .*model.channel_mults=\(1, 2, 2\).*at least 4"
+  ):
+    sizes.check_score_model(c, (3, 3, 1))
+  c.encoder.channel_mults = (1, 2)
+  with pytest.raises(DataError, match=r"encoder.channel_mults.*at least 2"):
+    sizes.check_encoder(c, (1, 1, 1))
+  with pytest.raises(DataError, match=r"vae.decoder_channel_mults=\(2, 1\).*divide by 2"):
+    sizes.check_vae(c, (6, 7, 1))

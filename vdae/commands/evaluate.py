@@ -22,7 +22,7 @@ from vdae.autoencoders.registry import AUTOENCODERS
 from vdae.commands import common
 from vdae.evaluation import harness
 from vdae.io import curves, files, writer
-from vdae.training import stages
+from vdae.training import preemption, stages
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +65,7 @@ def evaluate(config, workdir: str) -> dict[str, float]:
   metrics = dict(judge.metrics)
   results, score_params = {}, None
   for name, entry in AUTOENCODERS.items():
+    preemption.exit_if_requested("during evaluation (nothing of it is written yet)")
     if not stages.is_trained(entry.stage, config, workdir):
       log.warning("no %s checkpoint in %s: skipping the %s metrics", entry.stage, workdir, name)
       continue
@@ -81,6 +82,7 @@ def evaluate(config, workdir: str) -> dict[str, float]:
     with harness.Timer("bits_per_dim"):
       x = r.splits["test"].arrays(ev.bpd_num_images)["image"]
       metrics.update(harness.score_model_bpd(config, score_params, x))
+  preemption.exit_if_requested("during evaluation (nothing of it is written yet)")
   originals = r.splits["test"].arrays(32)["image"]
   images = {}
   for name, res in results.items():

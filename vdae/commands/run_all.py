@@ -1,19 +1,24 @@
 """--mode=all: every stage in the stage table, the pictures, then the evaluation.
 
 Each step resumes where a previous run stopped, so re-running `all` after an
-interruption finishes the job without redoing what is done.
+interruption finishes the job without redoing what is done. A SIGTERM between
+steps exits 143 there (training steps save first; see training/preemption.py).
 """
 
 from __future__ import annotations
 
 from vdae.commands import evaluate, interpolate, reconstruct, sample
-from vdae.training import stages
+from vdae.training import preemption, stages
 
 
 def run_all(config, workdir: str):
+  ctx = stages.context(config, workdir)
+  stages.check_shapes(stages.STAGES, config, ctx.image_shape)  # all, before the first trains
   for name in stages.STAGES:
-    stages.train(name, config, workdir)
-  reconstruct.reconstruct(config, workdir)
-  sample.vdae_samples(config, workdir)
-  interpolate.interpolate(config, workdir)
+    preemption.exit_if_requested(f"before {name}")
+    stages.train(name, config, workdir, ctx.mesh, ctx.splits)
+  for picture in (reconstruct.reconstruct, sample.vdae_samples, interpolate.interpolate):
+    preemption.exit_if_requested(f"before {picture.__name__}")
+    picture(config, workdir)
+  preemption.exit_if_requested("before evaluate")
   return evaluate.evaluate(config, workdir)

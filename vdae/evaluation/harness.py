@@ -43,6 +43,7 @@ from vdae.diffusion import likelihood, score
 from vdae.diffusion import sde as sde_lib
 from vdae.evaluation import classifier, metrics
 from vdae.parallel import sharding
+from vdae.training import preemption
 
 log = logging.getLogger(__name__)
 
@@ -133,6 +134,7 @@ def _decode_all(ae: Autoencoder, z: np.ndarray, batch: int, seed: int) -> tuple[
 
   def one(zb):
     nonlocal seconds
+    preemption.exit_if_requested("during evaluation (nothing of it is written yet)")
     key = jax.random.fold_in(jax.random.key(seed), next(counter))
     t0 = time.perf_counter()
     out = ae.decode(zb, key)

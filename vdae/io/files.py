@@ -18,9 +18,42 @@ from typing import Any
 import numpy as np
 from etils import epath
 
+from vdae.io.errors import WorkdirError
+
 
 def is_remote(path: str) -> bool:
   return "://" in os.fspath(path)
+
+
+def exists(path: str) -> bool:
+  return epath.Path(path).exists()
+
+
+def remove(path: str) -> None:
+  """Removes a file (FileNotFoundError if there is none)."""
+  if is_remote(path):
+    p = epath.Path(path)
+    if not p.exists():
+      raise FileNotFoundError(path)
+    p.unlink()
+    return
+  os.remove(path)
+
+
+def ensure_writable_dir(path: str) -> None:
+  """Creates `path` if needed and checks this process can write there (WorkdirError)."""
+  if is_remote(path):
+    return  # object stores have no directories to create
+  try:
+    os.makedirs(path, exist_ok=True)
+    probe = os.path.join(path, f".write_probe_{os.getpid()}")
+    with open(probe, "w") as f:
+      f.write("ok")
+    os.remove(probe)
+  except OSError as e:
+    raise WorkdirError(
+      f"workdir {path!r} is not writable ({e.strerror}). Pick another --workdir."
+    ) from e
 
 
 def isdir(path: str) -> bool:

@@ -19,6 +19,7 @@ from typing import Any
 
 import grain
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 
@@ -172,6 +173,8 @@ class Checkpointer:
     candidates = [step] if step is not None else list(reversed(self.steps()))
     if not candidates:
       raise CheckpointError(f"no checkpoint in {self.directory}.")
+    if jax.process_count() > 1:
+      candidates = self._agreed(candidates, data_iter is not None)
     errors = []
     for s in candidates:
       items = {"state": ocp.args.StandardRestore(abstract_state)}
@@ -196,6 +199,48 @@ class Checkpointer:
       f"none of the checkpoints in {self.directory} could be restored ({'; '.join(errors)}). "
       "Move the directory aside to start afresh."
     )
+
+  def _readable(self, step: int, with_data: bool) -> bool:
+    """Whether this process can read what it alone reads of `step`: the metadata and
+    its own data-iterator position (the arrays are read through the restore)."""
+    try:
+      self._read_meta(step)
+      if with_data:
+        i, n = jax.process_index(), jax.process_count()
+        files.read_json(os.path.join(self.directory, str(step), "data", f"process_{i}-of-{n}.json"))
+      return True
+    except (OSError, ValueError, CheckpointError) as e:
+      log.warning("checkpoint %s/%d is not readable here (%s)", self.directory, step, e)
+      return False
+
+  def _agreed(self, candidates: list[int], with_data: bool) -> list[int]:
+    """Several processes: the candidates from the newest step that EVERY process can
+    read. Each checks its own part, then they agree (an all-gather), so no two
+    processes restore different steps; newer steps are moved aside as damaged.
+
+    Orbax's restore ends in a barrier, so a restore that fails on one process only
+    cannot fall back to an older step safely: the check comes first.
+    """
+    from jax.experimental import multihost_utils
+
+    mine = np.array([self._readable(s, with_data) for s in candidates], np.int32)
+    every = np.asarray(multihost_utils.process_allgather(mine)).reshape(-1, len(candidates))
+    ok = every.min(axis=0).astype(bool)
+    if not ok.any():
+      raise CheckpointError(
+        f"no checkpoint in {self.directory} is readable by every process "
+        f"(readable per process: {every.tolist()} for steps {candidates}). Move the "
+        "directory aside to start afresh."
+      )
+    first = int(np.argmax(ok))
+    if first:
+      log.warning(
+        "step %d is the newest checkpoint every process can read; skipping %s",
+        candidates[first],
+        candidates[:first],
+      )
+      self._move_aside(candidates[:first])
+    return candidates[first:]
 
   def _move_aside(self, steps: list[int]) -> None:
     """Renames damaged step directories out of the manager's sight (process 0

@@ -20,8 +20,8 @@ import jax
 import numpy as np
 
 from vdae.data import pipeline
-from vdae.io import writer
-from vdae.io.errors import NonFiniteError, WorkdirError
+from vdae.io import files, writer
+from vdae.io.errors import NonFiniteError
 from vdae.parallel import sharding
 from vdae.training import checkpoint, restore
 from vdae.training import state as state_lib
@@ -50,21 +50,6 @@ class StageSpec:
   frozen: Any = None  # earlier stages' params: a step argument, never optimised
   # images(state, step) -> {tag: [N, H, W, C] in [-1, 1]} for TensorBoard
   images: Callable[[Any, int], dict[str, np.ndarray]] | None = None
-
-
-def ensure_workdir(path: str) -> None:
-  if path.startswith("gs://"):
-    return  # object stores have no directories to create
-  try:
-    os.makedirs(path, exist_ok=True)
-    probe = os.path.join(path, f".write_probe_{jax.process_index()}")
-    with open(probe, "w") as f:
-      f.write("ok")
-    os.remove(probe)
-  except OSError as e:
-    raise WorkdirError(
-      f"workdir {path!r} is not writable ({e.strerror}). Pick another --workdir."
-    ) from e
 
 
 # --- hooks ---------------------------------------------------------------------------
@@ -209,7 +194,7 @@ class Trainer:
       splits,
     )
     self.image_shape = tuple(splits["train"].image_shape)
-    ensure_workdir(workdir)
+    files.ensure_writable_dir(workdir)
 
   @property
   def stage_dir(self) -> str:

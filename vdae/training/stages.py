@@ -35,6 +35,7 @@ from vdae.io import files
 from vdae.kernels.reference import StepSpec
 from vdae.latent import objective
 from vdae.models import encoder as encoder_lib
+from vdae.models import sizes
 from vdae.parallel import sharding
 from vdae.training import restore
 from vdae.training import state as state_lib
@@ -77,6 +78,8 @@ class Stage:
   # (config, image_shape) -> init_params(key) -> params
   init: Callable[[Any, tuple], Callable[[Key], Params]]
   build: Callable[[Context], Built]
+  # (config, image_shape) -> None, or a DataError if the networks cannot take the images
+  check_shape: Callable[[Any, tuple], None]
   # Where readers find it: (config, workdir) -> the workdir holding its checkpoints.
   source: Callable[[Any, str], str] = lambda config, workdir: workdir
 
@@ -196,6 +199,7 @@ STAGES: dict[str, Stage] = {
       ("model", "sde"),
       _score_init,
       _score_build,
+      sizes.check_score_model,
       source=lambda config, workdir: config.stage2.stage1_workdir or workdir,
     ),
     Stage(
@@ -206,6 +210,10 @@ STAGES: dict[str, Stage] = {
       ("model", "sde", "encoder"),
       _encoder_init,
       _encoder_build,
+      lambda config, shape: (
+        sizes.check_score_model(config, shape),
+        sizes.check_encoder(config, shape),
+      ),
     ),
     Stage(
       "vae",
@@ -215,6 +223,7 @@ STAGES: dict[str, Stage] = {
       ("encoder",) + tuple(f"vae.{f}" for f in vae_lib.ARCH_FIELDS),
       _vae_init,
       _vae_build,
+      sizes.check_vae,
     ),
   )
 }
@@ -253,8 +262,15 @@ def context(config, workdir: str, mesh=None, splits=None) -> Context:
   return Context(config, workdir, mesh, splits)
 
 
+def check_shapes(names, config, image_shape) -> None:
+  """DataError, before anything is written, if a stage in `names` cannot take the images."""
+  for name in names:
+    STAGES[name].check_shape(config, tuple(image_shape))
+
+
 def trainer(name: str, config, workdir: str, mesh=None, splits=None) -> Trainer:
   ctx = context(config, workdir, mesh, splits)
+  check_shapes([name], config, ctx.image_shape)
   return Trainer(stage_spec(name, ctx), config, workdir, ctx.mesh, ctx.splits)
 
 

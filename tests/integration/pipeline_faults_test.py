@@ -1,0 +1,221 @@
+"""Nothing lost, whatever happens, across the whole pipeline (`--mode=all` in child
+processes): one run per workdir, SIGTERM between stages and during evaluation, and
+SIGKILL at random moments in every stage, each followed by a rerun that must end
+with the checkpoints and metrics of an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import os
+import random
+import re
+import shutil
+import signal
+import sys
+import time
+
+import pytest
+
+from tests.support import procs
+
+pytestmark = pytest.mark.slow
+
+FLAGS = (
+  "--config.stage1.num_steps=12",
+  "--config.stage1.checkpoint_every=3",
+  "--config.stage2.num_steps=8",
+  "--config.vae.num_steps=8",
+  "--config.loop.async_checkpointing=true",
+  "--config.eval.timing_methods=('em',)",
+)
+STAGES = (("stage1", 12), ("stage2", 8), ("vae", 8))
+
+
+@pytest.fixture(scope="module")
+def cache(request, tmp_path_factory) -> str:
+  return procs.compile_cache(request, tmp_path_factory)
+
+
+def _all(wd: str, *extra: str) -> list[str]:
+  return [
+    sys.executable,
+    "-m",
+    "vdae.main",
+    *procs.MINI,
+    f"--workdir={wd}",
+    "--mode=all",
+    *FLAGS,
+    *extra,
+  ]
+
+
+def _start(cache, argv, log) -> procs.Proc:
+  return procs.Proc(argv, procs.child_env(cache), log)
+
+
+def _metrics(wd: str) -> dict:
+  with open(os.path.join(wd, "eval", "metrics.json")) as f:
+    return {k: v for k, v in json.load(f).items() if "time_per_image" not in k}
+
+
+def _assert_same_run(ref: str, wd: str) -> None:
+  for stage, n in STAGES:
+    ck = os.path.join(wd, stage, "checkpoints")
+    assert procs.steps(ck)[-1] == n, (stage, procs.steps(ck))
+    procs.assert_trees_close(
+      procs.read_state(os.path.join(ref, stage, "checkpoints"), n),
+      procs.read_state(ck, n),
+      rtol=1e-6,
+      atol=1e-7,
+      what=f"{stage} ",
+    )
+  want, got = _metrics(ref), _metrics(wd)
+  assert sorted(got) == sorted(want)
+  for k in want:
+    assert got[k] == pytest.approx(want[k], rel=1e-5, abs=1e-6), k
+
+
+@pytest.fixture(scope="module")
+def reference(cache, tmp_path_factory) -> str:
+  """An uninterrupted --mode=all."""
+  wd = str(tmp_path_factory.mktemp("all_ref") / "wd")
+  rc, out = procs.run(_all(wd), procs.child_env(cache), wd + ".log", timeout=600)
+  assert rc == 0, out[-4000:]
+  return wd
+
+
+@pytest.mark.timeout(300)
+def test_a_second_run_on_the_same_workdir_is_refused(cache, tmp_path):
+  wd = str(tmp_path / "wd")
+  first = _start(
+    cache,
+    [
+      sys.executable,
+      "-m",
+      "vdae.main",
+      *procs.MINI,
+      f"--workdir={wd}",
+      "--mode=pretrain",
+      "--config.stage1.num_steps=40",
+    ],
+    str(tmp_path / "first.log"),
+  )
+  try:
+    procs.wait_for(lambda: os.path.exists(os.path.join(wd, ".vdae.lock")), 60, "the lock", [first])
+    second = [sys.executable, "-m", "vdae.main", *procs.MINI, f"--workdir={wd}", "--mode=pretrain"]
+    rc, out = procs.run(second, procs.child_env(cache), str(tmp_path / "second.log"), timeout=120)
+    assert rc == 2, out[-3000:]
+    assert f"vdae: error: workdir '{wd}' is in use by pid {first.pid}" in out, out[-3000:]
+    assert "Traceback" not in out
+    assert first.wait(timeout=240) == 0, first.output()[-3000:]
+  finally:
+    first.kill()
+  assert procs.steps(os.path.join(wd, "stage1", "checkpoints"))[-1] == 40
+  assert not os.path.exists(os.path.join(wd, ".vdae.lock"))  # released at exit
+
+
+@pytest.mark.timeout(600)
+def test_sigterm_between_stages_exits_143_and_the_rerun_finishes(cache, reference, tmp_path):
+  wd = str(tmp_path / "wd")
+  job = _start(cache, _all(wd), str(tmp_path / "cut.log"))
+  try:
+    final = os.path.join(wd, "stage1", "checkpoints", "12")
+    procs.wait_for(lambda: os.path.isdir(final), 300, "stage 1's last checkpoint", [job])
+    job.signal(signal.SIGTERM)
+    rc = job.wait(timeout=240)
+  finally:
+    job.kill()
+  out = job.output()
+  assert rc == 143, out[-4000:]
+  assert "Traceback" not in out
+  assert not os.path.exists(os.path.join(wd, "eval", "metrics.json"))
+  rc, out = procs.run(_all(wd), procs.child_env(cache), str(tmp_path / "rerun.log"), timeout=600)
+  assert rc == 0, out[-4000:]
+  _assert_same_run(reference, wd)
+
+
+@pytest.mark.timeout(400)
+def test_sigterm_during_evaluation_exits_143_and_writes_nothing(cache, reference, tmp_path):
+  wd = str(tmp_path / "wd")
+  shutil.copytree(reference, wd)
+  shutil.rmtree(os.path.join(wd, "eval"))
+  argv = [
+    sys.executable,
+    "-m",
+    "vdae.main",
+    *procs.MINI,
+    f"--workdir={wd}",
+    "--mode=evaluate",
+    *FLAGS,
+  ]
+  job = _start(cache, argv, str(tmp_path / "eval.log"))
+  try:
+    procs.wait_for(lambda: "evaluate: classifier took" in job.output(), 240, "evaluation", [job])
+    job.signal(signal.SIGTERM)
+    rc = job.wait(timeout=240)
+  finally:
+    job.kill()
+  out = job.output()
+  assert rc == 143, out[-4000:]
+  assert "preempted during evaluation" in out and "Traceback" not in out
+  assert not os.path.exists(os.path.join(wd, "eval", "metrics.json"))
+  rc, out = procs.run(argv, procs.child_env(cache), str(tmp_path / "rerun.log"), timeout=300)
+  assert rc == 0, out[-4000:]
+  want, got = _metrics(reference), _metrics(wd)
+  assert got == pytest.approx(want, rel=1e-5, abs=1e-6)
+
+
+# Where each phase of --mode=all begins in its log (the tqdm bars name the stages).
+PHASES = (
+  ("stage1", r"stage1: "),
+  ("stage2", r"stage2: "),
+  ("vae", r"vae: "),
+  ("pictures", r"vae: 100%"),
+  ("evaluate", r"evaluate: classifier took"),
+)
+
+
+def _phase(out: str) -> str:
+  """What a --mode=all was doing when its log ended: the last phase begun."""
+  last, where = "start-up", -1
+  for name, rx in PHASES:
+    for m in re.finditer(rx, out):
+      if m.start() >= where:
+        last, where = name, m.start()
+  return last
+
+
+@pytest.mark.timeout(1200)
+def test_sigkill_soak_over_the_whole_pipeline(cache, reference, tmp_path):
+  """10 SIGKILLs of --mode=all, two aimed at each phase (a random moment after it
+  begins), each followed by a restart; then the run finishes with the uninterrupted
+  run's checkpoints and metrics, and no temporary file is left anywhere."""
+  rng = random.Random(0)
+  wd = str(tmp_path / "wd")
+  kills = collections.Counter()
+  for i in range(10):
+    target, marker = PHASES[i // 2]
+    job = _start(cache, _all(wd), str(tmp_path / f"run{i}.log"))
+    try:
+      later = "|".join(rx for _, rx in PHASES[i // 2 :])
+      procs.wait_for(
+        lambda job=job, later=later: re.search(later, job.output()) or not job.running(),
+        180,
+        target,
+      )
+      time.sleep(rng.uniform(0.0, 1.5 if target in ("stage1", "stage2", "vae") else 4.0))
+      finished = not job.running()
+      phase = _phase(job.output())
+    finally:
+      job.kill()
+    if not finished:
+      kills[phase] += 1
+  print(f"kills per phase: {dict(kills)}")
+  rc, out = procs.run(_all(wd), procs.child_env(cache), str(tmp_path / "final.log"), timeout=600)
+  assert rc == 0, out[-4000:]
+  assert sum(kills.values()) >= 8 and len(kills) >= 4, kills
+  _assert_same_run(reference, wd)
+  left = [f for _, _, fs in os.walk(wd) for f in fs if f.endswith(".tmp")]
+  assert not left, left

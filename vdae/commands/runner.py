@@ -1,0 +1,23 @@
+"""How every command runs (owned here): config check, multi-host start-up, the workdir
+lock, preemption notices, then the command; `vdae.main` and the test driver both use it."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+from vdae import schema
+from vdae.io import workdir_lock
+from vdae.parallel import runtime
+from vdae.training import checkpoint, preemption
+
+
+def execute(config, workdir: str, commands: Sequence[Callable]) -> None:
+  """Runs each command(config, workdir) in order, holding WORKDIR's lock."""
+  checkpoint.install_noise_filters()
+  schema.check(config)
+  runtime.initialize(config.runtime)
+  with preemption.notices(), workdir_lock.hold(workdir, config.runtime):
+    for i, command in enumerate(commands):
+      if i:
+        preemption.exit_if_requested(f"after {commands[i - 1].__name__}")
+      command(config, workdir)
