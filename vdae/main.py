@@ -48,7 +48,7 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-  for noisy in ("absl", "orbax", "jax._src", "grain"):
+  for noisy in ("absl", "orbax", "jax._src", "grain", "tensorboard"):
     logging.getLogger(noisy).setLevel(logging.WARNING)
   from vdae.commands import runner
   from vdae.io.errors import VdaeError

@@ -22,15 +22,19 @@ from tests.support import procs
 
 pytestmark = pytest.mark.slow
 
+# Long enough that a kill can land between a stage's checkpoints (a MINI step takes
+# tens of milliseconds once compiled).
 FLAGS = (
-  "--config.stage1.num_steps=12",
-  "--config.stage1.checkpoint_every=3",
-  "--config.stage2.num_steps=8",
-  "--config.vae.num_steps=8",
+  "--config.stage1.num_steps=60",
+  "--config.stage1.checkpoint_every=10",
+  "--config.stage2.num_steps=24",
+  "--config.stage2.checkpoint_every=6",
+  "--config.vae.num_steps=24",
+  "--config.vae.checkpoint_every=6",
   "--config.loop.async_checkpointing=true",
   "--config.eval.timing_methods=('em',)",
 )
-STAGES = (("stage1", 12), ("stage2", 8), ("vae", 8))
+STAGES = (("stage1", 60), ("stage2", 24), ("vae", 24))
 
 
 @pytest.fixture(scope="module")
@@ -121,7 +125,7 @@ def test_sigterm_between_stages_exits_143_and_the_rerun_finishes(cache, referenc
   wd = str(tmp_path / "wd")
   job = _start(cache, _all(wd), str(tmp_path / "cut.log"))
   try:
-    final = os.path.join(wd, "stage1", "checkpoints", "12")
+    final = os.path.join(wd, "stage1", "checkpoints", "60")
     procs.wait_for(lambda: os.path.isdir(final), 300, "stage 1's last checkpoint", [job])
     job.signal(signal.SIGTERM)
     rc = job.wait(timeout=240)
@@ -195,24 +199,32 @@ def test_sigkill_soak_over_the_whole_pipeline(cache, reference, tmp_path):
   rng = random.Random(0)
   wd = str(tmp_path / "wd")
   kills = collections.Counter()
+  resumed = []
   for i in range(10):
-    target, marker = PHASES[i // 2]
+    target = PHASES[i // 2][0]
+    later = "|".join(rx for _, rx in PHASES[i // 2 + 1 :])
+    ck = os.path.join(wd, target, "checkpoints")
+
+    def begun(job, target=target, later=later, ck=ck):
+      out = job.output()
+      if not job.running() or (later and re.search(later, out)):
+        return True
+      if target in dict(STAGES):  # mid-stage: after its first checkpoint of this run
+        return bool(procs.steps(ck)) and f"{target}: " in out
+      return re.search(dict(PHASES)[target], out)
+
     job = _start(cache, _all(wd), str(tmp_path / f"run{i}.log"))
     try:
-      later = "|".join(rx for _, rx in PHASES[i // 2 :])
-      procs.wait_for(
-        lambda job=job, later=later: re.search(later, job.output()) or not job.running(),
-        180,
-        target,
-      )
-      time.sleep(rng.uniform(0.0, 1.5 if target in ("stage1", "stage2", "vae") else 4.0))
+      procs.wait_for(lambda job=job: begun(job), 180, target)
+      time.sleep(rng.uniform(0.0, 0.5 if target in dict(STAGES) else 4.0))
       finished = not job.running()
-      phase = _phase(job.output())
+      out = job.output()
     finally:
       job.kill()
+    resumed += re.findall(r"(\w+): resumed from step (\d+)", out)
     if not finished:
-      kills[phase] += 1
-  print(f"kills per phase: {dict(kills)}")
+      kills[_phase(out)] += 1
+  print(f"kills per phase: {dict(kills)}; resumed at: {sorted(set(resumed))}")
   rc, out = procs.run(_all(wd), procs.child_env(cache), str(tmp_path / "final.log"), timeout=600)
   assert rc == 0, out[-4000:]
   assert sum(kills.values()) >= 8 and len(kills) >= 4, kills
