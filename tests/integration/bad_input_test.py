@@ -77,8 +77,9 @@ def _cases(d) -> dict[str, tuple[list[str], str]]:
     "images_too_small": (
       npz("one_pixel.npz", rng.integers(0, 256, (20, 1, 1), dtype=np.uint8))
       + ["--config.model.channel_mults=(1,2)"],
-      "too small for the score U-Net: model.channel_mults=(1, 2) has 2 levels, so each side "
-      "must be at least 2",
+      # (ml_collections joins this to MINI's earlier (1,) override: (1, 1, 2), 3 levels)
+      "images of 1x1 are too small for the score U-Net: model.channel_mults=(1, 1, 2) has 3 "
+      "levels, so each side must be at least 4",
     ),
     "vae_cannot_reproduce": (
       npz("seven.npz", rng.integers(0, 256, (20, 7, 7), dtype=np.uint8)) + ["--mode=train_vae"],
