@@ -124,7 +124,7 @@ def get_config() -> ml_collections.ConfigDict:
 
   # Sampling / decoding.
   c.sampling = sp = ml_collections.ConfigDict()
-  sp.method = one_of("sampling.method", "pc", ("em", "pc", "ode"))
+  sp.method = one_of("sampling.method", "pc", ("em", "pc", "ode", "heun"))
   sp.num_steps = 200
   sp.snr = 0.16  # Langevin corrector signal-to-noise ratio
   sp.corrector_steps = 1

@@ -84,3 +84,11 @@ def test_stratified_time_covers_every_stratum():
   assert np.all((u >= np.arange(8) / 8 - 1e-6) | (u < 1 / 8))  # one draw per 1/8 stratum (mod 1)
   counts = np.histogram(u, bins=8, range=(0, 1))[0]
   np.testing.assert_array_equal(counts, np.ones(8))
+
+
+@pytest.mark.parametrize("kind", ["vp", "subvp", "ve"])
+def test_time_of_noise_level_inverts_the_marginal(kind):
+  sde = sde_lib.SDE(kind)
+  t = jnp.linspace(sde.eps, 1.0, 50)
+  alpha, sigma = sde.marginal(t)
+  np.testing.assert_allclose(sde.time_of_noise_level(sigma / alpha), t, rtol=1e-4, atol=1e-6)

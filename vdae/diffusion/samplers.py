@@ -1,10 +1,13 @@
-"""Reverse-time samplers: Euler-Maruyama, predictor-corrector, probability-flow ODE.
+"""Reverse-time samplers: Euler-Maruyama, predictor-corrector, probability-flow ODE, Heun.
 
 All are driven by a noise-prediction function eps(x, t, temb) and an optional
-latent-correction score c(x, t) (stage 2: s = -eps / sigma + c). Each reverse
-step goes through the fused time-embedding and score-sum step
+latent-correction score c(x, t) (stage 2: s = -eps / sigma + c). Each em / pc /
+ode step goes through the fused time-embedding and score-sum step
 (`vdae.kernels.fused_step.reverse_step`), which also returns the sinusoidal
-embedding of the next time for the next network call.
+embedding of the next time for the next network call. "heun" is EDM's
+deterministic 2nd-order sampler (Karras et al. 2022, Alg. 1) on the rho = 7
+noise grid, in the scaled variable x / alpha(t) where the PF ODE is
+d(x / alpha) / d(sigma / alpha) = eps_c: two network calls a step, no fused step.
 
 Shapes: x [B, H, W, C]; the step works on the flattened [B, D] view.
 """
@@ -29,20 +32,27 @@ def _flat(a: Array) -> Array:
   return a.reshape(a.shape[0], -1)
 
 
+DDPM_STEPS = 1000  # the discretisation the corrector's alpha_i refers to
+
+
 def langevin_corrector(
   x: Array, t: Array, score: Array, key: Array, snr: float, sde: sde_lib.SDE
 ) -> Array:
   """One Langevin MCMC step at fixed t with the step size set by the target SNR.
 
-  (Song et al. 2021, Alg. 4; for VP the step is scaled by alpha(t)^2.)
+  Song et al. 2021, Alg. 5 (VP): step = 2 alpha_i (r ||n|| / ||s||)^2 with the
+  per-step alpha_i = 1 - beta_i of the N = 1000 DDPM discretisation the SDE
+  stands for (beta_i = beta(t) / N, so alpha_i >= 0.98; their code does the
+  same whatever the sampler's step count). Not the cumulative alpha(t)^2,
+  which switches the corrector off for t > 0.5 (4e-5 at t = 1). VE (Alg. 4)
+  has no factor.
   """
   noise = jax.random.normal(key, x.shape)
   g = jnp.linalg.norm(_flat(score), axis=-1).mean()
   nn = jnp.linalg.norm(_flat(noise), axis=-1).mean()
   step = 2.0 * (snr * nn / jnp.maximum(g, 1e-12)) ** 2
   if sde.kind != "ve":
-    alpha, _ = sde.marginal(t)
-    step = step * alpha**2
+    step = step * (1.0 - sde.beta(t) / DDPM_STEPS)
   step = sde_lib.bcast(jnp.broadcast_to(step, t.shape), x)
   return x + step * score + jnp.sqrt(2.0 * step) * noise
 
@@ -62,9 +72,27 @@ def _sampler_parts(
   """(init(key, x_init) -> carry, body(i, carry) -> carry) of one sampler run."""
   schema.require("sampling.method", method)
   b = shape[0]
-  ts = jnp.linspace(1.0, sde.eps, num_steps + 1)
+  if method == "heun":
+    ts = karras_times(sde, num_steps)
+  else:
+    ts = jnp.linspace(1.0, sde.eps, num_steps + 1)
   dt = (1.0 - sde.eps) / num_steps
   corr = corr_fn if corr_fn is not None else (lambda x, t: None)
+
+  def eps_c(x, t, temb):
+    """The conditional noise prediction eps - sigma c (score -eps_c / sigma)."""
+    eps, c = eps_fn(x, t, temb), corr(x, t)
+    return eps if c is None else eps - sde_lib.bcast(sde.marginal(t)[1], x) * c
+
+  def heun(i, carry):
+    x, temb, key = carry
+    t0, t1 = jnp.full((b,), ts[i]), jnp.full((b,), ts[i + 1])
+    (a0, s0), (a1, s1) = sde.marginal(t0), sde.marginal(t1)
+    a0, a1, dsig = sde_lib.bcast(a0, x), sde_lib.bcast(a1, x), sde_lib.bcast(s1 / a1 - s0 / a0, x)
+    xs = x / a0
+    d0 = eps_c(x, t0, None)  # the network embeds t itself: the carried temb is em/pc/ode's
+    d1 = eps_c(a1 * (xs + dsig * d0), t1, None)
+    return a1 * (xs + 0.5 * dsig * (d0 + d1)), temb, key
 
   def score(x, t, eps):
     s = eps_to_score(eps, sde.marginal(t)[1])
@@ -78,13 +106,15 @@ def _sampler_parts(
     return x, temb, k_loop
 
   def body(i, carry):
+    if method == "heun":
+      return heun(i, carry)
     x, temb, key = carry
     key, k_noise, k_corr = jax.random.split(key, 3)
     t = jnp.full((b,), ts[i])
     if method == "pc":
       for j in range(corrector_steps):
-        eps_c = eps_fn(x, t, temb)
-        x = langevin_corrector(x, t, score(x, t, eps_c), jax.random.fold_in(k_corr, j), snr, sde)
+        eps_j = eps_fn(x, t, temb)
+        x = langevin_corrector(x, t, score(x, t, eps_j), jax.random.fold_in(k_corr, j), snr, sde)
     eps = eps_fn(x, t, temb)
     c = corr(x, t)
     noise = None if method == "ode" else jax.random.normal(k_noise, x.shape)
@@ -101,6 +131,16 @@ def _sampler_parts(
     return x_next.reshape(x.shape), temb_next, key
 
   return init, body
+
+
+def karras_times(sde: sde_lib.SDE, num_steps: int, rho: float = 7.0) -> Array:
+  """num_steps + 1 times from 1 to eps whose noise levels sigma(t) / alpha(t) follow
+  Karras et al.'s grid (sigma_max^(1/rho) -> sigma_min^(1/rho) linearly, then ^rho)."""
+  ends = jnp.array([1.0, sde.eps])
+  alpha, sigma = sde.marginal(ends)
+  top, bottom = (sigma / alpha) ** (1.0 / rho)
+  levels = jnp.linspace(top, bottom, num_steps + 1) ** rho
+  return jnp.clip(sde.time_of_noise_level(levels), sde.eps, 1.0).at[0].set(1.0).at[-1].set(sde.eps)
 
 
 def sample(
@@ -122,7 +162,8 @@ def sample(
   """Draws x_eps from x_1 ~ prior (or `x_init`) by integrating from t=1 to t=eps.
 
   method: "em" Euler-Maruyama reverse SDE, "pc" EM predictor + Langevin
-  corrector, "ode" probability-flow ODE (Euler; deterministic given x_init).
+  corrector, "ode" probability-flow ODE (Euler; deterministic given x_init),
+  "heun" the PF ODE by Heun's method on the Karras grid (2 calls a step).
   denoise: final Tweedie step x0 = (x - sigma eps) / alpha at t = eps.
   One traceable program (a fori_loop): use it inside jit; `compile_sampler`
   is the compiled form with a loop chosen for the backend.

@@ -63,6 +63,20 @@ class SDE:
       sigma = self.sigma_min * (self.sigma_max / self.sigma_min) ** t
     return alpha, sigma
 
+  def time_of_noise_level(self, level: Array) -> Array:
+    """The t at which sigma(t) / alpha(t) = level (EDM's noise level), elementwise."""
+    if self.kind == "ve":
+      return jnp.log(level / self.sigma_min) / math.log(self.sigma_max / self.sigma_min)
+    if self.kind == "vp":  # sigma^2 = 1 - alpha^2
+      la = -0.5 * jnp.log1p(level**2)
+    else:  # sub-VP: sigma = 1 - alpha^2, so alpha^2 + level alpha - 1 = 0
+      la = jnp.log(0.5 * (jnp.sqrt(level**2 + 4.0) - level))
+    # log_alpha(t) = -d t^2 / 4 - beta_min t / 2 = la, solved for t >= 0.
+    d, b0 = self.beta_max - self.beta_min, self.beta_min
+    if d == 0:
+      return -2.0 * la / b0
+    return (jnp.sqrt(0.25 * b0**2 - d * la) - 0.5 * b0) / (0.5 * d)
+
   def sde_coefficients(self, t: Array) -> tuple[Array, Array]:
     """(f(t), g(t)^2): drift is f(t) * x, squared diffusion g(t)^2, each [B]."""
     if self.kind == "ve":
