@@ -45,3 +45,23 @@ def test_is_trained_and_the_loader_agree_on_a_missing_stage(tmp_path, tiny_confi
   assert stages.checkpoint_dir("stage1", tiny_config, str(tmp_path)).startswith(
     str(tmp_path / "elsewhere")
   )
+
+
+def test_the_encoder_is_only_paired_with_the_score_params_it_was_trained_against(
+  tmp_path, tiny_config
+):
+  from vdae.io.errors import ConfigError
+
+  wd = str(tmp_path)
+  os.makedirs(os.path.join(wd, "stage1", "checkpoints", "40"))
+  recorded = stages.score_pairing(tiny_config, wd)
+  assert recorded == {"score_params": "ema", "score_step": 40}
+  stages.check_pairing(recorded, tiny_config, wd, "decode")  # the pair it was trained with
+  stages.check_pairing({}, tiny_config, wd, "decode")  # old checkpoints record nothing
+  os.makedirs(os.path.join(wd, "stage1", "checkpoints", "80"))  # stage 1 trained on since
+  with pytest.raises(CheckpointError, match="trained against stage-1 step 40.*now at step 80"):
+    stages.check_pairing(recorded, tiny_config, wd, "decode")
+  raw = tiny_config.copy_and_resolve_references()
+  raw.sampling.use_ema = False
+  with pytest.raises(ConfigError, match="sampling.use_ema=false would decode with the raw"):
+    stages.check_pairing(stages.score_pairing(raw, wd), raw, wd, "decode")

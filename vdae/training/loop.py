@@ -50,6 +50,7 @@ class StageSpec:
   frozen: Any = None  # earlier stages' params: a step argument, never optimised
   # images(state, step) -> {tag: [N, H, W, C] in [-1, 1]} for TensorBoard
   images: Callable[[Any, int], dict[str, np.ndarray]] | None = None
+  extra_meta: dict = dataclasses.field(default_factory=dict)  # recorded in every checkpoint
 
 
 # --- hooks ---------------------------------------------------------------------------
@@ -206,6 +207,7 @@ class Trainer:
       "config": restore.config_json(self.config),
       "image_shape": list(self.image_shape),
       "versions": checkpoint.package_versions(),
+      **self.spec.extra_meta,
     }
 
   def _resume(self, ckpt, state, shardings, it):

@@ -32,12 +32,13 @@ from vdae.data import sources
 from vdae.diffusion import losses, samplers, score
 from vdae.diffusion import sde as sde_lib
 from vdae.io import files
+from vdae.io.errors import CheckpointError, ConfigError
 from vdae.kernels.reference import StepSpec
 from vdae.latent import objective
 from vdae.models import encoder as encoder_lib
 from vdae.models import sizes
 from vdae.parallel import sharding
-from vdae.training import restore
+from vdae.training import checkpoint, restore
 from vdae.training import state as state_lib
 from vdae.training.loop import StageSpec, Trainer
 from vdae.types import Key, LossFn, Params
@@ -66,6 +67,7 @@ class Built:
   loss_fn: LossFn
   frozen: Any = None
   images: Callable[[Any, int], dict[str, np.ndarray]] | None = None
+  extra_meta: dict = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -155,9 +157,43 @@ def make_encoder_loss(config, correction_impl: str = "reverse", kernel: str | No
   return loss_fn
 
 
+def score_pairing(config, workdir: str) -> dict:
+  """Which score parameters stage 2 trains its encoder against (recorded in its
+  checkpoints): the stage-1 EMA parameters at stage 1's newest step."""
+  return {"score_params": "ema", "score_step": trained_step("stage1", config, workdir)}
+
+
+def check_pairing(recorded: dict, config, workdir: str, doing: str) -> None:
+  """ConfigError / CheckpointError if the encoder would meet other score parameters
+  than those it was trained against (old checkpoints record nothing: EMA assumed)."""
+  now = score_pairing(config, workdir)
+  if not config.sampling.use_ema:
+    raise ConfigError(
+      f"sampling.use_ema=false would {doing} with the raw stage-1 parameters, but the "
+      "encoder is trained against the EMA ones; drop the override (it applies only to "
+      "--mode=sample from the score model alone)"
+    )
+  step = recorded.get("score_step")
+  if step is not None and step != now["score_step"]:
+    raise CheckpointError(
+      f"the encoder was trained against stage-1 step {step}, but the stage-1 checkpoint "
+      f"in {STAGES['stage1'].source(config, workdir)} is now at step {now['score_step']}; "
+      "retrain the encoder in a new --workdir (point --config.stage2.stage1_workdir at "
+      "this one)"
+    )
+
+
 def _encoder_build(ctx: Context) -> Built:
   # Fails cleanly (CheckpointError) before anything of stage 2 is written.
   score_params, _ = load_stage("stage1", ctx.config, ctx.workdir, ctx.mesh, ctx.image_shape)
+  if is_trained("stage2", ctx.config, ctx.workdir):
+    ckpt = checkpoint.Checkpointer(
+      checkpoint_dir("stage2", ctx.config, ctx.workdir), keep=1000, async_save=False, create=False
+    )
+    try:
+      check_pairing(ckpt.read_meta(), ctx.config, ctx.workdir, "resume the encoder")
+    finally:
+      ckpt.close()
   ae = VDAE(ctx.config, score_params, None, ctx.mesh, ctx.image_shape)
   x = ctx.recon_batch()
 
@@ -166,7 +202,12 @@ def _encoder_build(ctx: Context) -> Built:
     rec = ae.reconstruct(x, jax.random.key(step))
     return {"reconstructions": np.concatenate([x, rec], axis=0)}
 
-  return Built(make_encoder_loss(ctx.config), score_params, images)
+  return Built(
+    make_encoder_loss(ctx.config),
+    score_params,
+    images,
+    extra_meta=score_pairing(ctx.config, ctx.workdir),
+  )
 
 
 # --- the VAE baseline -----------------------------------------------------------------
@@ -253,6 +294,7 @@ def stage_spec(name: str, ctx: Context) -> StageSpec:
     checkpoint_every=g.checkpoint_every,
     frozen=built.frozen,
     images=built.images,
+    extra_meta=built.extra_meta,
   )
 
 
