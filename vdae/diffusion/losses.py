@@ -26,6 +26,39 @@ def sample_time(key: Array, batch: int, t_eps: float, method: str = "uniform") -
   return t_eps + (1.0 - t_eps) * u
 
 
+def likelihood_weight(sde: sde_lib.SDE, t: Array) -> Array:
+  """lambda(t) = g(t)^2 / sigma(t)^2: the weight that turns the noise-prediction
+  residual 1/2 ||eps - n||^2 into the ELBO's integrand (nats)."""
+  _, g2 = sde.sde_coefficients(t)
+  return g2 / sde.marginal(t)[1] ** 2
+
+
+_GRID = 2048  # cells of the importance-sampling table (log-spaced in t)
+
+
+def importance_time(key: Array, batch: int, sde: sde_lib.SDE, method: str = "uniform"):
+  """(t [B], w [B]) with t drawn from p(t) proportional to lambda(t) on [eps, 1] and
+  w = lambda(t) / p(t), so E[w h(t)] = integral of lambda h dt for any h.
+
+  lambda ~ 1 / t near 0 (VP), so uniform t would leave the integral's estimate
+  dominated by rare small-t draws. p is piecewise constant on a log-spaced
+  table (the weight uses that same p, so the estimate is exactly unbiased);
+  u is uniform or stratified as in `sample_time`.
+  """
+  grid = jnp.geomspace(sde.eps, 1.0, _GRID + 1)
+  lam = likelihood_weight(sde, grid)
+  mass = 0.5 * (lam[1:] + lam[:-1]) * jnp.diff(grid)
+  cdf = jnp.concatenate([jnp.zeros(1), jnp.cumsum(mass)])
+  total = cdf[-1]
+  u = sample_time(key, batch, 0.0, method) * total  # uniform or stratified on [0, 1]
+  k = jnp.clip(jnp.searchsorted(cdf, u, side="right") - 1, 0, _GRID - 1)
+  frac = (u - cdf[k]) / mass[k]
+  width = grid[k + 1] - grid[k]
+  t = grid[k] + jnp.clip(frac, 0.0, 1.0) * width
+  density = mass[k] / width / total
+  return t, likelihood_weight(sde, t) / density
+
+
 def dsm_loss(
   eps_fn: EpsFn, x0: Array, key: Array, sde: sde_lib.SDE, likelihood_weighting: bool
 ) -> tuple[Array, dict[str, Array]]:

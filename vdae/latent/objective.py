@@ -7,7 +7,7 @@ import jax.numpy as jnp
 
 from vdae import schema
 from vdae.diffusion import sde as sde_lib
-from vdae.diffusion.losses import sample_time
+from vdae.diffusion.losses import importance_time, sample_time
 from vdae.diffusion.score import eps_to_score
 from vdae.kernels import fused_step
 from vdae.latent import correction
@@ -26,6 +26,7 @@ def vdae_loss(
   form: str = "eps",
   logvar_term: bool = True,
   time_sampling: str = "uniform",
+  weighting: str = "none",
   kernel: str = "auto",
   correction_impl: str = "reverse",
 ) -> tuple[Array, dict[str, Array]]:
@@ -38,10 +39,20 @@ def vdae_loss(
   The two are equal in exact arithmetic (sigma^2 weighting turns one into the
   other); "score" evaluates the score-space residual, for parity with code that
   works in score space. Plus beta_kl KL(q(z | x0, 0) || N(0, I)).
+
+  weighting="likelihood": the residual times lambda(t) = g^2 / sigma^2, t drawn
+  with density proportional to lambda (losses.importance_time), so "recon" is
+  an unbiased estimate of 1/2 int lambda E||eps_c - n||^2 dt: the conditional
+  diffusion ELBO's reconstruction term, -log p(x0 | z) up to a constant that
+  depends on neither network, in nats. With beta_kl = 1 the loss is then a
+  negative ELBO in the VAE's units. "none": t uniform (or stratified), no weight.
   """
   b = x0.shape[0]
   kt, kn, kz = jax.random.split(key, 3)
-  t = sample_time(kt, b, sde.eps, time_sampling)
+  if schema.require("stage2.weighting", weighting) == "likelihood":
+    t, w = importance_time(kt, b, sde, time_sampling)
+  else:
+    t, w = sample_time(kt, b, sde.eps, time_sampling), None
   n = jax.random.normal(kn, x0.shape, jnp.float32)
   xt = sde.perturb(x0, t, n)
 
@@ -65,6 +76,8 @@ def vdae_loss(
     s = eps_to_score(flat(eps), sigma) + flat(c)
     r = s - eps_to_score(flat(n), sigma)  # the DSM target is -n / sigma
     per_ex = 0.5 * sigma**2 * jnp.sum(r * r, axis=-1)
+  if w is not None:
+    per_ex = per_ex * w
   kl = correction.kl_standard_normal(mu0, logvar0)
   loss = jnp.mean(per_ex) + beta_kl * jnp.mean(kl)
   return loss, {

@@ -150,6 +150,7 @@ def make_encoder_loss(config, correction_impl: str = "reverse", kernel: str | No
       form=s2.loss,
       logvar_term=config.encoder.logvar_term,
       time_sampling=s2.time_sampling,
+      weighting=s2.weighting,
       kernel=config.sampling.kernel if kernel is None else kernel,
       correction_impl=correction_impl,
     )
