@@ -95,6 +95,9 @@ def get_config() -> ml_collections.ConfigDict:
   s2.beta_kl = 0.01
   # uniform | stratified (low-discrepancy)
   s2.time_sampling = one_of("stage2.time_sampling", "uniform", ("uniform", "stratified"))
+  # none: the official unweighted eps loss; likelihood: times g^2 / sigma^2 with
+  # importance-sampled t, an ELBO in nats whose beta_kl means what the VAE's does.
+  s2.weighting = one_of("stage2.weighting", "none", ("none", "likelihood"))
   s2.encode_split = one_of("stage2.encode_split", "test", ("train", "test"))  # encode/reconstruct
 
   # Gaussian-likelihood VAE baseline (--mode=train_vae): the stage-2 encoder
@@ -144,8 +147,15 @@ def get_config() -> ml_collections.ConfigDict:
   # WORKDIR/eval/metrics.json and TensorBoard. Sizes keep digits at ~2 min on CPU.
   c.eval = ev = ml_collections.ConfigDict()
   ev.num_test = 64  # test images for the reconstruction metrics (0 = whole split)
-  ev.num_samples = 64  # prior samples z ~ N(0, I) decoded for sample_fid
+  ev.num_samples = 1000  # prior samples z ~ N(0, I) decoded for sample_fid
   ev.batch_size = 64  # decoding batch (the timings are per image at this batch)
+  # Decode protocols (vdae/evaluation/harness.py): sample = one stochastic decode,
+  # mode = the deterministic decode, mean = the average of mean_decodes samples.
+  ev.protocols = ("sample", "mode", "mean")
+  ev.mean_decodes = 4
+  ev.mode_method = one_of("eval.mode_method", "heun", ("heun", "ode"))  # the VDAE's mode
+  ev.mode_num_steps = 30  # heun: 2 network calls a step
+  ev.bootstrap_resamples = 1000  # 95% intervals on L2 and FID (0 = none)
   ev.timing_methods = ("em", "pc", "ode")  # vdae/time_per_image_<method> ("" entries skipped)
   ev.bpd_num_images = 16  # test images for bits_per_dim (0 = skip it)
   ev.bpd_solver = one_of("eval.bpd_solver", "tsit5", ("tsit5", "dopri5"))  # diffrax, adaptive
@@ -162,6 +172,17 @@ def get_config() -> ml_collections.ConfigDict:
   ev.classifier_features = 32  # penultimate width: the Fréchet-distance feature space
   ev.classifier_seed = 0
   ev.probe_max_iter = 2000  # logistic-regression linear probe on encoder means
+
+  # --mode=sweep (vdae/commands/sweep.py): each model trained and evaluated at
+  # each beta_kl and seed; stage 1 is shared.
+  c.sweep = sw = ml_collections.ConfigDict()
+  sw.models = ("vdae", "vae")
+  # Separate grids: the same beta buys different rates from a diffusion decoder
+  # and a Gaussian one; the comparison is between points at matched rate.
+  sw.vdae_betas = (0.1, 0.3, 1.0)
+  sw.vae_betas = (0.3, 1.0, 3.0)
+  sw.seeds = (0,)
+  sw.match_tolerance = 0.1  # rates within 10% count as matched
 
   # Device mesh and parameter layout. An axis of size -1 takes the remaining
   # devices. Rules map a regex over the parameter path to a layout:

@@ -34,6 +34,9 @@ def get_config():
   c.eval.num_samples = 16
   c.eval.batch_size = 8
   c.eval.bpd_num_images = 4
+  c.eval.mean_decodes = 2
+  c.eval.mode_num_steps = 2
+  c.eval.bootstrap_resamples = 100
   c.eval.classifier_steps = 100
   c.eval.probe_max_iter = 200
   c.vae.num_steps = 4

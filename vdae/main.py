@@ -29,6 +29,7 @@ COMMANDS = {
   "interpolate": "interpolate:interpolate",
   "evaluate": "evaluate:evaluate",
   "all": "run_all:run_all",
+  "sweep": "sweep:sweep",
 }
 
 _CONFIG = config_flags.DEFINE_config_file(

@@ -58,6 +58,9 @@ POSITIVE = (
 )
 
 
+PROTOCOLS = ("sample", "mode", "mean")  # the decode protocols evaluation reports
+
+
 def one_of(key: str, default: str, options: Sequence[str]) -> str:
   """Declares `key`'s valid values; returns the default (configs/base.py)."""
   options = tuple(options)
@@ -134,6 +137,11 @@ def check(config) -> None:
   bad = [m for m in config.eval.timing_methods if m and m not in methods]
   if bad:
     problems.append(f"eval.timing_methods has {bad}; the samplers are {', '.join(methods)}")
+  bad = [p for p in config.eval.protocols if p not in PROTOCOLS]
+  if bad or not config.eval.protocols:
+    problems.append(f"eval.protocols={tuple(config.eval.protocols)}: use some of {PROTOCOLS}")
+  if config.eval.mean_decodes < 1 or config.eval.mode_num_steps < 1:
+    problems.append("eval.mean_decodes and eval.mode_num_steps must be >= 1")
   if problems:
     raise ConfigError(
       "bad config values: " + "; ".join(problems) + ". Set them with --config.<key>=..."

@@ -11,21 +11,38 @@ from vdae.commands import evaluate
 from vdae.training import stages
 
 # Every autoencoder gets the same keys from the one harness.
-SHARED = (
-  "recon_mse",
-  "recon_psnr",
-  "rate",
-  "recon_class_accuracy",
+PER_PROTOCOL = (
+  "l2",
+  "l2_ci_low",
+  "l2_ci_high",
+  "mse",
+  "psnr",
+  "class_accuracy",
   "recon_fid",
-  "sample_fid",
-  "linear_probe_accuracy",
+  "recon_fid_ci_low",
+  "recon_fid_ci_high",
   "time_per_image",
 )
+PER_MODEL = (
+  "rate_nats",
+  "neg_elbo_bits_per_dim",
+  "linear_probe_accuracy",
+  "sample_fid",
+  "sample_fid_ci_low",
+  "sample_fid_ci_high",
+  "sample_fid_num",
+)
 KEYS = (
-  {f"{ae}/{k}" for ae in ("vdae", "vae") for k in SHARED}
-  | {"vdae/time_per_image_em", "vdae/time_per_image_ode", "vae/neg_elbo_bits_per_dim"}
+  {
+    f"{ae}/{p}/{k}"
+    for ae in ("vdae", "vae")
+    for p in ("sample", "mode", "mean")
+    for k in PER_PROTOCOL
+  }
+  | {f"{ae}/{k}" for ae in ("vdae", "vae") for k in PER_MODEL}
+  | {"vdae/time_per_image_em", "vdae/time_per_image_ode"}
   | {"score_model/bits_per_dim", "score_model/bpd_solver_steps"}
-  | {"classifier_test_accuracy", "fid_train_vs_test"}
+  | {"classifier_test_accuracy", "fid_floor_train_vs_test"}
 )
 
 
@@ -38,6 +55,9 @@ def tiny_run(tmp_path_factory):
   # One level, no attention (procs.MINI's shape): cheaper to compile, same code paths.
   config.model.channel_mults = config.encoder.channel_mults = (1,)
   config.model.num_res_blocks, config.model.attn_resolutions = 1, ()
+  # The 4-step encoder's conditional score is stiff: its PF-ODE likelihood (neg ELBO)
+  # takes ~1.4k adaptive steps, near the 2k default cap (NaN past it).
+  config.eval.bpd_max_steps = 8000
   workdir = str(tmp_path_factory.mktemp("tiny_eval"))
   for name in stages.STAGES:
     stages.train(name, config, workdir)
@@ -53,9 +73,16 @@ def test_evaluate_writes_every_metric(tiny_run):
   assert written == pytest.approx(metrics)
   assert all(isinstance(v, float) and np.isfinite(v) for v in written.values()), written
   for ae in ("vdae", "vae"):
-    for k in ("recon_class_accuracy", "linear_probe_accuracy"):
+    for k in ("mean/class_accuracy", "linear_probe_accuracy"):
       assert 0.0 <= written[f"{ae}/{k}"] <= 1.0
-    assert written[f"{ae}/rate"] > 0 and written[f"{ae}/sample_fid"] >= 0
+    assert written[f"{ae}/rate_nats"] > 0 and written[f"{ae}/sample_fid"] >= 0
+    assert written[f"{ae}/sample_fid_num"] == 16.0
+    for p in ("sample", "mode", "mean"):
+      assert (
+        written[f"{ae}/{p}/l2_ci_low"] <= written[f"{ae}/{p}/l2"] <= written[f"{ae}/{p}/l2_ci_high"]
+      )
+  # The VAE's mean is its mode (exact); one draw of p(x | z) adds its noise.
+  assert written["vae/mean/mse"] == written["vae/mode/mse"] < written["vae/sample/mse"]
   assert written["score_model/bits_per_dim"] > 0
   for png in ("comparison", "vdae_reconstructions", "vdae_samples", "vae_samples", "loss_curves"):
     assert os.path.exists(os.path.join(workdir, "eval", f"{png}.png")), png
@@ -84,3 +111,34 @@ def test_vae_checkpoint_with_another_decoder_fails_clearly(tiny_run):
   other.vae.decoder_channels = 16
   with pytest.raises(CheckpointError, match="vae.decoder_channels"):
     stages.load_stage("vae", other, workdir, sharding.make_mesh(other.mesh), (8, 8, 1))
+
+
+@pytest.mark.timeout(400)
+def test_sweep_trains_and_evaluates_each_point_and_resumes(tiny_run):
+  """Two betas per model on the tiny run's score model: one record per point with the
+  harness's keys, the figure and the table; a second call redoes nothing."""
+  from vdae.commands import sweep
+
+  config, workdir, _ = tiny_run
+  config = config.copy_and_resolve_references()
+  config.sweep.vdae_betas = config.sweep.vae_betas = (0.5, 2.0)
+  config.eval.protocols = ("mode",)
+  points = sweep.sweep(config, workdir)
+  assert [(p["model"], p["beta"]) for p in points] == [
+    ("vdae", 0.5),
+    ("vdae", 2.0),
+    ("vae", 0.5),
+    ("vae", 2.0),
+  ]
+  for p in points:
+    assert p["rate_nats"] > 0 and np.isfinite(p["mode/l2"]) and "sample/l2" not in p
+  # A larger beta buys a smaller rate (same seed, same steps).
+  for model in ("vdae", "vae"):
+    lo, hi = (p["rate_nats"] for p in points if p["model"] == model)
+    assert hi < lo, (model, lo, hi)
+  out = os.path.join(workdir, "sweep")
+  for name in ("points.json", "table.md", "rate_distortion.png"):
+    assert os.path.exists(os.path.join(out, name)), name
+  assert os.path.exists(os.path.join(out, "vdae_beta0.5_seed0", "stage2", "checkpoints"))
+  again = sweep.sweep(config, workdir)
+  assert again == points

@@ -1,5 +1,6 @@
 """The harness on an autoencoder whose metrics are known in closed form."""
 
+import jax
 import numpy as np
 import pytest
 
@@ -11,21 +12,23 @@ pytestmark = pytest.mark.timeout(60)
 
 
 class Shrink(Autoencoder):
-  """z = x (flattened), q(z | x) = N(x, v I); decode(z) = a z. So recon error is
-  (1 - a) x exactly and the rate is 1/2 sum(x^2 + v - 1 - log v)."""
+  """z = x (flattened), q(z | x) = N(x, v I); decode(z) = a z (+ noise n for the
+  `sample` protocol). So the `mode` recon error is (1 - a) x exactly and the rate
+  is 1/2 sum(x^2 + v - 1 - log v)."""
 
   name = "shrink"
 
-  def __init__(self, d: int, a: float, v: float):
-    self.latent_dim, self.a, self.v, self.calls = d, a, v, []
+  def __init__(self, d: int, a: float, v: float, noise: float = 0.0):
+    self.latent_dim, self.a, self.v, self.noise, self.calls = d, a, v, noise, []
 
   def posterior(self, x):
     mu = x.reshape(len(x), -1)
     return mu, np.full_like(mu, np.log(self.v))
 
-  def decode(self, z, key):
+  def decode(self, z, key, protocol="sample"):
     self.calls.append(len(z))
-    return (self.a * z).reshape(len(z), 8, 8, 1)
+    noise = 0.0 if protocol == "mode" else self.noise * np.asarray(jax.random.normal(key, z.shape))
+    return (self.a * z + noise).reshape(len(z), 8, 8, 1)
 
   def extra_metrics(self, test_images, batch, seed):
     return {"seen": float(len(test_images))}
@@ -42,18 +45,41 @@ def test_harness_metrics_of_an_analytic_autoencoder(tiny_config):
   res = harness.evaluate_autoencoder(ae, c, judge, splits)
   x = splits["test"].arrays(10)["image"]
   m = res.metrics
-  assert m["shrink/recon_mse"] == pytest.approx(float(np.mean((0.5 * x) ** 2)), rel=1e-6)
+  err = (0.5 * x).reshape(10, -1).astype(np.float64)
+  for p in ("sample", "mode", "mean"):  # noise 0: every protocol is a z exactly
+    assert m[f"shrink/{p}/mse"] == pytest.approx(float(np.mean((0.5 * err) ** 2)), rel=1e-6)
+    l2 = np.mean(np.linalg.norm(0.5 * err, axis=-1))
+    assert m[f"shrink/{p}/l2"] == pytest.approx(l2, rel=1e-6)
+    assert m[f"shrink/{p}/l2_ci_low"] <= l2 <= m[f"shrink/{p}/l2_ci_high"]
   flat = x.reshape(10, -1).astype(np.float64)
   rate = 0.5 * np.sum(flat**2 + 0.25 - 1 - np.log(0.25), -1).mean()
-  assert m["shrink/rate"] == pytest.approx(rate, rel=1e-5)
+  assert m["shrink/rate_nats"] == pytest.approx(rate, rel=1e-5)
   assert m["shrink/seen"] == 10.0
+  per_protocol = ("l2", "l2_ci_low", "l2_ci_high", "mse", "psnr", "time_per_image")
   assert set(m) == {
-    "shrink/recon_mse",
-    "shrink/recon_psnr",
-    "shrink/rate",
-    "shrink/time_per_image",
+    *(f"shrink/{p}/{k}" for p in ("sample", "mode", "mean") for k in per_protocol),
+    "shrink/rate_nats",
     "shrink/seen",
   }
-  assert res.reconstructions.shape == (10, 8, 8, 1) and res.samples.shape == (6, 8, 8, 1)
+  assert set(res.reconstructions) == {"sample", "mode", "mean"}
+  assert res.reconstructions["mode"].shape == (10, 8, 8, 1) and res.samples.shape == (6, 8, 8, 1)
   # Every decode call is one full batch (padded): one compile per shape.
   assert set(ae.calls) == {4}
+
+
+def test_the_mean_protocol_averages_draws_and_the_sample_one_pays_their_variance(tiny_config):
+  """With decode = z + noise n (n ~ N(0, s^2)): sample MSE = mode MSE + s^2, and the
+  mean of K draws cuts the excess to s^2 / K."""
+  rng = np.random.default_rng(0)
+  images = rng.integers(0, 256, (60, 8, 8)).astype(np.uint8)
+  splits = sources._in_memory_splits(images, None, 0.25, "test")
+  c = tiny_config
+  c.eval.num_test, c.eval.batch_size, c.eval.num_samples, c.eval.mean_decodes = 15, 5, 5, 4
+  c.eval.bootstrap_resamples = 0
+  judge = harness.Judge(c, "/nonexistent", splits)
+  m = harness.evaluate_autoencoder(Shrink(64, a=1.0, v=0.25, noise=0.2), c, judge, splits).metrics
+  s2 = 0.25 * 0.2**2  # mse is on [0, 1] images: half the [-1, 1] error, squared
+  assert m["shrink/mode/mse"] == pytest.approx(0.0, abs=1e-9)
+  assert m["shrink/sample/mse"] == pytest.approx(s2, rel=0.1)
+  assert m["shrink/mean/mse"] == pytest.approx(s2 / 4, rel=0.15)
+  assert "shrink/mode/l2_ci_low" not in m  # bootstrap_resamples = 0: no intervals

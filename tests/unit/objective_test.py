@@ -1,4 +1,4 @@
-"""The likelihood-weighted stage-2 objective is the diffusion ELBO in nats (exact Gaussian model)."""
+"""The likelihood-weighted stage-2 objective is the diffusion ELBO in nats (exact Gaussians)."""
 
 import jax
 import jax.numpy as jnp

@@ -37,7 +37,7 @@ def test_neg_elbo_is_gaussian_nll_plus_beta_kl(tiny_config):
     assert float(total[i]) == pytest.approx(ref + 0.3 * kl, rel=1e-4)
 
 
-def test_vae_autoencoder_rate_and_deterministic_decode(tiny_config):
+def test_vae_autoencoder_rate_and_decode_protocols(tiny_config):
   model = vae_lib.model_from_config(tiny_config, (8, 8, 1))
   params = model.init(jax.random.key(0), (8, 8, 1))
   ae = vae_lib.VAE(tiny_config, params, (8, 8, 1), sources.data_levels(tiny_config))
@@ -45,6 +45,12 @@ def test_vae_autoencoder_rate_and_deterministic_decode(tiny_config):
   mu, lv = ae.posterior(x)
   np.testing.assert_allclose(ae.rate(x), 0.5 * np.sum(mu**2 + np.exp(lv) - 1 - lv, -1), rtol=1e-5)
   z = ae.encode(x)
-  np.testing.assert_array_equal(ae.decode(z, jax.random.key(0)), ae.decode(z, jax.random.key(1)))
+  mode = ae.decode(z, jax.random.key(0), "mode")
+  np.testing.assert_array_equal(mode, ae.decode(z, jax.random.key(1), "mode"))
+  # sample = mode + exp(obs_log_var / 2) n: the residual's spread is the learned sigma.
+  draws = np.stack([ae.decode(z, jax.random.key(k), "sample") for k in range(50)])
+  sigma = float(np.exp(0.5 * ae.model.log_var(params)))
+  np.testing.assert_allclose(draws.mean(0), mode, atol=5 * sigma / np.sqrt(50))
+  assert np.std(draws - mode) == pytest.approx(sigma, rel=0.05)
   bpd = ae.extra_metrics(x, 4, 0)["neg_elbo_bits_per_dim"]
   assert np.isfinite(bpd) and bpd > 0

@@ -1,8 +1,9 @@
 """The `Autoencoder` interface every compared model implements (owned here).
 
 The evaluation harness (vdae/evaluation/harness.py) knows only this: encode a
-batch of images to codes, decode codes back (with a key: a decoder may be
-stochastic), the posterior q(z | x) it encodes with, and the rate. A new
+batch of images to codes, decode codes back under a named protocol (`sample`:
+one stochastic decode, with a key; `mode`: the deterministic one), the
+posterior q(z | x) it encodes with, and the rate. A new
 autoencoder is one class implementing it plus one entry in
 `autoencoders/registry.py`.
 
@@ -20,20 +21,32 @@ import numpy as np
 
 from vdae.latent.correction import kl_standard_normal
 
+PROTOCOLS = ("sample", "mode")  # what decode takes; the harness adds "mean"
+
+
+def check_protocol(protocol: str) -> str:
+  if protocol not in PROTOCOLS:
+    raise ValueError(f"decode protocol {protocol!r} is not one of {', '.join(PROTOCOLS)}")
+  return protocol
+
 
 class Autoencoder(abc.ABC):
-  """encode(x) -> z, decode(z, key) -> x, rate(x) -> nats per image."""
+  """encode(x) -> z, decode(z, key, protocol) -> x, rate(x) -> nats per image."""
 
-  name: str  # metric prefix: "<name>/recon_mse"
+  name: str  # metric prefix: "<name>/<protocol>/l2"
   latent_dim: int
+  # True when decode(z, key, "mode") is E[x | z] itself (a Gaussian decoder's
+  # mean): the harness's `mean` protocol then uses it instead of averaging draws.
+  exact_mean: bool = False
 
   @abc.abstractmethod
   def posterior(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """x [B, H, W, C] in [-1, 1] -> (mu, log_var) [B, L] of q(z | x)."""
 
   @abc.abstractmethod
-  def decode(self, z: np.ndarray, key: jax.Array) -> np.ndarray:
-    """z [B, L] -> x [B, H, W, C]: the model's decode protocol (one draw if stochastic)."""
+  def decode(self, z: np.ndarray, key: jax.Array, protocol: str = "sample") -> np.ndarray:
+    """z [B, L] -> x [B, H, W, C]: one draw of p(x | z) ("sample") or the
+    deterministic decode ("mode")."""
 
   def encode(self, x: np.ndarray) -> np.ndarray:
     """x [B, H, W, C] -> the code [B, L]: the posterior mean."""
@@ -44,9 +57,10 @@ class Autoencoder(abc.ABC):
     mu, log_var = self.posterior(x)
     return np.asarray(kl_standard_normal(mu, log_var))
 
-  def compile_decode(self, z: np.ndarray) -> None:
-    """Compiles `decode` for batches shaped like z (keeps compile time out of timings)."""
-    self.decode(z, jax.random.key(0))
+  def compile_decode(self, z: np.ndarray, protocol: str = "sample") -> None:
+    """Compiles the decode `protocol` uses for batches shaped like z (keeps compile
+    time out of timings); "mean" averages "sample" decodes."""
+    self.decode(z, jax.random.key(0), "mode" if protocol == "mode" else "sample")
 
   def extra_metrics(self, test_images: np.ndarray, batch: int, seed: int) -> dict[str, float]:
     """Metrics only this kind of model has (unprefixed; the harness adds `<name>/`)."""

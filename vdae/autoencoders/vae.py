@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vdae.autoencoders.base import Autoencoder
+from vdae.autoencoders.base import Autoencoder, check_protocol
 from vdae.data import pipeline
 from vdae.diffusion import likelihood
 from vdae.latent.correction import kl_standard_normal
@@ -106,9 +106,11 @@ def model_from_config(config, image_shape: tuple[int, int, int]) -> VAEModel:
 
 
 class VAE(Autoencoder):
-  """The trained VAE: decode is the decoder's mean (deterministic; the key is unused)."""
+  """The trained VAE. decode "mode" is the decoder's mean, which is also E[x | z];
+  "sample" draws from p(x | z) = N(mean, exp(obs_log_var) I)."""
 
   name = "vae"
+  exact_mean = True
 
   def __init__(self, config, params: Params, image_shape: tuple[int, int, int], levels: int):
     self.config, self.params, self.levels = config, params, levels
@@ -121,12 +123,16 @@ class VAE(Autoencoder):
     mu, lv = self._posterior(self.params, jnp.asarray(x))
     return sharding.to_host(mu), sharding.to_host(lv)
 
-  def decode(self, z, key):
-    del key
-    return sharding.to_host(jax.block_until_ready(self._decode(self.params, jnp.asarray(z))))
+  def decode(self, z, key, protocol="sample"):
+    check_protocol(protocol)
+    mean = self._decode(self.params, jnp.asarray(z))
+    if protocol == "sample":
+      std = jnp.exp(0.5 * self.model.log_var(self.params))
+      mean = mean + std * jax.random.normal(key, mean.shape)
+    return sharding.to_host(jax.block_until_ready(mean))
 
   def reconstruct(self, x: np.ndarray) -> np.ndarray:
-    return self.decode(self.encode(x), None)
+    return self.decode(self.encode(x), None, "mode")
 
   def extra_metrics(self, test_images, batch, seed):
     """neg_elbo_bits_per_dim: the -ELBO (one z per image, dequantised x) in bits per

@@ -7,15 +7,16 @@ s_theta(x_t, t) + c, c = grad_{x_t} log q(z | x_t, t) (`make_decode_fn`).
 
 from __future__ import annotations
 
+import math
 import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vdae.autoencoders.base import Autoencoder
-from vdae.data import pipeline
-from vdae.diffusion import samplers, score
+from vdae.autoencoders.base import Autoencoder, check_protocol
+from vdae.data import pipeline, sources
+from vdae.diffusion import likelihood, samplers, score
 from vdae.diffusion import sde as sde_lib
 from vdae.kernels.reference import StepSpec
 from vdae.latent import correction
@@ -24,11 +25,13 @@ from vdae.parallel import sharding
 from vdae.types import Params
 
 
-def with_method(config, method: str):
-  """A copy of the config whose sampling.method is `method`."""
+def with_method(config, method: str, num_steps: int | None = None):
+  """A copy of the config whose sampling.method is `method` (and num_steps, if given)."""
   cfg = config.copy_and_resolve_references()
   with cfg.unlocked():
     cfg.sampling.method = method
+    if num_steps is not None:
+      cfg.sampling.num_steps = num_steps
   return cfg
 
 
@@ -57,7 +60,10 @@ def make_encode_fn(enc_model):
 
 
 class VDAE(Autoencoder):
-  """decode(z, key) is one draw of the configured sampler (`sampling.method`)."""
+  """decode "sample" is one draw of the configured sampler (`sampling.method`, from
+  x_1 ~ N(0, I)); "mode" is the PF ODE (`eval.mode_method`, eval.mode_num_steps
+  steps) from x_1 = 0, the prior's mean, which for a Gaussian p(x | z) lands on
+  E[x | z]."""
 
   name = "vdae"
 
@@ -68,7 +74,7 @@ class VDAE(Autoencoder):
     self.encoder = encoder_lib.from_config(config.encoder, config.model, config.sde)
     self.latent_dim = config.encoder.latent_dim
     self._encode = make_encode_fn(self.encoder)
-    self._decoders: dict[tuple[int, str], samplers.CompiledSampler] = {}
+    self._decoders: dict[tuple, samplers.CompiledSampler] = {}
 
   def _global(self, a: np.ndarray) -> jax.Array:
     # Replicated global input: with fsdp spanning processes the params live on
@@ -79,38 +85,123 @@ class VDAE(Autoencoder):
     mu, lv = self._encode(self.enc_params, self._global(x))
     return sharding.to_host(mu), sharding.to_host(lv)
 
-  def decoder(self, n: int, method: str | None = None) -> samplers.CompiledSampler:
-    """The compiled sampler for batches of n codes (cached per n and method)."""
-    method = method or self.config.sampling.method
-    if (n, method) not in self._decoders:
-      self._decoders[(n, method)] = make_decode_fn(
-        self.score_model, self.encoder, with_method(self.config, method), (n, *self.image_shape)
-      )
-    return self._decoders[(n, method)]
+  def _method(self, protocol: str, method: str | None) -> tuple[str, int | None]:
+    if method is not None:
+      return method, None
+    if check_protocol(protocol) == "mode":
+      return self.config.eval.mode_method, self.config.eval.mode_num_steps
+    return self.config.sampling.method, None
 
-  def decode(self, z, key, method: str | None = None, x_init: np.ndarray | None = None):
-    fn = self.decoder(len(z), method)
+  def decoder(
+    self, n: int, method: str | None = None, num_steps: int | None = None
+  ) -> samplers.CompiledSampler:
+    """The compiled sampler for batches of n codes (cached per n, method and steps)."""
+    method = method or self.config.sampling.method
+    if (n, method, num_steps) not in self._decoders:
+      cfg = with_method(self.config, method, num_steps)
+      self._decoders[(n, method, num_steps)] = make_decode_fn(
+        self.score_model, self.encoder, cfg, (n, *self.image_shape)
+      )
+    return self._decoders[(n, method, num_steps)]
+
+  def decode(
+    self,
+    z,
+    key,
+    protocol: str = "sample",
+    method: str | None = None,
+    x_init: np.ndarray | None = None,
+  ):
+    """`method` / `x_init` override the protocol's sampler / starting noise."""
+    fn = self.decoder(len(z), *self._method(protocol, method))
+    if x_init is None and protocol == "mode":
+      x_init = np.zeros((len(z), *self.image_shape), np.float32)
     x_init = None if x_init is None else self._global(x_init)
     out = fn((self.score_params, self.enc_params, self._global(z)), key, x_init)
     return sharding.to_host(out)
 
-  def compile_decode(self, z, method: str | None = None) -> None:
+  def compile_decode(self, z, protocol: str = "sample", method: str | None = None) -> None:
     args = (self.score_params, self.enc_params, self._global(z))
-    self.decoder(len(z), method).precompile(args, jax.random.key(0))
+    protocol = "mode" if protocol == "mode" else "sample"
+    x_init = np.zeros((len(z), *self.image_shape), np.float32) if protocol == "mode" else None
+    self.decoder(len(z), *self._method(protocol, method)).precompile(
+      args, jax.random.key(0), None if x_init is None else self._global(x_init)
+    )
 
   def reconstruct(self, x: np.ndarray, key) -> np.ndarray:
     return self.decode(self.encode(x), key)
 
+  def neg_elbo_bits_per_dim(self, x: np.ndarray, seed: int) -> float:
+    """-ELBO of x [N, ...] in bits per dim of the discrete data, the VAE's bound's
+    counterpart: -log p(x | z) by the probability-flow ODE with the conditional
+    score s_theta + c(z) (one z ~ q(z | x) per image), plus KL(q || N(0, I)).
+    Dequantised like score_model/bits_per_dim, so it bounds the discrete NLL; the
+    divergence is Hutchinson's estimate (eval.hutchinson_probes), unbiased."""
+    ev, config = self.config.eval, self.config
+    sde = sde_lib.from_config(config.sde)
+    levels = sources.data_levels(config)
+    lv_term = config.encoder.logvar_term
+    d = math.prod(x.shape[1:])
+
+    def run(score_params, enc_params, xb, key):
+      k_deq, k_z, k_probe = jax.random.split(key, 3)
+      mu, lv = self.encoder.apply({"params": enc_params}, xb, jnp.zeros((len(xb),)))
+      z = mu + jnp.exp(0.5 * lv) * jax.random.normal(k_z, mu.shape)
+      if ev.dequantize:
+        xb = likelihood.dequantize(xb, levels, k_deq)
+      eps_fn = score.eps_fn_for(self.score_model, score_params, config)
+      encode_fn = lambda xt, t: self.encoder.apply({"params": enc_params}, xt, t)
+
+      def score_fn(xt, t):
+        s = score.eps_to_score(eps_fn(xt, t), sde.marginal(t)[1])
+        return s + correction.correction_score(encode_fn, xt, t, z, lv_term)
+
+      logp, _ = likelihood.log_likelihood(
+        score_fn,
+        xb,
+        sde,
+        k_probe,
+        # Hutchinson always: div c is the trace of the encoder's Hessian in x_t,
+        # D forward-over-reverse passes per call if exact (60x the cost on digits).
+        exact_max_dim=0,
+        probes=ev.hutchinson_probes,
+        rtol=ev.bpd_rtol,
+        atol=ev.bpd_atol,
+        solver=ev.bpd_solver,
+        max_steps=ev.bpd_max_steps,
+      )
+      elbo = logp - correction.kl_standard_normal(mu, lv)
+      return likelihood.bits_per_dim(elbo, d, levels)
+
+    fn = jax.jit(run)
+    counter = iter(range(len(x)))
+    vals = pipeline.map_batched(
+      lambda b: fn(
+        self.score_params,
+        self.enc_params,
+        self._global(b),
+        jax.random.key(seed + 200 + next(counter)),
+      ),
+      x,
+      min(len(x), ev.batch_size),
+    )
+    return float(np.nanmean(vals)) if np.any(np.isfinite(vals)) else float("nan")
+
   def extra_metrics(self, test_images, batch, seed):
-    """time_per_image_<method>: seconds per image of one batch of reconstructions
+    """neg_elbo_bits_per_dim on the first eval.bpd_num_images test images, and
+    time_per_image_<method>: seconds per image of one batch of reconstructions
     with each of eval.timing_methods other than sampling.method (compile excluded)."""
     out = {}
+    if self.config.eval.bpd_num_images:
+      out["neg_elbo_bits_per_dim"] = self.neg_elbo_bits_per_dim(
+        test_images[: self.config.eval.bpd_num_images], seed
+      )
     mu = pipeline.pad_batch({"z": self.encode(test_images[:batch])}, batch)["z"]
     for method in self.config.eval.timing_methods:
       if not method or method == self.config.sampling.method:
         continue
-      self.compile_decode(mu, method)
+      self.compile_decode(mu, method=method)
       t0 = time.perf_counter()
-      self.decode(mu, jax.random.fold_in(jax.random.key(seed), 0), method)
+      self.decode(mu, jax.random.fold_in(jax.random.key(seed), 0), method=method)
       out[f"time_per_image_{method}"] = (time.perf_counter() - t0) / batch
     return out

@@ -1,11 +1,15 @@
 """--mode=evaluate: every trained autoencoder through the one harness, the score model's
 likelihood, and the pictures; WORKDIR/eval/metrics.json and `eval/...` TensorBoard scalars.
 
-metrics.json has flat keys and float values: `<autoencoder>/<metric>` for each
-autoencoder in autoencoders/registry.py whose stage is trained (the keys are
-listed in vdae/evaluation/harness.py), score_model/bits_per_dim and
-score_model/bpd_solver_steps, classifier_test_accuracy and fid_train_vs_test.
-Files are written by process 0; every process runs the same computation.
+metrics.json has flat keys and float values: `<model>/<protocol>/<metric>` and
+`<model>/<metric>` for each autoencoder in autoencoders/registry.py whose stage
+is trained (the schema is in vdae/evaluation/harness.py and BUILD.md),
+score_model/bits_per_dim and score_model/bpd_solver_steps,
+classifier_test_accuracy and fid_floor_train_vs_test. Pictures:
+eval/<model>_reconstructions.png (originals, then each protocol's rows),
+<model>_samples.png, comparison.png (originals, then each model's `mean`, or
+first, protocol), loss_curves.png. Files are written by process 0; every
+process runs the same computation.
 """
 
 from __future__ import annotations
@@ -84,13 +88,16 @@ def evaluate(config, workdir: str) -> dict[str, float]:
       metrics.update(harness.score_model_bpd(config, score_params, x))
   preemption.exit_if_requested("during evaluation (nothing of it is written yet)")
   originals = r.splits["test"].arrays(32)["image"]
+  shown = "mean" if "mean" in ev.protocols else ev.protocols[0]
   images = {}
   for name, res in results.items():
-    images[f"{name}_reconstructions"] = np.concatenate([originals, res.reconstructions[:32]])
+    images[f"{name}_reconstructions"] = comparison_rows(
+      originals, *(res.reconstructions[p][:32] for p in ev.protocols)
+    )
     images[f"{name}_samples"] = res.samples[:32]
   if len(results) > 1:
     images["comparison"] = comparison_rows(
-      originals, *(res.reconstructions[:32] for res in results.values())
+      originals, *(res.reconstructions[shown][:32] for res in results.values())
     )
   metrics = {k: float(v) for k, v in metrics.items()}
   step = stages.trained_step("stage2", config, workdir) or stages.trained_step(

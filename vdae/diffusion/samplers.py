@@ -235,8 +235,13 @@ class CompiledSampler:
     self._init = jax.jit(lambda args, key, x_init: parts(args)[2][0](key, x_init))
     self._step = jax.jit(lambda args, i, carry: parts(args)[2][1](i, carry), donate_argnums=2)
     self._finish = jax.jit(finish, out_shardings=out_sharding)
+    self._compiled = False
 
   def precompile(self, args, key, x_init=None) -> None:
+    """Compiles for these argument shapes (once: later calls do nothing)."""
+    if self._compiled:
+      return
+    self._compiled = True
     if self.loop == "scan":
       self._whole = self._whole.lower(args, key, x_init).compile()
       return

@@ -1,26 +1,34 @@
 """One evaluation of any `Autoencoder` on the held-out split, and of the score model's likelihood.
 
-`evaluate_autoencoder` gives every autoencoder the same keys, prefixed
-`<name>/` (vdae/commands/evaluate.py writes them to metrics.json):
+`evaluate_autoencoder` gives every autoencoder the same keys (the schema
+users and scripts rely on; vdae/commands/evaluate.py writes them to
+metrics.json, BUILD.md lists them):
 
-  recon_mse, recon_psnr      decode(encode(x)) vs x, x in [-1, 1]; the PSNR
-                             (peak-to-peak 2) is the mean of per-image PSNRs.
-                             Reconstructions are clipped to [-1, 1] first, as
-                             for any image that is saved.
-  rate                       KL(q(z | x) || N(0, I)) in nats per image.
-  recon_class_accuracy       the evaluation classifier (classifier.py) gives
-                             the reconstruction the original's label.
-  recon_fid, sample_fid      Fréchet distance in the classifier's penultimate
-                             features of reconstructions / prior samples
-                             (z ~ N(0, I) decoded) against the whole test split.
-  linear_probe_accuracy      logistic regression on the codes, fit on the
-                             whole train split, scored on test.
-  time_per_image             seconds per decoded image at eval.batch_size,
-                             compile time excluded.
-  ...                        plus the autoencoder's own `extra_metrics`.
+  <model>/<protocol>/<metric>   for each decode protocol in eval.protocols:
+      sample   one stochastic decode of the posterior-mean code;
+      mode     the deterministic decode (the model's mode / PF ODE from the
+               prior's mean noise);
+      mean     the average of eval.mean_decodes stochastic decodes, an
+               estimate of E[x | z] (exact where the model has it in closed
+               form);
+    metrics: l2 (mean over images of ||x_hat - x||_2 on [0, 1] images, with
+    l2_ci_low / l2_ci_high), mse (on [0, 1]), psnr (mean of per-image PSNRs),
+    class_accuracy (the evaluation classifier gives the reconstruction the
+    original's label), recon_fid (with recon_fid_ci_low / _high),
+    time_per_image (seconds per decoded image at eval.batch_size, compile
+    excluded). Reconstructions are clipped to [-1, 1] first.
+  <model>/rate_nats             KL(q(z | x) || N(0, I)), nats per image.
+  <model>/linear_probe_accuracy logistic regression on the codes (fit on all
+                                of train, scored on all of test).
+  <model>/sample_fid            z ~ N(0, I) decoded (protocol sample), with
+                                sample_fid_ci_low / _high and sample_fid_num.
+  <model>/...                   plus the model's own `extra_metrics`
+                                (neg_elbo_bits_per_dim, ...).
 
-Unprefixed: classifier_test_accuracy, fid_train_vs_test (the floor that sample
-sizes this small allow). `score_model_bpd` gives score_model/bits_per_dim: the
+Unprefixed: classifier_test_accuracy, fid_floor_train_vs_test (train images vs
+the test split at the sample-FID's sample size: the floor that size allows).
+Intervals are 95% bootstrap (BCa) intervals over the images (both feature
+sets for FID). `score_model_bpd` gives score_model/bits_per_dim: the
 unconditional score model's PF-ODE likelihood (diffusion/likelihood.py).
 Datasets without labels get the label-free metrics. Every batch comes from
 data/pipeline.py, padded with a mask.
@@ -62,10 +70,12 @@ class Timer:
 
 
 class Judge:
-  """The label-dependent metrics: classifier, features, probe. Empty without labels."""
+  """The metrics of a set of decodes: distortion always; classifier, features and
+  probe when the data has labels."""
 
   def __init__(self, config, workdir: str, splits: dict[str, sources.Split]):
     self.config = config
+    self.resamples, self.seed = config.eval.bootstrap_resamples, config.seed
     self.labelled = splits["train"].has_labels and splits["test"].has_labels
     self.metrics: dict[str, float] = {}
     if not self.labelled:
@@ -78,26 +88,38 @@ class Judge:
     _, train_feats = self.predict(splits["train"].arrays(n)["image"])
     self.metrics = {
       "classifier_test_accuracy": float(meta["test_accuracy"]),
-      "fid_train_vs_test": metrics.fid_from_features(train_feats, self.test_feats),
+      "fid_floor_train_vs_test": metrics.fid_from_features(train_feats, self.test_feats),
     }
 
+  def _fid(self, feats: np.ndarray, key: str) -> dict[str, float]:
+    out = {key: metrics.fid_from_features(feats, self.test_feats)}
+    if self.resamples:
+      lo, hi = metrics.fid_interval(feats, self.test_feats, self.seed, self.resamples)
+      out[f"{key}_ci_low"], out[f"{key}_ci_high"] = lo, hi
+    return out
+
   def recon(self, x: np.ndarray, rec: np.ndarray, labels: np.ndarray | None) -> dict:
+    """Distortion (and, with labels, perception) of reconstructions rec of x [N, ...]."""
     rec = np.clip(rec, -1.0, 1.0)
+    l2 = metrics.l2_per_image(rec, x)
     out = {
-      "recon_mse": float(np.mean(np.square(rec - x))),
-      "recon_psnr": float(np.mean(metrics.psnr(rec, x))),
+      "l2": float(np.mean(l2)),
+      "mse": float(np.mean(np.square(0.5 * (rec - x)))),
+      "psnr": float(np.mean(metrics.psnr(rec, x))),
     }
+    if self.resamples:
+      out["l2_ci_low"], out["l2_ci_high"] = metrics.mean_interval(l2, self.seed, self.resamples)
     if self.labelled:
       logits, feats = self.predict(rec)
-      out["recon_class_accuracy"] = float(np.mean(logits.argmax(-1) == labels))
-      out["recon_fid"] = metrics.fid_from_features(feats, self.test_feats)
+      out["class_accuracy"] = float(np.mean(logits.argmax(-1) == labels))
+      out.update(self._fid(feats, "recon_fid"))
     return out
 
   def samples(self, x: np.ndarray) -> dict:
     if not self.labelled:
       return {}
     _, feats = self.predict(np.clip(x, -1.0, 1.0))
-    return {"sample_fid": metrics.fid_from_features(feats, self.test_feats)}
+    return {**self._fid(feats, "sample_fid"), "sample_fid_num": float(len(x))}
 
   def probe(self, train_z, train_y, test_z, test_y) -> dict:
     if not self.labelled:
@@ -111,7 +133,7 @@ class Judge:
 @dataclasses.dataclass
 class Result:
   metrics: dict[str, float]  # prefixed `<name>/`
-  reconstructions: np.ndarray  # [N, H, W, C] of the evaluated test images
+  reconstructions: dict[str, np.ndarray]  # protocol -> [N, H, W, C] of the test images
   samples: np.ndarray  # [num_samples, H, W, C] decoded prior draws
 
 
@@ -127,9 +149,11 @@ def _encode_split(ae: Autoencoder, split: sources.Split, batch: int, limit=None)
   return tuple(np.concatenate(a) for a in (codes, rates, labels, images))
 
 
-def _decode_all(ae: Autoencoder, z: np.ndarray, batch: int, seed: int) -> tuple[np.ndarray, float]:
-  """x decoded from z [N, L] in padded batches (batch i keyed fold_in(seed, i));
-  returns (x, seconds spent decoding)."""
+def _decode_all(
+  ae: Autoencoder, z: np.ndarray, batch: int, seed: int, protocol: str
+) -> tuple[np.ndarray, float]:
+  """x decoded from z [N, L] with `protocol` in padded batches (batch i keyed
+  fold_in(seed, i)); returns (x, seconds spent decoding)."""
   seconds, counter = 0.0, iter(range(len(z)))
 
   def one(zb):
@@ -137,11 +161,39 @@ def _decode_all(ae: Autoencoder, z: np.ndarray, batch: int, seed: int) -> tuple[
     preemption.exit_if_requested("during evaluation (nothing of it is written yet)")
     key = jax.random.fold_in(jax.random.key(seed), next(counter))
     t0 = time.perf_counter()
-    out = ae.decode(zb, key)
+    out = ae.decode(zb, key, protocol)
     seconds += time.perf_counter() - t0
     return out
 
   return pipeline.map_batched(one, z, batch), seconds
+
+
+def decode_protocols(ae: Autoencoder, z: np.ndarray, config) -> dict[str, tuple[np.ndarray, float]]:
+  """protocol -> (decodes of z [N, L], seconds per image) for each of eval.protocols.
+
+  `mean` averages eval.mean_decodes `sample` decodes (the first is the `sample`
+  protocol's own, so it costs K - 1 more), unless the model knows E[x | z]."""
+  ev, seed = config.eval, config.seed
+  padded = math.ceil(len(z) / ev.batch_size) * ev.batch_size
+  out, draws = {}, []
+
+  def draw(i: int) -> tuple[np.ndarray, float]:
+    while len(draws) <= i:
+      draws.append(_decode_all(ae, z, ev.batch_size, seed + 1000 * len(draws), "sample"))
+    return draws[i]
+
+  for protocol in ev.protocols:
+    ae.compile_decode(np.zeros((ev.batch_size, ae.latent_dim), np.float32), protocol)
+    if protocol == "sample":
+      x, secs = draw(0)
+    elif protocol == "mean" and not ae.exact_mean:
+      parts = [draw(i) for i in range(ev.mean_decodes)]
+      x = np.mean([p[0] for p in parts], axis=0)
+      secs = sum(p[1] for p in parts)
+    else:  # "mode", or the exact mean (== "mode" for a Gaussian decoder)
+      x, secs = _decode_all(ae, z, ev.batch_size, seed, "mode" if protocol == "mean" else protocol)
+    out[protocol] = (x, secs / padded)
+  return out
 
 
 def evaluate_autoencoder(
@@ -151,13 +203,15 @@ def evaluate_autoencoder(
   ev, seed = config.eval, config.seed
   test = splits["test"]
   mu, rates, labels, x = _encode_split(ae, test, ev.batch_size, ev.num_test or None)
-  ae.compile_decode(np.zeros((ev.batch_size, ae.latent_dim), np.float32))
-  rec, secs = _decode_all(ae, mu, ev.batch_size, seed)
-  out = judge.recon(x, rec, labels if test.has_labels else None)
-  out["rate"] = float(np.mean(rates))
-  out["time_per_image"] = secs / (math.ceil(len(mu) / ev.batch_size) * ev.batch_size)
+  out, recs = {}, {}
+  for protocol, (rec, secs) in decode_protocols(ae, mu, config).items():
+    recs[protocol] = rec
+    for k, v in judge.recon(x, rec, labels if test.has_labels else None).items():
+      out[f"{protocol}/{k}"] = v
+    out[f"{protocol}/time_per_image"] = secs
+  out["rate_nats"] = float(np.mean(rates))
   z = np.asarray(jax.random.normal(jax.random.key(seed + 1), (ev.num_samples, ae.latent_dim)))
-  samples, _ = _decode_all(ae, z, ev.batch_size, seed + 2)
+  samples, _ = _decode_all(ae, z, ev.batch_size, seed + 2, "sample")
   out.update(judge.samples(samples))
   out.update(ae.extra_metrics(x, ev.batch_size, seed))
   if judge.labelled:  # the probe is fit on all of train and scored on all of test
@@ -166,7 +220,7 @@ def evaluate_autoencoder(
     if len(mu) < len(test):
       test_z, _, test_y, _ = _encode_split(ae, test, ev.batch_size)
     out.update(judge.probe(train_z, train_y, test_z, test_y))
-  return Result({f"{ae.name}/{k}": float(v) for k, v in out.items()}, rec, samples)
+  return Result({f"{ae.name}/{k}": float(v) for k, v in out.items()}, recs, samples)
 
 
 def score_model_bpd(config, score_params, x: np.ndarray) -> dict[str, float]:

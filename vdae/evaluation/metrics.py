@@ -1,4 +1,5 @@
-"""The metrics of an evaluation (owned here): Fréchet distance, PSNR, the linear probe.
+"""The metrics of an evaluation (owned here): Fréchet distance, PSNR, per-image L2,
+bootstrap intervals, the linear probe.
 
 Fréchet distance between two sets of features (FID when the features are a
 classifier's penultimate activations):
@@ -53,6 +54,46 @@ def frechet_distance(
 def fid_from_features(a: np.ndarray, b: np.ndarray) -> float:
   """Fréchet distance between feature sets a [N, F] and b [M, F]."""
   return frechet_distance(*feature_stats(a), *feature_stats(b))
+
+
+def l2_per_image(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+  """||x - y||_2 per image [N] of x, y [N, ...] in [-1, 1], measured on [0, 1] images
+  (the paper's reconstruction metric)."""
+  d = 0.5 * (np.asarray(x, np.float64) - np.asarray(y, np.float64))
+  return np.sqrt(np.sum(np.square(d).reshape(len(d), -1), axis=-1))
+
+
+def _bootstrap(data, statistic, seed: int, resamples: int, vectorized: bool):
+  from scipy import stats
+
+  res = stats.bootstrap(
+    data,
+    statistic,
+    n_resamples=resamples,
+    paired=False,
+    vectorized=vectorized,
+    confidence_level=0.95,
+    method="BCa",  # corrects the bias of small-sample FID, which the percentile method doubles
+    rng=np.random.default_rng(seed),
+  )
+  lo, hi = res.confidence_interval
+  return float(lo), float(hi)
+
+
+def mean_interval(values: np.ndarray, seed: int, resamples: int = 1000) -> tuple[float, float]:
+  """95% bootstrap (BCa) interval of the mean of values [N]."""
+  v = np.asarray(values, np.float64)
+  if len(v) < 2 or np.ptp(v) == 0:
+    return float(np.mean(v)), float(np.mean(v))
+  return _bootstrap((v,), lambda a, axis: np.mean(a, axis=axis), seed, resamples, True)
+
+
+def fid_interval(a: np.ndarray, b: np.ndarray, seed: int, resamples: int = 1000):
+  """95% bootstrap (BCa) interval of the Fréchet distance of feature sets a [N, F] and
+  b [M, F], both resampled (both are finite samples of their distributions)."""
+  ia, ib = np.arange(len(a)), np.arange(len(b))
+  stat = lambda i, j: fid_from_features(a[i], b[j])
+  return _bootstrap((ia, ib), stat, seed, resamples, False)
 
 
 def psnr(x: np.ndarray, y: np.ndarray, peak_to_peak: float = 2.0) -> np.ndarray:

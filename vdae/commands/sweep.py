@@ -1,0 +1,177 @@
+"""--mode=sweep: the rate-distortion-perception sweep of the VDAE and the VAE over a beta grid.
+
+Stage 1 is trained once in WORKDIR (or found there). Each point (model, beta,
+seed) trains its own stage in WORKDIR/sweep/<model>_beta<beta>_seed<seed>/
+(the VDAE's encoder against WORKDIR's score model) and is evaluated through
+the one harness with the classifier of WORKDIR. A finished point is not
+redone, so a stopped sweep resumes. Written:
+
+  WORKDIR/sweep/points.json         one record per point: model, beta, seed and
+                                    every metric of the harness (unprefixed)
+  WORKDIR/sweep/rate_distortion.png distortion (per-image L2, each protocol),
+                                    perception (recon FID) and recon class
+                                    accuracy against rate (KL nats), both models
+  WORKDIR/sweep/table.md            the points, and the pairs at matched rate
+                                    (KL within sweep.match_tolerance)
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import jax
+
+from vdae.autoencoders.registry import AUTOENCODERS
+from vdae.commands import evaluate
+from vdae.evaluation import harness
+from vdae.io import files
+from vdae.io.errors import ConfigError
+from vdae.training import preemption, stages
+
+log = logging.getLogger(__name__)
+
+BETA_KEY = {"vdae": "stage2", "vae": "vae"}  # the group whose beta_kl the sweep sets
+
+
+def point_config(config, workdir: str, model: str, beta: float, seed: int):
+  """The config of one point: its seed and beta; the VDAE's score model is WORKDIR's."""
+  cfg = config.copy_and_resolve_references()
+  with cfg.unlocked():
+    cfg.seed = seed
+    cfg[BETA_KEY[model]].beta_kl = float(beta)
+    cfg.stage2.stage1_workdir = os.path.abspath(config.stage2.stage1_workdir or workdir)
+  return cfg
+
+
+def point_dir(workdir: str, model: str, beta: float, seed: int) -> str:
+  return os.path.join(workdir, "sweep", f"{model}_beta{beta:g}_seed{seed}")
+
+
+def _points(config):
+  sw = config.sweep
+  for model in sw.models:
+    for beta in sw[f"{model}_betas"]:
+      for seed in sw.seeds:
+        yield model, float(beta), int(seed)
+
+
+def matched_pairs(points: list[dict], tolerance: float) -> list[tuple[dict, dict]]:
+  """(vdae point, vae point) pairs of one seed whose rates differ by at most
+  `tolerance` of the VAE's: the comparisons at matched rate."""
+  out = []
+  for a in points:
+    for b in points:
+      if a["model"] == "vdae" and b["model"] == "vae" and a["seed"] == b["seed"]:
+        if abs(a["rate_nats"] - b["rate_nats"]) <= tolerance * b["rate_nats"]:
+          out.append((a, b))
+  return out
+
+
+def table(points: list[dict], protocols, tolerance: float) -> str:
+  cols = ["model", "beta", "seed", "rate_nats"]
+  cols += [f"{p}/l2" for p in protocols] + [f"{p}/recon_fid" for p in protocols]
+  cols += [f"{p}/class_accuracy" for p in protocols] + ["linear_probe_accuracy", "sample_fid"]
+  fmt = lambda v: f"{v:.4g}" if isinstance(v, float) else str(v)
+  lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+  lines += ["| " + " | ".join(fmt(p.get(c, float("nan"))) for c in cols) + " |" for p in points]
+  pairs = matched_pairs(points, tolerance)
+  lines += ["", f"Pairs at matched rate (KL within {tolerance:.0%}):", ""]
+  if not pairs:
+    lines.append("none: widen sweep.vdae_betas / sweep.vae_betas")
+  for a, b in pairs:
+    lines.append(
+      f"- seed {a['seed']}: vdae beta {a['beta']:g} ({a['rate_nats']:.1f} nats) vs vae beta "
+      f"{b['beta']:g} ({b['rate_nats']:.1f} nats)"
+    )
+  return "\n".join(lines) + "\n"
+
+
+def plot(points: list[dict], protocols, path: str) -> str:
+  import matplotlib
+
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  panels = [("l2", "per-image L2 ([0, 1] images)"), ("recon_fid", "recon FID")]
+  panels.append(("class_accuracy", "recon class accuracy"))
+  fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4))
+  styles = {"sample": ":", "mode": "--", "mean": "-"}
+  colours = {"vdae": "tab:blue", "vae": "tab:orange"}
+  for ax, (metric, title) in zip(axes, panels, strict=True):
+    for model in sorted({p["model"] for p in points}):
+      for protocol in protocols:
+        pts = sorted(
+          (p["rate_nats"], p[f"{protocol}/{metric}"])
+          for p in points
+          if p["model"] == model and f"{protocol}/{metric}" in p
+        )
+        if pts:
+          r, v = zip(*pts, strict=True)
+          ax.plot(
+            r,
+            v,
+            styles.get(protocol, "-"),
+            marker="o",
+            color=colours.get(model),
+            label=f"{model} {protocol}",
+          )
+    ax.set_xscale("log")
+    ax.set_xlabel("rate: KL(q(z|x) || N(0, I)), nats per image")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+  axes[0].legend(fontsize=8)
+  fig.tight_layout()
+  files.ensure_writable_dir(os.path.dirname(path))
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+  return path
+
+
+def sweep(config, workdir: str) -> list[dict]:
+  """Trains and evaluates every point of the sweep (resuming); returns the points."""
+  sw = config.sweep
+  bad = [m for m in sw.models if m not in BETA_KEY]
+  if bad or any(not sw[f"{m}_betas"] or min(sw[f"{m}_betas"]) < 0 for m in sw.models):
+    raise ConfigError(
+      f"sweep.models={tuple(sw.models)}: models are some of {', '.join(BETA_KEY)}, each "
+      "with a non-empty sweep.<model>_betas of values >= 0"
+    )
+  ctx = stages.context(config, workdir)
+  stages.check_shapes(["stage1", "stage2", "vae"], config, ctx.image_shape)
+  if not config.stage2.stage1_workdir:  # else the score model is that workdir's, trained
+    stages.train("stage1", config, workdir, ctx.mesh, ctx.splits)
+  with harness.Timer("classifier"):
+    judge = harness.Judge(config, workdir, ctx.splits)
+  points = []
+  for model, beta, seed in _points(config):
+    preemption.exit_if_requested(f"before the sweep point {model} beta {beta:g} seed {seed}")
+    cfg, sub = (
+      point_config(config, workdir, model, beta, seed),
+      point_dir(workdir, model, beta, seed),
+    )
+    entry = AUTOENCODERS[model]
+    done = os.path.join(sub, "eval", "metrics.json")
+    if (
+      files.exists(done)
+      and stages.trained_step(entry.stage, cfg, sub) >= cfg[entry.stage].num_steps
+    ):
+      metrics = files.read_json(done)
+      log.info("sweep: %s beta %g seed %d already evaluated", model, beta, seed)
+    else:
+      stages.train(entry.stage, cfg, sub, ctx.mesh, ctx.splits)
+      with harness.Timer(f"sweep point {model} beta {beta:g} seed {seed}"):
+        ae = entry.load(cfg, sub, ctx.mesh, ctx.image_shape)
+        metrics = harness.evaluate_autoencoder(ae, cfg, judge, ctx.splits).metrics
+      evaluate.write_metrics(sub, metrics, stages.trained_step(entry.stage, cfg, sub))
+    prefix = f"{model}/"
+    record = {k[len(prefix) :]: v for k, v in metrics.items() if k.startswith(prefix)}
+    points.append({"model": model, "beta": beta, "seed": seed, **record})
+  if jax.process_index() == 0:
+    out = os.path.join(workdir, "sweep")
+    files.write_json(os.path.join(out, "points.json"), points)
+    text = table(points, config.eval.protocols, config.sweep.match_tolerance)
+    files.write_bytes(os.path.join(out, "table.md"), text.encode())
+    plot(points, config.eval.protocols, os.path.join(out, "rate_distortion.png"))
+    log.info("sweep -> %s\n%s", out, text)
+  return points
