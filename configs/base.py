@@ -158,6 +158,7 @@ def get_config() -> ml_collections.ConfigDict:
   ev.bootstrap_resamples = 1000  # 95% intervals on L2 and FID (0 = none)
   ev.timing_methods = ("em", "pc", "ode")  # vdae/time_per_image_<method> ("" entries skipped)
   ev.bpd_num_images = 16  # test images for bits_per_dim (0 = skip it)
+  ev.elbo_num_images = 16  # test images for the VDAE's neg_elbo_bits_per_dim (0 = skip it)
   ev.bpd_solver = one_of("eval.bpd_solver", "tsit5", ("tsit5", "dopri5"))  # diffrax, adaptive
   ev.bpd_rtol = 1e-3  # digits: 5e-4 bits/dim from 1e-5, at a sixth of the solver steps
   ev.bpd_atol = 1e-3

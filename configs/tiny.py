@@ -34,6 +34,7 @@ def get_config():
   c.eval.num_samples = 16
   c.eval.batch_size = 8
   c.eval.bpd_num_images = 4
+  c.eval.elbo_num_images = 0  # a few-step encoder's conditional ODE is stiff: slow to solve
   c.eval.mean_decodes = 2
   c.eval.mode_num_steps = 2
   c.eval.bootstrap_resamples = 100

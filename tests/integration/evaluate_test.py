@@ -58,6 +58,7 @@ def tiny_run(tmp_path_factory):
   # The 4-step encoder's conditional score is stiff: its PF-ODE likelihood (neg ELBO)
   # takes ~1.4k adaptive steps, near the 2k default cap (NaN past it).
   config.eval.bpd_max_steps = 8000
+  config.eval.elbo_num_images = 2
   workdir = str(tmp_path_factory.mktemp("tiny_eval"))
   for name in stages.STAGES:
     stages.train(name, config, workdir)

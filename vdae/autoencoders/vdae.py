@@ -188,13 +188,13 @@ class VDAE(Autoencoder):
     return float(np.nanmean(vals)) if np.any(np.isfinite(vals)) else float("nan")
 
   def extra_metrics(self, test_images, batch, seed):
-    """neg_elbo_bits_per_dim on the first eval.bpd_num_images test images, and
+    """neg_elbo_bits_per_dim on the first eval.elbo_num_images test images, and
     time_per_image_<method>: seconds per image of one batch of reconstructions
     with each of eval.timing_methods other than sampling.method (compile excluded)."""
     out = {}
-    if self.config.eval.bpd_num_images:
+    if self.config.eval.elbo_num_images:
       out["neg_elbo_bits_per_dim"] = self.neg_elbo_bits_per_dim(
-        test_images[: self.config.eval.bpd_num_images], seed
+        test_images[: self.config.eval.elbo_num_images], seed
       )
     mu = pipeline.pad_batch({"z": self.encode(test_images[:batch])}, batch)["z"]
     for method in self.config.eval.timing_methods:
