@@ -64,20 +64,32 @@ def l2_per_image(x: np.ndarray, y: np.ndarray) -> np.ndarray:
 
 
 def _bootstrap(data, statistic, seed: int, resamples: int, vectorized: bool):
+  import warnings
+
   from scipy import stats
 
-  res = stats.bootstrap(
-    data,
-    statistic,
-    n_resamples=resamples,
-    paired=False,
-    vectorized=vectorized,
-    confidence_level=0.95,
-    method="BCa",  # corrects the bias of small-sample FID, which the percentile method doubles
-    rng=np.random.default_rng(seed),
-  )
-  lo, hi = res.confidence_interval
-  return float(lo), float(hi)
+  def run(method: str):
+    with warnings.catch_warnings():
+      warnings.simplefilter("ignore")  # a degenerate BCa is handled below, not printed
+      res = stats.bootstrap(
+        data,
+        statistic,
+        n_resamples=resamples,
+        paired=False,
+        vectorized=vectorized,
+        confidence_level=0.95,
+        method=method,
+        rng=np.random.default_rng(seed),
+      )
+    return tuple(float(v) for v in res.confidence_interval)
+
+  # BCa corrects the bias of small-sample FID, which the percentile method doubles;
+  # where its acceleration is undefined (a degenerate jackknife) the basic interval,
+  # which also corrects for bias, is used instead.
+  lo, hi = run("BCa")
+  if not (np.isfinite(lo) and np.isfinite(hi)):
+    lo, hi = run("basic")
+  return lo, hi
 
 
 def mean_interval(values: np.ndarray, seed: int, resamples: int = 1000) -> tuple[float, float]:
