@@ -245,10 +245,14 @@ class CompiledSampler:
     if self.loop == "scan":
       self._whole = self._whole.lower(args, key, x_init).compile()
       return
-    carry = jax.eval_shape(self._init, args, key, x_init)  # before it becomes AOT-compiled
-    self._init = self._init.lower(args, key, x_init).compile()
-    self._step = self._step.lower(args, jnp.int32(0), carry).compile()
-    self._finish = self._finish.lower(args, carry).compile()
+    # Warm the jit caches by running init, two steps and the finish rather than
+    # AOT-compiling them: the step's output may be laid out unlike init's (a
+    # replicated x_init vs fresh noise under fsdp), and jit then compiles both
+    # layouts here instead of failing on the second call.
+    carry = self._init(args, key, x_init)
+    for i in range(min(2, self.num_steps)):
+      carry = self._step(args, jnp.int32(i), carry)
+    jax.block_until_ready(self._finish(args, carry))
 
   def __call__(self, args, key, x_init=None) -> Array:
     if self.loop == "scan":
