@@ -19,8 +19,6 @@ PER_PROTOCOL = (
   "psnr",
   "class_accuracy",
   "recon_fid",
-  "recon_fid_ci_low",
-  "recon_fid_ci_high",
   "time_per_image",
 )
 PER_MODEL = (

@@ -117,6 +117,8 @@ def plot(points: list[dict], protocols, path: str) -> str:
             label=f"{model} {protocol}",
           )
     ax.set_xscale("log")
+    if metric.endswith("fid"):  # from ~3 (sharp) to ~1000 (a collapsed code's one blur)
+      ax.set_yscale("log")
     ax.set_xlabel("rate: KL(q(z|x) || N(0, I)), nats per image")
     ax.set_title(title)
     ax.grid(alpha=0.3)

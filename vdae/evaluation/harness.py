@@ -14,7 +14,7 @@ metrics.json, BUILD.md lists them):
     metrics: l2 (mean over images of ||x_hat - x||_2 on [0, 1] images, with
     l2_ci_low / l2_ci_high), mse (on [0, 1]), psnr (mean of per-image PSNRs),
     class_accuracy (the evaluation classifier gives the reconstruction the
-    original's label), recon_fid (with recon_fid_ci_low / _high),
+    original's label), recon_fid,
     time_per_image (seconds per decoded image at eval.batch_size, compile
     excluded). Reconstructions are clipped to [-1, 1] first.
   <model>/rate_nats             KL(q(z | x) || N(0, I)), nats per image.
@@ -27,8 +27,9 @@ metrics.json, BUILD.md lists them):
 
 Unprefixed: classifier_test_accuracy, fid_floor_train_vs_test (train images vs
 the test split at the sample-FID's sample size: the floor that size allows).
-Intervals are 95% bootstrap (BCa) intervals over the images (both feature
-sets for FID). `score_model_bpd` gives score_model/bits_per_dim: the
+Intervals are 95% bootstrap (BCa) intervals: over the images for L2; for
+sample FID over the draws and the test split, each on its own. Recon FID has
+none (see Judge.recon). `score_model_bpd` gives score_model/bits_per_dim: the
 unconditional score model's PF-ODE likelihood (diffusion/likelihood.py).
 Datasets without labels get the label-free metrics. Every batch comes from
 data/pipeline.py, padded with a mask.
@@ -91,9 +92,9 @@ class Judge:
       "fid_floor_train_vs_test": metrics.fid_from_features(train_feats, self.test_feats),
     }
 
-  def _fid(self, feats: np.ndarray, key: str) -> dict[str, float]:
+  def _fid(self, feats: np.ndarray, key: str, interval: bool) -> dict[str, float]:
     out = {key: metrics.fid_from_features(feats, self.test_feats)}
-    if self.resamples:
+    if interval and self.resamples:
       lo, hi = metrics.fid_interval(feats, self.test_feats, self.seed, self.resamples)
       out[f"{key}_ci_low"], out[f"{key}_ci_high"] = lo, hi
     return out
@@ -112,14 +113,17 @@ class Judge:
     if self.labelled:
       logits, feats = self.predict(rec)
       out["class_accuracy"] = float(np.mean(logits.argmax(-1) == labels))
-      out.update(self._fid(feats, "recon_fid"))
+      # No interval: reconstructions are paired with the test images they compare
+      # with, and neither independent nor paired resampling gives an interval that
+      # holds the estimate (independent: below zero; paired: above it).
+      out.update(self._fid(feats, "recon_fid", interval=False))
     return out
 
   def samples(self, x: np.ndarray) -> dict:
     if not self.labelled:
       return {}
     _, feats = self.predict(np.clip(x, -1.0, 1.0))
-    return {**self._fid(feats, "sample_fid"), "sample_fid_num": float(len(x))}
+    return {**self._fid(feats, "sample_fid", interval=True), "sample_fid_num": float(len(x))}
 
   def probe(self, train_z, train_y, test_z, test_y) -> dict:
     if not self.labelled:
