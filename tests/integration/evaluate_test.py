@@ -63,7 +63,7 @@ def tiny_run(tmp_path_factory):
   return config, workdir, evaluate.evaluate(config, workdir)
 
 
-@pytest.mark.timeout(240)
+@pytest.mark.timeout(600)  # includes the module fixture: three stages trained, then evaluated
 def test_evaluate_writes_every_metric(tiny_run):
   _, workdir, metrics = tiny_run
   assert set(metrics) == KEYS
@@ -112,7 +112,7 @@ def test_vae_checkpoint_with_another_decoder_fails_clearly(tiny_run):
     stages.load_stage("vae", other, workdir, sharding.make_mesh(other.mesh), (8, 8, 1))
 
 
-@pytest.mark.timeout(400)
+@pytest.mark.timeout(900)
 def test_sweep_trains_and_evaluates_each_point_and_resumes(tiny_run):
   """Two betas per model on the tiny run's score model: one record per point with the
   harness's keys, the figure and the table; a second call redoes nothing."""
