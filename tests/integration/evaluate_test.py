@@ -136,7 +136,7 @@ def test_sweep_trains_and_evaluates_each_point_and_resumes(tiny_run):
     lo, hi = (p["rate_nats"] for p in points if p["model"] == model)
     assert hi < lo, (model, lo, hi)
   out = os.path.join(workdir, "sweep")
-  for name in ("points.json", "table.md", "rate_distortion.png"):
+  for name in ("points.json", "judge.json", "table.md", "rate_distortion.png"):
     assert os.path.exists(os.path.join(out, name)), name
   assert os.path.exists(os.path.join(out, "vdae_beta0.5_seed0", "stage2", "checkpoints"))
   again = sweep.sweep(config, workdir)

@@ -8,6 +8,7 @@ redone, so a stopped sweep resumes. Written:
 
   WORKDIR/sweep/points.json         one record per point: model, beta, seed and
                                     every metric of the harness (unprefixed)
+  WORKDIR/sweep/judge.json          classifier_test_accuracy, fid_floor_train_vs_test
   WORKDIR/sweep/rate_distortion.png distortion (per-image L2, each protocol),
                                     perception (recon FID) and recon class
                                     accuracy against rate (KL nats), both models
@@ -172,6 +173,7 @@ def sweep(config, workdir: str) -> list[dict]:
   if jax.process_index() == 0:
     out = os.path.join(workdir, "sweep")
     files.write_json(os.path.join(out, "points.json"), points)
+    files.write_json(os.path.join(out, "judge.json"), judge.metrics)  # the FID floor
     text = table(points, config.eval.protocols, config.sweep.match_tolerance)
     files.write_bytes(os.path.join(out, "table.md"), text.encode())
     plot(points, config.eval.protocols, os.path.join(out, "rate_distortion.png"))
