@@ -98,9 +98,10 @@ def plot(points: list[dict], protocols, path: str) -> str:
   panels.append(("class_accuracy", "recon class accuracy"))
   fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4))
   styles = {"sample": ":", "mode": "--", "mean": "-"}
-  colours = {"vdae": "tab:blue", "vae": "tab:orange"}
+  models = sorted({p["model"] for p in points}, key=lambda m: (m != "vdae", m != "vae", m))
+  colours = {m: f"C{i}" for i, m in enumerate(models)}  # one colour per model, styles per protocol
   for ax, (metric, title) in zip(axes, panels, strict=True):
-    for model in sorted({p["model"] for p in points}):
+    for model in models:
       for protocol in protocols:
         pts = sorted(
           (p["rate_nats"], p[f"{protocol}/{metric}"])
