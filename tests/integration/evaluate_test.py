@@ -131,10 +131,12 @@ def test_sweep_trains_and_evaluates_each_point_and_resumes(tiny_run):
   ]
   for p in points:
     assert p["rate_nats"] > 0 and np.isfinite(p["mode/l2"]) and "sample/l2" not in p
-  # A larger beta buys a smaller rate (same seed, same steps).
+  # Each point trained with its own beta: same seed, same init, same data order, so
+  # an ignored override would make the two points' rates bit-identical. (Which way the
+  # rate moves after 4 Adam steps is not a property worth asserting.)
   for model in ("vdae", "vae"):
-    lo, hi = (p["rate_nats"] for p in points if p["model"] == model)
-    assert hi < lo, (model, lo, hi)
+    a, b = (p["rate_nats"] for p in points if p["model"] == model)
+    assert a != b, (model, a, b)
   out = os.path.join(workdir, "sweep")
   for name in ("points.json", "judge.json", "table.md", "rate_distortion.png"):
     assert os.path.exists(os.path.join(out, name)), name
