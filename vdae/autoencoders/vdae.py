@@ -164,11 +164,7 @@ class VDAE(Autoencoder):
         # Hutchinson always: div c is the trace of the encoder's Hessian in x_t,
         # D forward-over-reverse passes per call if exact (60x the cost on digits).
         exact_max_dim=0,
-        probes=ev.hutchinson_probes,
-        rtol=ev.bpd_rtol,
-        atol=ev.bpd_atol,
-        solver=ev.bpd_solver,
-        max_steps=ev.bpd_max_steps,
+        **likelihood.solver_options(ev),
       )
       elbo = logp - correction.kl_standard_normal(mu, lv)
       return likelihood.bits_per_dim(elbo, d, levels)

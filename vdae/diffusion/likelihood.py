@@ -122,6 +122,18 @@ def log_likelihood(
   return jnp.where(ok, logp, jnp.nan), stats
 
 
+def solver_options(ev) -> dict:
+  """log_likelihood's solver keywords from the `eval` config group (one place for
+  every caller: the score model's bits/dim and the VDAE's -ELBO)."""
+  return dict(
+    probes=ev.hutchinson_probes,
+    rtol=ev.bpd_rtol,
+    atol=ev.bpd_atol,
+    solver=ev.bpd_solver,
+    max_steps=ev.bpd_max_steps,
+  )
+
+
 def dequantize(x: Array, levels: int, key: Array) -> Array:
   """Uniform noise over each value's bin: x + Delta (u - 1/2), Delta = 2 / (levels - 1)."""
   delta = 2.0 / (levels - 1)

@@ -246,11 +246,7 @@ def score_model_bpd(config, score_params, x: np.ndarray) -> dict[str, float]:
       sde,
       k_probe,
       exact_max_dim=ev.exact_trace_max_dim,
-      probes=ev.hutchinson_probes,
-      rtol=ev.bpd_rtol,
-      atol=ev.bpd_atol,
-      solver=ev.bpd_solver,
-      max_steps=ev.bpd_max_steps,
+      **likelihood.solver_options(ev),
     )
     d = math.prod(xb.shape[1:])
     return likelihood.bits_per_dim(logp, d, levels), stats["num_steps"]
