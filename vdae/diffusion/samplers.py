@@ -1,4 +1,5 @@
-"""Reverse-time samplers: Euler-Maruyama, predictor-corrector, probability-flow ODE, Heun.
+"""Reverse-time samplers: Euler-Maruyama, predictor-corrector, probability-flow ODE, Heun,
+DPM-Solver++(2M); and the deterministic ones run forwards (x_0 -> x_1, inversion).
 
 All are driven by a noise-prediction function eps(x, t, temb) and an optional
 latent-correction score c(x, t) (stage 2: s = -eps / sigma + c). Each em / pc /
@@ -8,6 +9,15 @@ embedding of the next time for the next network call. "heun" is EDM's
 deterministic 2nd-order sampler (Karras et al. 2022, Alg. 1) on the rho = 7
 noise grid, in the scaled variable x / alpha(t) where the PF ODE is
 d(x / alpha) / d(sigma / alpha) = eps_c: two network calls a step, no fused step.
+"dpmpp_2m" is DPM-Solver++(2M) (Lu et al. 2022, arXiv 2211.01095, Alg. 2): the PF
+ODE solved exactly in its linear part in the log-SNR lambda = log(alpha / sigma),
+with the data prediction x0 = (x - sigma eps_c) / alpha extrapolated linearly
+from the last two steps; one network call a step on a grid uniform in lambda.
+Its update is not the fused step's (which is Euler's), so it does not use it.
+
+`invert=True` runs heun / dpmpp_2m on the reversed grid, from x_eps to x_1: the
+PF ODE's encoding of x_0 (Diff-AE's stochastic code x_T), which decoding with the
+same solver and grid carries back to x_0.
 
 Shapes: x [B, H, W, C]; the step works on the flattened [B, D] view.
 """
@@ -68,14 +78,21 @@ def _sampler_parts(
   snr: float,
   corrector_steps: int,
   kernel: str,
+  invert: bool = False,
 ):
-  """(init(key, x_init) -> carry, body(i, carry) -> carry) of one sampler run."""
+  """(init(key, x_init) -> carry, body(i, carry) -> carry) of one sampler run.
+
+  The carry is (x, aux, key): aux is the next step's time embedding (em / pc /
+  ode), the previous data prediction (dpmpp_2m), or unused (heun)."""
   schema.require("sampling.method", method)
   b = shape[0]
-  if method == "heun":
-    ts = karras_times(sde, num_steps)
-  else:
-    ts = jnp.linspace(1.0, sde.eps, num_steps + 1)
+  ts = time_grid(sde, method, num_steps)
+  if invert:
+    if method not in INVERTIBLE:
+      raise ValueError(
+        f"invert needs a deterministic solver ({', '.join(INVERTIBLE)}), not {method!r}"
+      )
+    ts = ts[::-1]
   dt = (1.0 - sde.eps) / num_steps
   corr = corr_fn if corr_fn is not None else (lambda x, t: None)
 
@@ -94,6 +111,24 @@ def _sampler_parts(
     d1 = eps_c(a1 * (xs + dsig * d0), t1, None)
     return a1 * (xs + 0.5 * dsig * (d0 + d1)), temb, key
 
+  lam = sde_lib.log_snr(sde, ts)
+  lower_final = num_steps < 15  # DPM-Solver's advice: 1st order last step at few steps
+
+  def dpmpp_2m(i, carry):
+    x, x0_prev, key = carry
+    t0, t1 = jnp.full((b,), ts[i]), jnp.full((b,), ts[i + 1])
+    (_, s0), (a1, s1) = sde.marginal(t0), sde.marginal(t1)
+    h = lam[i + 1] - lam[i]
+    h_prev = lam[i] - lam[jnp.maximum(i - 1, 0)]
+    eps = eps_c(x, t0, None)
+    x0 = (x - sde_lib.bcast(s0, x) * eps) / sde_lib.bcast(sde.marginal(t0)[0], x)
+    second = (i > 0) & ~(lower_final & (i == num_steps - 1))
+    # D = x0 + (x0 - x0_prev) / (2 r), r = h_prev / h (Alg. 2); x0 itself on the first step.
+    w = jnp.where(second, 0.5 * h / jnp.where(second, h_prev, 1.0), 0.0)
+    d = x0 + w * (x0 - x0_prev)
+    x_next = sde_lib.bcast(s1 / s0, x) * x - sde_lib.bcast(a1 * jnp.expm1(-h), x) * d
+    return x_next, x0, key
+
   def score(x, t, eps):
     s = eps_to_score(eps, sde.marginal(t)[1])
     c = corr(x, t)
@@ -101,13 +136,19 @@ def _sampler_parts(
 
   def init(key, x_init):
     k_init, k_loop = jax.random.split(key)
+    if x_init is None and invert:
+      raise ValueError("invert starts from the data: pass x_init")
     x = sde.prior_sample(k_init, shape) if x_init is None else x_init
+    if method == "dpmpp_2m":
+      return x, jnp.zeros_like(x), k_loop
     temb = sinusoidal(jnp.full((b,), ts[0]), spec.temb_dim, spec.time_scale)
     return x, temb, k_loop
 
   def body(i, carry):
     if method == "heun":
       return heun(i, carry)
+    if method == "dpmpp_2m":
+      return dpmpp_2m(i, carry)
     x, temb, key = carry
     key, k_noise, k_corr = jax.random.split(key, 3)
     t = jnp.full((b,), ts[i])
@@ -131,6 +172,27 @@ def _sampler_parts(
     return x_next.reshape(x.shape), temb_next, key
 
   return init, body
+
+
+INVERTIBLE = ("heun", "dpmpp_2m")  # deterministic solvers that also run x_0 -> x_1
+
+
+def time_grid(sde: sde_lib.SDE, method: str, num_steps: int) -> Array:
+  """The num_steps + 1 times from 1 down to eps each method steps through: Karras's
+  rho = 7 grid for heun, uniform in log-SNR for dpmpp_2m, uniform in t otherwise."""
+  if method == "heun":
+    return karras_times(sde, num_steps)
+  if method == "dpmpp_2m":
+    return logsnr_times(sde, num_steps)
+  return jnp.linspace(1.0, sde.eps, num_steps + 1)
+
+
+def logsnr_times(sde: sde_lib.SDE, num_steps: int) -> Array:
+  """num_steps + 1 times from 1 to eps equally spaced in lambda = log(alpha / sigma)."""
+  top, bottom = sde_lib.log_snr(sde, jnp.array([1.0, sde.eps]))
+  lam = jnp.linspace(top, bottom, num_steps + 1)
+  ts = sde.time_of_noise_level(jnp.exp(-lam))
+  return jnp.clip(ts, sde.eps, 1.0).at[0].set(1.0).at[-1].set(sde.eps)
 
 
 def karras_times(sde: sde_lib.SDE, num_steps: int, rho: float = 7.0) -> Array:
@@ -158,21 +220,25 @@ def sample(
   denoise: bool = True,
   x_init: Array | None = None,
   kernel: str = "auto",
+  invert: bool = False,
 ) -> Array:
   """Draws x_eps from x_1 ~ prior (or `x_init`) by integrating from t=1 to t=eps.
 
   method: "em" Euler-Maruyama reverse SDE, "pc" EM predictor + Langevin
   corrector, "ode" probability-flow ODE (Euler; deterministic given x_init),
-  "heun" the PF ODE by Heun's method on the Karras grid (2 calls a step).
+  "heun" the PF ODE by Heun's method on the Karras grid (2 calls a step),
+  "dpmpp_2m" DPM-Solver++(2M) on the log-SNR grid (1 call a step).
   denoise: final Tweedie step x0 = (x - sigma eps) / alpha at t = eps.
+  invert: integrate the PF ODE from x_init at t = eps up to t = 1 instead
+  (heun / dpmpp_2m; no denoise step).
   One traceable program (a fori_loop): use it inside jit; `compile_sampler`
   is the compiled form with a loop chosen for the backend.
   """
   init, body = _sampler_parts(
-    eps_fn, corr_fn, shape, sde, spec, method, num_steps, snr, corrector_steps, kernel
+    eps_fn, corr_fn, shape, sde, spec, method, num_steps, snr, corrector_steps, kernel, invert
   )
   x, _, _ = jax.lax.fori_loop(0, num_steps, body, init(key, x_init))
-  return tweedie_denoise(eps_fn, x, sde, corr_fn) if denoise else x
+  return tweedie_denoise(eps_fn, x, sde, corr_fn) if denoise and not invert else x
 
 
 def compile_sampler(
@@ -182,13 +248,15 @@ def compile_sampler(
   spec: fused_step.StepSpec,
   shape: tuple[int, ...],
   out_sharding=None,
+  invert: bool = False,
 ) -> Callable[..., Array]:
   """Compiled sampler: f(args, key, x_init=None) -> x [N, H, W, C].
 
   make_fns(args) builds (eps_fn, corr_fn) from the pytree `args` (params, z),
   which are passed, never closed over, so they are not baked into the program.
   sampling.loop: "scan" compiles the whole run as one fori_loop; "python"
-  compiles one step and calls it num_steps times. "auto" picks python on CPU,
+  compiles one step and calls it num_steps times. invert: the PF ODE from
+  x_init = x_0 up to t = 1 (see `sample`). "auto" picks python on CPU,
   where XLA runs convolution input-gradients (the latent-correction score)
   inside a while loop on a path measured 17x slower than outside one, and
   scan elsewhere (no per-step dispatch).
@@ -204,8 +272,10 @@ def compile_sampler(
     snr=sampling_cfg.snr,
     corrector_steps=sampling_cfg.corrector_steps,
     kernel=sampling_cfg.kernel,
+    invert=invert,
   )
-  return CompiledSampler(make_fns, kw, shape, sampling_cfg.denoise, loop, out_sharding)
+  denoise = sampling_cfg.denoise and not invert
+  return CompiledSampler(make_fns, kw, shape, denoise, loop, out_sharding)
 
 
 class CompiledSampler:

@@ -125,6 +125,12 @@ class SDE:
     return bcast(f, x) * x - bcast(w * g2, x) * score_fn(x, t)
 
 
+def log_snr(sde: SDE, t: Array) -> Array:
+  """lambda(t) = log(alpha(t) / sigma(t)), decreasing in t (DPM-Solver's time variable)."""
+  alpha, sigma = sde.marginal(t)
+  return jnp.log(alpha) - jnp.log(sigma)
+
+
 def from_config(cfg) -> SDE:
   """Builds the SDE from the `sde` config group."""
   return SDE(
