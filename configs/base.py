@@ -12,7 +12,7 @@ the up-front check (vdae/schema.py) and the code both read that declaration.
 
 Groups: data, model (score network), sde, encoder (stage-2 network), vae (the
 baseline's networks), one training group per trained stage with the same
-fields (stage1 = score model, stage2 = encoder, vae), loop (what every
+fields (stage1 = score model, stage2 = encoder, prior = latent prior, vae), loop (what every
 stage's loop shares), optim, sampling, eval, mesh, runtime.
 """
 
@@ -100,6 +100,16 @@ def get_config() -> ml_collections.ConfigDict:
   s2.weighting = one_of("stage2.weighting", "none", ("none", "likelihood"))
   s2.encode_split = one_of("stage2.encode_split", "test", ("train", "test"))  # encode/reconstruct
 
+  # The learned latent prior (--mode=train_prior, vdae/latent/prior.py): a residual MLP
+  # diffusion model over the encoder's codes z ~ q(z | x), normalised per dimension.
+  c.prior = pr = _stage(num_steps=4000, batch_size=256, lr=1e-3, image_every=0)
+  pr.width = 512
+  pr.depth = 4  # residual blocks
+  pr.temb_dim = 64
+  # Its sampler (the image model's samplers, on [N, L] codes).
+  pr.sample_method = one_of("prior.sample_method", "pc", ("em", "pc", "ode", "heun", "dpmpp_2m"))
+  pr.sample_num_steps = 200
+
   # Gaussian-likelihood VAE baseline (--mode=train_vae): the stage-2 encoder
   # architecture at t = 0, a mirrored decoder, the same latent size and data.
   c.vae = va = _stage(num_steps=3000, batch_size=128, lr=1e-3, image_every=1000)
@@ -138,7 +148,17 @@ def get_config() -> ml_collections.ConfigDict:
   # "encoder" = z ~ N(0, I) decoded with the latent correction (stage 2),
   # "auto" = the encoder's when stage 2 has a checkpoint.
   sp.source = one_of("sampling.source", "auto", ("auto", "score", "encoder"))
+  # Where the VDAE's prior codes come from (--mode=sample, evaluation's sample_fid):
+  # learned = the latent prior (--mode=train_prior), standard_normal = N(0, I),
+  # auto = learned when it has a checkpoint.
+  sp.latent_prior = one_of("sampling.latent_prior", "auto", ("auto", "learned", "standard_normal"))
   sp.denoise = True  # final Tweedie denoising step at t = eps
+  # --mode=reconstruct decodes from each image's own x_1 (the PF ODE run forwards
+  # with the conditional score at its code: Diff-AE's inversion) instead of fresh
+  # noise; evaluation reports that protocol as `inverted`. Both use this solver.
+  sp.invert = False
+  sp.invert_method = one_of("sampling.invert_method", "dpmpp_2m", ("dpmpp_2m", "heun"))
+  sp.invert_num_steps = 50
   sp.use_ema = True
   # Fused step (see vdae/kernels): auto = Pallas on GPU/TPU, reference on CPU.
   sp.kernel = one_of("sampling.kernel", "auto", ("auto", "pallas", "reference"))
@@ -153,7 +173,8 @@ def get_config() -> ml_collections.ConfigDict:
   ev.batch_size = 64  # decoding batch (the timings are per image at this batch)
   # Decode protocols (vdae/evaluation/harness.py): sample = one stochastic decode,
   # mode = the deterministic decode, mean = the average of mean_decodes samples.
-  ev.protocols = ("sample", "mode", "mean")
+  # inverted = decoded from the image's own PF-ODE noise (the VDAE).
+  ev.protocols = ("sample", "mode", "mean", "inverted")
   ev.mean_decodes = 4
   # The VDAE's mode: a deterministic solver of the PF ODE.
   ev.mode_method = one_of("eval.mode_method", "heun", ("heun", "ode", "dpmpp_2m"))

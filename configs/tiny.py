@@ -40,6 +40,15 @@ def get_config():
   c.eval.bootstrap_resamples = 100
   c.eval.classifier_steps = 100
   c.eval.probe_max_iter = 200
+  c.prior.num_steps = 4
+  c.prior.batch_size = 16
+  c.prior.width = 32
+  c.prior.depth = 1
+  c.prior.warmup_steps = 2
+  c.prior.log_every = 2
+  c.prior.checkpoint_every = 2
+  c.prior.sample_num_steps = 4
+  c.sampling.invert_num_steps = 2
   c.vae.num_steps = 4
   c.vae.batch_size = 16
   c.vae.warmup_steps = 2

@@ -22,6 +22,7 @@ from ml_collections import config_flags
 COMMANDS = {
   "pretrain": "train:pretrain",
   "train_encoder": "train:train_encoder",
+  "train_prior": "train:train_prior",
   "train_vae": "train:train_vae",
   "sample": "sample:sample",
   "encode": "encode:encode",

@@ -45,7 +45,7 @@ STAGE_FIELDS = (
   "image_every",
   "checkpoint_every",
 )
-STAGE_GROUPS = ("stage1", "stage2", "vae")
+STAGE_GROUPS = ("stage1", "stage2", "prior", "vae")
 
 POSITIVE = (
   "encoder.latent_dim",
@@ -58,7 +58,7 @@ POSITIVE = (
 )
 
 
-PROTOCOLS = ("sample", "mode", "mean")  # the decode protocols evaluation reports
+PROTOCOLS = ("sample", "mode", "mean", "inverted")  # the decode protocols evaluation reports
 
 
 def one_of(key: str, default: str, options: Sequence[str]) -> str:

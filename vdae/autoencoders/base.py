@@ -38,6 +38,9 @@ class Autoencoder(abc.ABC):
   # True when decode(z, key, "mode") is E[x | z] itself (a Gaussian decoder's
   # mean): the harness's `mean` protocol then uses it instead of averaging draws.
   exact_mean: bool = False
+  # True when the model can also encode x's decoding noise (`reconstruct_inverted`):
+  # the harness's `inverted` protocol; others skip it.
+  invertible: bool = False
 
   @abc.abstractmethod
   def posterior(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -56,6 +59,20 @@ class Autoencoder(abc.ABC):
     """KL(q(z | x) || N(0, I)) per image [B], in nats."""
     mu, log_var = self.posterior(x)
     return np.asarray(kl_standard_normal(mu, log_var))
+
+  # True when prior_sample draws from a learned prior rather than N(0, I): the
+  # harness then also reports sample_fid_standard_normal.
+  learned_prior: bool = False
+
+  def prior_sample(self, n: int, key: jax.Array, standard_normal: bool = False) -> np.ndarray:
+    """n codes [n, L] from the model's prior (N(0, I) unless it learned one)."""
+    del standard_normal
+    return np.asarray(jax.random.normal(key, (n, self.latent_dim)))
+
+  def reconstruct_inverted(self, x: np.ndarray, z: np.ndarray) -> np.ndarray:
+    """x [B, ...] and its code z [B, L] -> x decoded from z and x's own encoded
+    noise (the `inverted` protocol; deterministic). Only where `invertible`."""
+    raise NotImplementedError(f"{self.name} has no inversion")
 
   def compile_decode(self, z: np.ndarray, protocol: str = "sample") -> None:
     """Compiles the decode `protocol` uses for batches shaped like z (keeps compile

@@ -14,15 +14,17 @@ from vdae.autoencoders.base import Autoencoder
 from vdae.autoencoders.vae import VAE
 from vdae.autoencoders.vdae import VDAE
 from vdae.data.sources import data_levels
-from vdae.training.stages import check_pairing, load_stage
+from vdae.training.stages import check_pairing, load_prior, load_stage
 
 
 def load_vdae(config, workdir: str, mesh, image_shape) -> VDAE:
-  """The encoder with the score parameters it was trained against (else an error)."""
+  """The encoder with the score parameters it was trained against (else an error),
+  and the latent prior sampling.latent_prior asks for."""
   enc_params, meta = load_stage("stage2", config, workdir, mesh, image_shape)
   check_pairing(meta, config, workdir, "decode")
   score_params, _ = load_stage("stage1", config, workdir, mesh, image_shape, use_ema=True)
-  return VDAE(config, score_params, enc_params, mesh, image_shape)
+  prior = load_prior(config, workdir, mesh, image_shape)
+  return VDAE(config, score_params, enc_params, mesh, image_shape, prior)
 
 
 def load_vae(config, workdir: str, mesh, image_shape) -> VAE:

@@ -35,8 +35,11 @@ def with_method(config, method: str, num_steps: int | None = None):
   return cfg
 
 
-def make_decode_fn(score_model, enc_model, config, shape) -> samplers.CompiledSampler:
-  """decoder((score_params, enc_params, z [N, L]), key, x_init=None) -> x [N, H, W, C]."""
+def make_decode_fn(
+  score_model, enc_model, config, shape, invert: bool = False
+) -> samplers.CompiledSampler:
+  """decoder((score_params, enc_params, z [N, L]), key, x_init=None) -> x [N, H, W, C];
+  with invert, x_init = x_0 -> its x_1 under the conditional PF ODE at z."""
   lv = config.encoder.logvar_term
 
   def make_fns(args):
@@ -46,7 +49,12 @@ def make_decode_fn(score_model, enc_model, config, shape) -> samplers.CompiledSa
     return eps_fn, lambda x, t: correction.correction_score(encode_fn, x, t, z, lv)
 
   return samplers.compile_sampler(
-    make_fns, config.sampling, sde_lib.from_config(config.sde), StepSpec.from_config(config), shape
+    make_fns,
+    config.sampling,
+    sde_lib.from_config(config.sde),
+    StepSpec.from_config(config),
+    shape,
+    invert=invert,
   )
 
 
@@ -63,18 +71,30 @@ class VDAE(Autoencoder):
   """decode "sample" is one draw of the configured sampler (`sampling.method`, from
   x_1 ~ N(0, I)); "mode" is the PF ODE (`eval.mode_method`, eval.mode_num_steps
   steps) from x_1 = 0, the prior's mean, which for a Gaussian p(x | z) lands on
-  E[x | z]."""
+  E[x | z]. "inverted" (`reconstruct_inverted`) is Diff-AE's: x_0's own x_1 by the
+  conditional PF ODE forwards, decoded back with the same solver and grid
+  (sampling.invert_method, sampling.invert_num_steps)."""
 
   name = "vdae"
+  invertible = True
 
-  def __init__(self, config, score_params: Params, enc_params: Params, mesh, image_shape):
+  def __init__(
+    self, config, score_params: Params, enc_params: Params, mesh, image_shape, latent_prior=None
+  ):
     self.config, self.mesh, self.image_shape = config, mesh, tuple(image_shape)
     self.score_params, self.enc_params = score_params, enc_params
+    self.latent_prior = latent_prior  # a latent.prior.LearnedPrior, or None: N(0, I)
+    self.learned_prior = latent_prior is not None
     self.score_model = score.model_from_config(config)
     self.encoder = encoder_lib.from_config(config.encoder, config.model, config.sde)
     self.latent_dim = config.encoder.latent_dim
     self._encode = make_encode_fn(self.encoder)
     self._decoders: dict[tuple, samplers.CompiledSampler] = {}
+
+  def prior_sample(self, n: int, key, standard_normal: bool = False) -> np.ndarray:
+    if self.latent_prior is None or standard_normal:
+      return super().prior_sample(n, key)
+    return self.latent_prior.sample(n, key)
 
   def _global(self, a: np.ndarray) -> jax.Array:
     # Replicated global input: with fsdp spanning processes the params live on
@@ -93,16 +113,45 @@ class VDAE(Autoencoder):
     return self.config.sampling.method, None
 
   def decoder(
-    self, n: int, method: str | None = None, num_steps: int | None = None
+    self,
+    n: int,
+    method: str | None = None,
+    num_steps: int | None = None,
+    invert: bool = False,
+    denoise: bool | None = None,
   ) -> samplers.CompiledSampler:
-    """The compiled sampler for batches of n codes (cached per n, method and steps)."""
+    """The compiled sampler for batches of n codes (cached per its arguments)."""
     method = method or self.config.sampling.method
-    if (n, method, num_steps) not in self._decoders:
+    key = (n, method, num_steps, invert, denoise)
+    if key not in self._decoders:
       cfg = with_method(self.config, method, num_steps)
-      self._decoders[(n, method, num_steps)] = make_decode_fn(
-        self.score_model, self.encoder, cfg, (n, *self.image_shape)
+      if denoise is not None:
+        with cfg.unlocked():
+          cfg.sampling.denoise = denoise
+      self._decoders[key] = make_decode_fn(
+        self.score_model, self.encoder, cfg, (n, *self.image_shape), invert
       )
-    return self._decoders[(n, method, num_steps)]
+    return self._decoders[key]
+
+  def _inversion(self, n: int, invert: bool) -> samplers.CompiledSampler:
+    # No denoise step either way: the round trip starts and ends at t = eps.
+    sp = self.config.sampling
+    return self.decoder(n, sp.invert_method, sp.invert_num_steps, invert, denoise=False)
+
+  def invert(self, x: np.ndarray, z: np.ndarray) -> np.ndarray:
+    """x_0 [B, ...] -> its x_1 under the PF ODE with the conditional score at z [B, L]."""
+    args = (self.score_params, self.enc_params, self._global(z))
+    return sharding.to_host(self._inversion(len(z), True)(args, jax.random.key(0), self._global(x)))
+
+  def decode_inverted(self, z: np.ndarray, x_1: np.ndarray) -> np.ndarray:
+    """z with the noise x_1 from `invert` -> x_0 (the same solver backwards)."""
+    args = (self.score_params, self.enc_params, self._global(z))
+    return sharding.to_host(
+      self._inversion(len(z), False)(args, jax.random.key(0), self._global(x_1))
+    )
+
+  def reconstruct_inverted(self, x: np.ndarray, z: np.ndarray) -> np.ndarray:
+    return self.decode_inverted(z, self.invert(x, z))
 
   def decode(
     self,
@@ -122,6 +171,11 @@ class VDAE(Autoencoder):
 
   def compile_decode(self, z, protocol: str = "sample", method: str | None = None) -> None:
     args = (self.score_params, self.enc_params, self._global(z))
+    if protocol == "inverted":
+      x = self._global(np.zeros((len(z), *self.image_shape), np.float32))
+      for invert in (True, False):
+        self._inversion(len(z), invert).precompile(args, jax.random.key(0), x)
+      return
     protocol = "mode" if protocol == "mode" else "sample"
     x_init = np.zeros((len(z), *self.image_shape), np.float32) if protocol == "mode" else None
     self.decoder(len(z), *self._method(protocol, method)).precompile(

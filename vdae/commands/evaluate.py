@@ -92,7 +92,7 @@ def evaluate(config, workdir: str) -> dict[str, float]:
   images = {}
   for name, res in results.items():
     images[f"{name}_reconstructions"] = comparison_rows(
-      originals, *(res.reconstructions[p][:32] for p in ev.protocols)
+      originals, *(r[:32] for r in res.reconstructions.values())
     )
     images[f"{name}_samples"] = res.samples[:32]
   if len(results) > 1:

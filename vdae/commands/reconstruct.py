@@ -1,4 +1,8 @@
-"""--mode=reconstruct: originals (odd rows) above their VDAE reconstructions (even rows)."""
+"""--mode=reconstruct: originals (odd rows) above their VDAE reconstructions (even rows).
+
+Decoded from fresh noise, or with sampling.invert=true from each image's own x_1
+(the conditional PF ODE run forwards; near-exact reconstructions).
+"""
 
 from __future__ import annotations
 
@@ -19,7 +23,10 @@ def reconstruct(config, workdir: str, n: int = 32) -> str:
   ae = common.vdae(r)
   x = common.encode_split(r, n)["image"]
   mu = ae.encode(x)
-  rec = ae.decode(mu, jax.random.key(config.seed))
+  if config.sampling.invert:
+    rec = ae.reconstruct_inverted(x, mu)
+  else:
+    rec = ae.decode(mu, jax.random.key(config.seed))
   cols = 8
   rows = []
   for i in range(0, len(x), cols):

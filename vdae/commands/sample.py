@@ -1,4 +1,7 @@
-"""--mode=sample: z ~ N(0, I) decoded by the VDAE, or unconditional score-model samples.
+"""--mode=sample: prior codes decoded by the VDAE, or unconditional score-model samples.
+
+The VDAE's codes come from the learned latent prior when it is trained
+(sampling.latent_prior=auto), else z ~ N(0, I).
 
 sampling.source picks which: "encoder", "score", or "auto" (the VDAE's once
 stage 2 has a checkpoint). Writes WORKDIR/samples/samples.png and .npz.
@@ -29,9 +32,9 @@ def source(config, workdir: str) -> str:
 
 def vdae_samples(config, workdir: str) -> str:
   r = common.run(config, workdir)
-  n = config.sampling.num_samples
-  z = np.asarray(jax.random.normal(jax.random.key(config.seed), (n, config.encoder.latent_dim)))
-  x = common.vdae(r).decode(z, jax.random.key(config.seed + 1))
+  ae = common.vdae(r)  # with the prior sampling.latent_prior picks
+  z = ae.prior_sample(config.sampling.num_samples, jax.random.key(config.seed))
+  x = ae.decode(z, jax.random.key(config.seed + 1))
   return writer.write_images(os.path.join(workdir, "samples"), "samples", x, z=z)
 
 

@@ -1,4 +1,4 @@
-"""--mode=pretrain / train_encoder / train_vae: one stage of the stage table, trained."""
+"""--mode=pretrain / train_encoder / train_prior / train_vae: one stage of the table, trained."""
 
 from __future__ import annotations
 
@@ -11,6 +11,10 @@ def pretrain(config, workdir: str):
 
 def train_encoder(config, workdir: str):
   return stages.train("stage2", config, workdir)
+
+
+def train_prior(config, workdir: str):
+  return stages.train("prior", config, workdir)
 
 
 def train_vae(config, workdir: str):

@@ -11,6 +11,8 @@ metrics.json, BUILD.md lists them):
       mean     the average of eval.mean_decodes stochastic decodes, an
                estimate of E[x | z] (exact where the model has it in closed
                form);
+      inverted the decode from z and the image's own noise x_1, found by
+               running the PF ODE forwards (Diff-AE; models that can: the VDAE);
     metrics: l2 (mean over images of ||x_hat - x||_2 on [0, 1] images, with
     l2_ci_low / l2_ci_high), mse (on [0, 1]), psnr (mean of per-image PSNRs),
     class_accuracy (the evaluation classifier gives the reconstruction the
@@ -20,8 +22,12 @@ metrics.json, BUILD.md lists them):
   <model>/rate_nats             KL(q(z | x) || N(0, I)), nats per image.
   <model>/linear_probe_accuracy logistic regression on the codes (fit on all
                                 of train, scored on all of test).
-  <model>/sample_fid            z ~ N(0, I) decoded (protocol sample), with
+  <model>/sample_fid            z from the model's prior (the VDAE's learned
+                                latent prior when trained, else N(0, I))
+                                decoded (protocol sample), with
                                 sample_fid_ci_low / _high and sample_fid_num.
+  <model>/sample_fid_standard_normal  the same from z ~ N(0, I), where the
+                                prior is learned (its _ci_low / _high / _num).
   <model>/...                   plus the model's own `extra_metrics`
                                 (neg_elbo_bits_per_dim, ...).
 
@@ -119,11 +125,11 @@ class Judge:
       out.update(self._fid(feats, "recon_fid", interval=False))
     return out
 
-  def samples(self, x: np.ndarray) -> dict:
+  def samples(self, x: np.ndarray, key: str = "sample_fid") -> dict:
     if not self.labelled:
       return {}
     _, feats = self.predict(np.clip(x, -1.0, 1.0))
-    return {**self._fid(feats, "sample_fid", interval=True), "sample_fid_num": float(len(x))}
+    return {**self._fid(feats, key, interval=True), f"{key}_num": float(len(x))}
 
   def probe(self, train_z, train_y, test_z, test_y) -> dict:
     if not self.labelled:
@@ -172,11 +178,28 @@ def _decode_all(
   return pipeline.map_batched(one, z, batch), seconds
 
 
-def decode_protocols(ae: Autoencoder, z: np.ndarray, config) -> dict[str, tuple[np.ndarray, float]]:
+def _inverted_all(ae: Autoencoder, x: np.ndarray, z: np.ndarray, batch: int):
+  """(reconstructions from z and x's inverted noise, seconds) in padded batches."""
+  seconds, out = 0.0, []
+  for lo in range(0, len(z), batch):
+    preemption.exit_if_requested("during evaluation (nothing of it is written yet)")
+    b = pipeline.pad_batch({"x": x[lo : lo + batch], "z": z[lo : lo + batch]}, batch)
+    t0 = time.perf_counter()
+    rec = ae.reconstruct_inverted(b["x"], b["z"])
+    seconds += time.perf_counter() - t0
+    out.append(rec[: len(z[lo : lo + batch])])
+  return np.concatenate(out), seconds
+
+
+def decode_protocols(
+  ae: Autoencoder, z: np.ndarray, config, x: np.ndarray | None = None
+) -> dict[str, tuple[np.ndarray, float]]:
   """protocol -> (decodes of z [N, L], seconds per image) for each of eval.protocols.
 
   `mean` averages eval.mean_decodes `sample` decodes (the first is the `sample`
-  protocol's own, so it costs K - 1 more), unless the model knows E[x | z]."""
+  protocol's own, so it costs K - 1 more), unless the model knows E[x | z].
+  `inverted` decodes from x's [N, ...] own encoded noise, where the model can
+  (skipped for the others, and when x is not given)."""
   ev, seed = config.eval, config.seed
   padded = math.ceil(len(z) / ev.batch_size) * ev.batch_size
   out, draws = {}, []
@@ -187,6 +210,12 @@ def decode_protocols(ae: Autoencoder, z: np.ndarray, config) -> dict[str, tuple[
     return draws[i]
 
   for protocol in ev.protocols:
+    if protocol == "inverted":
+      if ae.invertible and x is not None:
+        ae.compile_decode(np.zeros((ev.batch_size, ae.latent_dim), np.float32), protocol)
+        rec, secs = _inverted_all(ae, x, z, ev.batch_size)
+        out[protocol] = (rec, secs / padded)
+      continue
     ae.compile_decode(np.zeros((ev.batch_size, ae.latent_dim), np.float32), protocol)
     if protocol == "sample":
       x, secs = draw(0)
@@ -208,15 +237,19 @@ def evaluate_autoencoder(
   test = splits["test"]
   mu, rates, labels, x = _encode_split(ae, test, ev.batch_size, ev.num_test or None)
   out, recs = {}, {}
-  for protocol, (rec, secs) in decode_protocols(ae, mu, config).items():
+  for protocol, (rec, secs) in decode_protocols(ae, mu, config, x).items():
     recs[protocol] = rec
     for k, v in judge.recon(x, rec, labels if test.has_labels else None).items():
       out[f"{protocol}/{k}"] = v
     out[f"{protocol}/time_per_image"] = secs
   out["rate_nats"] = float(np.mean(rates))
-  z = np.asarray(jax.random.normal(jax.random.key(seed + 1), (ev.num_samples, ae.latent_dim)))
+  z = ae.prior_sample(ev.num_samples, jax.random.key(seed + 1))
   samples, _ = _decode_all(ae, z, ev.batch_size, seed + 2, "sample")
   out.update(judge.samples(samples))
+  if ae.learned_prior:  # the same decodes of N(0, I) codes, for the comparison
+    z = ae.prior_sample(ev.num_samples, jax.random.key(seed + 1), standard_normal=True)
+    plain, _ = _decode_all(ae, z, ev.batch_size, seed + 2, "sample")
+    out.update(judge.samples(plain, "sample_fid_standard_normal"))
   out.update(ae.extra_metrics(x, ev.batch_size, seed))
   if judge.labelled:  # the probe is fit on all of train and scored on all of test
     train_z, _, train_y, _ = _encode_split(ae, splits["train"], ev.batch_size)

@@ -6,11 +6,11 @@ that must match to resume or to load it, how to initialise its parameters,
 and how to build its loss, frozen inputs and pictures. From the table:
 
   stage_spec(name, ...)   the StageSpec the one Trainer runs;
-  train(name, config, workdir)   --mode=pretrain / train_encoder / train_vae;
+  train(name, config, workdir)   --mode=pretrain / train_encoder / train_prior / train_vae;
   load_stage(name, ...)   the one loader every reader uses (same checks, same
                           messages); is_trained(name, ...) the one "is it there?".
 
-Directory names (stage1, stage2, vae) are those of earlier versions, so
+Directory names (stage1, stage2, vae; prior is new) are those of earlier versions, so
 existing workdirs resume.
 """
 
@@ -35,6 +35,7 @@ from vdae.io import files
 from vdae.io.errors import CheckpointError, ConfigError
 from vdae.kernels.reference import StepSpec
 from vdae.latent import objective
+from vdae.latent import prior as prior_lib
 from vdae.models import encoder as encoder_lib
 from vdae.models import sizes
 from vdae.parallel import sharding
@@ -188,13 +189,9 @@ def _encoder_build(ctx: Context) -> Built:
   # Fails cleanly (CheckpointError) before anything of stage 2 is written.
   score_params, _ = load_stage("stage1", ctx.config, ctx.workdir, ctx.mesh, ctx.image_shape)
   if is_trained("stage2", ctx.config, ctx.workdir):
-    ckpt = checkpoint.Checkpointer(
-      checkpoint_dir("stage2", ctx.config, ctx.workdir), keep=1000, async_save=False, create=False
+    check_pairing(
+      read_meta("stage2", ctx.config, ctx.workdir), ctx.config, ctx.workdir, "resume the encoder"
     )
-    try:
-      check_pairing(ckpt.read_meta(), ctx.config, ctx.workdir, "resume the encoder")
-    finally:
-      ckpt.close()
   ae = VDAE(ctx.config, score_params, None, ctx.mesh, ctx.image_shape)
   x = ctx.recon_batch()
 
@@ -209,6 +206,88 @@ def _encoder_build(ctx: Context) -> Built:
     images,
     extra_meta=score_pairing(ctx.config, ctx.workdir),
   )
+
+
+# --- the latent prior: a diffusion model over the encoder's codes ----------------------
+def _prior_init(config, image_shape):
+  del image_shape
+  model = prior_lib.model_from_config(config)
+  return lambda key: prior_lib.init_params(model, key)
+
+
+def _encode_at_zero(config):
+  enc = encoder_lib.from_config(config.encoder, config.model, config.sde)
+  return lambda params, x: enc.apply({"params": params}, x, jnp.zeros((x.shape[0],)))
+
+
+def prior_pairing(config, workdir: str) -> dict:
+  """Which encoder the prior's codes come from: stage 2 at its newest step."""
+  return {"encoder_step": trained_step("stage2", config, workdir)}
+
+
+def check_prior_pairing(recorded: dict, config, workdir: str) -> None:
+  step = recorded.get("encoder_step")
+  now = prior_pairing(config, workdir)["encoder_step"]
+  if step is not None and step != now:
+    raise CheckpointError(
+      f"the latent prior was trained on the codes of the encoder at step {step}, but "
+      f"stage 2 is now at step {now}; delete {checkpoint_dir('prior', config, workdir)} "
+      "and run --mode=train_prior again"
+    )
+
+
+def code_normaliser(config, enc_params, split: sources.Split, mesh) -> prior_lib.Normaliser:
+  """The aggregate posterior's per-dimension mean and std over the whole split."""
+  from vdae.data import pipeline  # the loader's batching, padded with a mask
+
+  encode = jax.jit(_encode_at_zero(config))
+  mus, lvs = [], []
+  for b in pipeline.eval_batches(split, config.eval.batch_size):
+    mu, lv = encode(enc_params, sharding.replicated_from_host(b["image"], mesh))
+    mus.append(sharding.to_host(mu)[b["valid"]])
+    lvs.append(sharding.to_host(lv)[b["valid"]])
+  return prior_lib.Normaliser.from_posteriors(np.concatenate(mus), np.concatenate(lvs))
+
+
+def _prior_build(ctx: Context) -> Built:
+  cfg = ctx.config
+  enc_params, meta = load_stage("stage2", cfg, ctx.workdir, ctx.mesh, ctx.image_shape)
+  check_pairing(meta, cfg, ctx.workdir, "train the latent prior")
+  if is_trained("prior", cfg, ctx.workdir):
+    check_prior_pairing(read_meta("prior", cfg, ctx.workdir), cfg, ctx.workdir)
+  norm = code_normaliser(cfg, enc_params, ctx.splits["train"], ctx.mesh)
+  rep = lambda a: sharding.replicated_from_host(a, ctx.mesh)
+  model = prior_lib.model_from_config(cfg)
+  loss_fn = prior_lib.prior_loss(model, _encode_at_zero(cfg), sde_lib.from_config(cfg.sde))
+
+  @functools.cache
+  def vdae():
+    score_params, _ = load_stage("stage1", cfg, ctx.workdir, ctx.mesh, ctx.image_shape)
+    return VDAE(cfg, score_params, enc_params, ctx.mesh, ctx.image_shape)
+
+  def images(state, step):
+    z = prior_lib.LearnedPrior(cfg, state.ema_params, norm).sample(16, jax.random.key(step))
+    return {"samples": vdae().decode(z, jax.random.key(step + 1))}
+
+  return Built(
+    loss_fn,
+    (enc_params, rep(norm.shift), rep(norm.scale)),
+    images,
+    extra_meta={**norm.meta(), **prior_pairing(cfg, ctx.workdir)},
+  )
+
+
+def load_prior(config, workdir: str, mesh, image_shape) -> prior_lib.LearnedPrior | None:
+  """The trained latent prior for sampling.latent_prior (None: sample N(0, I)).
+
+  auto: the learned one when it has a checkpoint; learned: it, or a
+  CheckpointError; standard_normal: None."""
+  choice = config.sampling.latent_prior
+  if choice == "standard_normal" or (choice == "auto" and not is_trained("prior", config, workdir)):
+    return None
+  params, meta = load_stage("prior", config, workdir, mesh, image_shape)
+  check_prior_pairing(meta, config, workdir)
+  return prior_lib.LearnedPrior(config, params, prior_lib.Normaliser.from_meta(meta))
 
 
 # --- the VAE baseline -----------------------------------------------------------------
@@ -256,6 +335,16 @@ STAGES: dict[str, Stage] = {
         sizes.check_score_model(config, shape),
         sizes.check_encoder(config, shape),
       ),
+    ),
+    Stage(
+      "prior",
+      "train_prior",
+      "latent-prior",
+      "latent prior (DSM on codes)",
+      ("sde", "encoder") + tuple(f"prior.{f}" for f in ("width", "depth", "temb_dim")),
+      _prior_init,
+      _prior_build,
+      lambda config, shape: None,
     ),
     Stage(
       "vae",
@@ -330,6 +419,17 @@ def trained_step(name: str, config, workdir: str) -> int:
   """The newest checkpointed step of stage `name` (0 if it has none)."""
   names = files.listdir(checkpoint_dir(name, config, workdir))
   return max((int(s) for s in names if s.isdigit()), default=0)
+
+
+def read_meta(name: str, config, workdir: str) -> dict:
+  """The metadata recorded with stage `name`'s newest checkpoint."""
+  ckpt = checkpoint.Checkpointer(
+    checkpoint_dir(name, config, workdir), keep=1000, async_save=False, create=False
+  )
+  try:
+    return ckpt.read_meta()
+  finally:
+    ckpt.close()
 
 
 def is_trained(name: str, config, workdir: str) -> bool:

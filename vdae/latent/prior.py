@@ -1,0 +1,146 @@
+"""The learned latent prior: a small diffusion model over the encoder's codes (owned here).
+
+z ~ N(0, I) decoded gives poor samples because the encoder's aggregate posterior
+q(z) = E_x q(z | x) is not N(0, I). Like Diff-AE's and PDAE's "latent DDIM", a
+residual MLP learns to denoise codes z ~ q(z | x_0) drawn afresh from the
+training images every step, normalised per dimension by the aggregate
+posterior's mean and standard deviation (computed once, exactly, from the
+posterior means and variances over the training split, and recorded in the
+stage's checkpoints). It is trained with the image model's SDE and denoising
+score matching, and sampled with the image model's samplers
+(`diffusion/samplers.py`): z = shift + scale * (a sample of the normalised model).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from vdae.diffusion import losses, samplers
+from vdae.diffusion import sde as sde_lib
+from vdae.kernels.reference import StepSpec
+from vdae.models.embedding import sinusoidal
+from vdae.parallel import sharding
+from vdae.types import Array, Params
+
+
+class LatentDenoiser(nn.Module):
+  """eps(z_t [B, L], t [B]) -> [B, L]: residual MLP blocks (LayerNorm, SiLU, the
+  time embedding added in each block), the output layer zero-initialised."""
+
+  latent_dim: int
+  width: int = 512
+  depth: int = 4
+  temb_dim: int = 64
+  time_scale: float = 1000.0
+
+  @nn.compact
+  def __call__(self, z: Array, t: Array) -> Array:
+    emb = sinusoidal(t, self.temb_dim, self.time_scale)
+    emb = nn.Dense(self.width)(nn.silu(nn.Dense(self.width)(emb)))
+    h = nn.Dense(self.width)(z)
+    for _ in range(self.depth):
+      r = nn.silu(nn.LayerNorm()(h)) + emb
+      r = nn.Dense(self.width)(nn.silu(nn.Dense(self.width)(r)))
+      h = h + r
+    h = nn.silu(nn.LayerNorm()(h))
+    return nn.Dense(self.latent_dim, kernel_init=nn.initializers.zeros)(h)
+
+
+def model_from_config(config) -> LatentDenoiser:
+  p = config.prior
+  return LatentDenoiser(
+    latent_dim=config.encoder.latent_dim,
+    width=p.width,
+    depth=p.depth,
+    temb_dim=p.temb_dim,
+    time_scale=config.sde.time_scale,
+  )
+
+
+def init_params(model: LatentDenoiser, key) -> Params:
+  return model.init(key, jnp.zeros((1, model.latent_dim)), jnp.ones((1,)))["params"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Normaliser:
+  """Per-dimension shift and scale of the aggregate posterior q(z) (each [L])."""
+
+  shift: np.ndarray
+  scale: np.ndarray
+
+  @classmethod
+  def from_posteriors(cls, mu: np.ndarray, log_var: np.ndarray) -> Normaliser:
+    """q(z)'s exact mean and std from the posteriors N(mu_i, exp(log_var_i)) of the
+    training images: mean(mu), and var(mu) + mean(exp(log_var)) (total variance)."""
+    mu, var = np.asarray(mu, np.float64), np.exp(np.asarray(log_var, np.float64))
+    shift = mu.mean(0)
+    scale = np.sqrt(mu.var(0) + var.mean(0))
+    return cls(shift.astype(np.float32), np.maximum(scale, 1e-6).astype(np.float32))
+
+  def meta(self) -> dict:
+    return {"code_shift": self.shift.tolist(), "code_scale": self.scale.tolist()}
+
+  @classmethod
+  def from_meta(cls, meta: dict) -> Normaliser:
+    return cls(
+      np.asarray(meta["code_shift"], np.float32), np.asarray(meta["code_scale"], np.float32)
+    )
+
+
+def prior_loss(model: LatentDenoiser, encode_fn, sde: sde_lib.SDE):
+  """loss_fn(params, batch, key, (enc_params, shift, scale)): DSM on normalised codes
+  z ~ q(z | x_0) of the batch's images, drawn afresh each step."""
+
+  def loss_fn(params, batch, key, frozen):
+    enc_params, shift, scale = frozen
+    k_z, k_dsm = jax.random.split(key)
+    x = batch["image"]
+    mu, log_var = encode_fn(enc_params, x)
+    z = mu + jnp.exp(0.5 * log_var) * jax.random.normal(k_z, mu.shape)
+    zn = (jax.lax.stop_gradient(z) - shift) / scale
+    return losses.dsm_loss(
+      lambda zt, t: model.apply({"params": params}, zt, t), zn, k_dsm, sde, False
+    )
+
+  return loss_fn
+
+
+def sampling_config(config):
+  """config.sampling with the prior's own method and step count."""
+  cfg = config.sampling.copy_and_resolve_references()
+  with cfg.unlocked():
+    cfg.method, cfg.num_steps = config.prior.sample_method, config.prior.sample_num_steps
+    cfg.denoise = True
+  return cfg
+
+
+class LearnedPrior:
+  """sample(n, key) -> z [n, L] from the trained latent model (numpy)."""
+
+  def __init__(self, config, params: Params, norm: Normaliser):
+    self.config, self.params, self.norm = config, params, norm
+    self.model = model_from_config(config)
+    self.sde = sde_lib.from_config(config.sde)
+    self.spec = StepSpec(self.sde, config.prior.temb_dim, config.sde.time_scale)
+    self._samplers: dict[int, samplers.CompiledSampler] = {}
+
+  def sampler(self, n: int) -> samplers.CompiledSampler:
+    if n not in self._samplers:
+      model = self.model
+      self._samplers[n] = samplers.compile_sampler(
+        lambda params: (lambda z, t, temb=None: model.apply({"params": params}, z, t), None),
+        sampling_config(self.config),
+        self.sde,
+        self.spec,
+        (n, model.latent_dim),
+      )
+    return self._samplers[n]
+
+  def sample(self, n: int, key) -> np.ndarray:
+    zn = sharding.to_host(self.sampler(n)(self.params, key))
+    return self.norm.shift + self.norm.scale * zn
