@@ -160,9 +160,12 @@ class VDAE(Autoencoder):
     protocol: str = "sample",
     method: str | None = None,
     x_init: np.ndarray | None = None,
+    num_steps: int | None = None,
   ):
-    """`method` / `x_init` override the protocol's sampler / starting noise."""
-    fn = self.decoder(len(z), *self._method(protocol, method))
+    """`method` / `x_init` / `num_steps` override the protocol's sampler / starting
+    noise / its steps."""
+    method, steps = self._method(protocol, method)
+    fn = self.decoder(len(z), method, num_steps or steps)
     if x_init is None and protocol == "mode":
       x_init = np.zeros((len(z), *self.image_shape), np.float32)
     x_init = None if x_init is None else self._global(x_init)
