@@ -36,6 +36,8 @@ def get_config():
   c.stage2.num_steps = 300_000
   c.stage2.lr = 2e-4
   c.stage2.warmup_steps = 5000
+  c.prior.num_steps = 100_000  # the latent prior: cheap per step (an MLP on codes)
+  c.prior.width = 2048
   c.sampling.num_steps = 1000
   c.mesh.data = -1
   c.mesh.fsdp = 1

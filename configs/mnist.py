@@ -26,5 +26,7 @@ def get_config():
   c.encoder.channel_mults = (1, 2, 2)
   c.stage2.num_steps = 50_000
   c.stage2.lr = 2e-4
+  c.prior.num_steps = 20_000  # the latent prior: cheap per step (an MLP on codes)
+  c.prior.width = 1024
   c.sampling.num_steps = 1000
   return c

@@ -20,7 +20,7 @@ checkpoint (a finished stage is restored and skipped).
   -c CONFIG   config path inside the checkout, e.g. configs/cifar10.py
   -w WORKDIR  gs://BUCKET/RUN: every host must see the same directory
   -p PROJECT  GCP project (default: gcloud's configured one)
-  -m MODES    comma-separated vdae.main modes (default pretrain,train_encoder,evaluate)
+  -m MODES    comma-separated vdae.main modes (default pretrain,train_encoder,train_prior,evaluate)
   FLAGS       more vdae.main flags for every mode, e.g. --config.stage1.num_steps=20000
 
 example:
@@ -29,7 +29,7 @@ example:
 EOF2
 }
 
-name="" zone="" config="" workdir="" project="" modes="pretrain,train_encoder,evaluate"
+name="" zone="" config="" workdir="" project="" modes="pretrain,train_encoder,train_prior,evaluate"
 while getopts ":n:z:c:w:p:m:h" opt; do
   case "$opt" in
     n) name="$OPTARG" ;;

@@ -37,7 +37,10 @@ KEYS = (
     for p in ("sample", "mode", "mean")
     for k in PER_PROTOCOL
   }
+  | {f"vdae/inverted/{k}" for k in PER_PROTOCOL}  # the VDAE can invert; the VAE cannot
   | {f"{ae}/{k}" for ae in ("vdae", "vae") for k in PER_MODEL}
+  # The VDAE's sample_fid comes from its learned latent prior; N(0, I) beside it.
+  | {f"vdae/sample_fid_standard_normal{k}" for k in ("", "_ci_low", "_ci_high", "_num")}
   | {"vdae/time_per_image_em", "vdae/time_per_image_ode"}
   | {"score_model/bits_per_dim", "score_model/bpd_solver_steps"}
   | {"classifier_test_accuracy", "fid_floor_train_vs_test"}
@@ -98,6 +101,33 @@ def test_evaluate_event_file_has_eval_scalars(tiny_run):
   acc.Reload()
   tags = set(acc.Tags()["scalars"])
   assert {f"eval/{k}" for k in metrics} <= tags
+
+
+@pytest.mark.timeout(300)
+def test_the_latent_prior_resumes_to_the_uninterrupted_runs_parameters(tiny_run, tmp_path):
+  """A copy of the run with the prior's last checkpoint gone (what a kill after the
+  step-2 save leaves) resumes from step 2 and ends on the same parameters; and a
+  prior whose encoder has since trained further is refused."""
+  import shutil
+
+  from tests.support import procs
+  from vdae.io.errors import CheckpointError
+  from vdae.parallel import sharding
+
+  config, workdir, _ = tiny_run
+  n = config.prior.num_steps
+  copy = str(tmp_path / "wd")
+  shutil.copytree(workdir, copy, ignore=shutil.ignore_patterns("eval", "sweep"))
+  shutil.rmtree(os.path.join(copy, "prior", "checkpoints", str(n)))
+  assert stages.trained_step("prior", config, copy) == 2
+  stages.train("prior", config, copy)
+  ck = lambda wd: os.path.join(wd, "prior", "checkpoints")
+  procs.assert_trees_close(procs.read_state(ck(workdir), n), procs.read_state(ck(copy), n))
+  more = config.copy_and_resolve_references()
+  more.stage2.num_steps += 2
+  stages.train("stage2", more, copy)
+  with pytest.raises(CheckpointError, match="latent prior was trained on the codes"):
+    stages.load_prior(more, copy, sharding.make_mesh(more.mesh), (8, 8, 1))
 
 
 @pytest.mark.timeout(60)

@@ -114,20 +114,21 @@ def test_psnr_and_levels(tiny_config):
 
 
 @pytest.mark.timeout(120)
-def test_bootstrap_interval_covers_the_true_fid_of_two_gaussians():
-  """40 seeded trials of 1000 + 1000 draws from two known Gaussians (4 features): the
-  95% interval holds the closed-form Fréchet distance in at least 90% of them."""
-  f = 4
-  cov_a = np.array([[1.0, 0.3, 0, 0], [0.3, 0.5, 0, 0], [0, 0, 2.0, 0], [0, 0, 0, 0.2]])
-  mu_b, cov_b = np.full(f, 0.3), np.diag([0.5, 1.0, 1.5, 0.4])
-  true = metrics.frechet_distance(np.zeros(f), cov_a, mu_b, cov_b)
+def test_fid_interval_covers_the_expected_fid_at_the_same_sizes():
+  """Features like the evaluation's (32 of them, 1000 samples against a 270-image test
+  split, where FID's small-sample bias is large): over 40 seeded trials, the 95%
+  interval holds the FID expected at those sizes (the mean over 100 fresh pairs of
+  draws) in at least 36. BCa's interval held it in 1 of 40: it sits below the estimate."""
+  f, n, m = 32, 1000, 270
+  scales = np.random.default_rng(123).uniform(0.5, 1.5, f)
+  draw = lambda r: (r.normal(size=(n, f)) * scales, r.normal(size=(m, f)) + 0.3)
+  rngs = (np.random.default_rng(1000 + i) for i in range(100))
+  expected = np.mean([metrics.fid_from_features(*draw(r)) for r in rngs])
   hits = 0
   for trial in range(40):
-    rng = np.random.default_rng(trial)
-    a = rng.multivariate_normal(np.zeros(f), cov_a, 1000)
-    b = rng.multivariate_normal(mu_b, cov_b, 1000)
-    lo, hi = metrics.fid_interval(a, b, seed=trial, resamples=300)
-    hits += lo <= true <= hi
+    a, b = draw(np.random.default_rng(trial))
+    lo, hi = metrics.fid_interval(a, b, seed=trial, resamples=200)
+    hits += lo <= expected <= hi
   assert hits >= 36, hits
 
 

@@ -101,11 +101,39 @@ def mean_interval(values: np.ndarray, seed: int, resamples: int = 1000) -> tuple
 
 
 def fid_interval(a: np.ndarray, b: np.ndarray, seed: int, resamples: int = 1000):
-  """95% bootstrap (BCa) interval of the Fréchet distance of feature sets a [N, F] and
-  b [M, F], both resampled (both are finite samples of their distributions)."""
-  ia, ib = np.arange(len(a)), np.arange(len(b))
-  stat = lambda i, j: fid_from_features(a[i], b[j])
-  return _bootstrap((ia, ib), stat, seed, resamples, False)
+  """95% interval of the Fréchet distance of feature sets a [N, F] and b [M, F] as
+  estimated at these sizes: the bootstrap's spread (both sets resampled; each is a
+  finite sample of its distribution) centred on the estimate.
+
+  Not BCa or the basic interval: resampling with replacement duplicates features,
+  which raises FID's small-sample bias well beyond the estimate's own, so the
+  bootstrap distribution sits above the estimate. Both then read that shift as bias
+  to remove and give intervals below the estimate (BCa degenerately narrow: [17.9,
+  18.0] around 20.8 on digits; on Gaussian features it held the expected FID in 1 of
+  40 trials). Its spread is right: this interval held it in 40 of 40
+  (tests/unit/evaluation_test.py). What it covers is the FID expected at these
+  sample sizes; compare models at equal sizes.
+  """
+  import warnings as _w
+
+  from scipy import stats
+
+  est = fid_from_features(a, b)
+  with _w.catch_warnings():
+    _w.simplefilter("ignore")
+    res = stats.bootstrap(
+      (np.arange(len(a)), np.arange(len(b))),
+      lambda i, j: fid_from_features(a[i], b[j]),
+      n_resamples=resamples,
+      paired=False,
+      vectorized=False,
+      confidence_level=0.95,
+      method="percentile",
+      rng=np.random.default_rng(seed),
+    )
+  boot = np.asarray(res.bootstrap_distribution)
+  lo, mid, hi = np.percentile(boot, [2.5, 50.0, 97.5])
+  return float(est + lo - mid), float(est + hi - mid)
 
 
 def psnr(x: np.ndarray, y: np.ndarray, peak_to_peak: float = 2.0) -> np.ndarray:
