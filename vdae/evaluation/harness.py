@@ -33,7 +33,8 @@ metrics.json, BUILD.md lists them):
 
 Unprefixed: classifier_test_accuracy, fid_floor_train_vs_test (train images vs
 the test split at the sample-FID's sample size: the floor that size allows).
-Intervals are 95% bootstrap intervals (BCa for L2; metrics.fid_interval): over the images for L2; for
+Intervals are 95% bootstrap intervals (BCa for L2; see metrics.fid_interval for FID):
+over the images for L2; for
 sample FID over the draws and the test split, each on its own. Recon FID has
 none (see Judge.recon). `score_model_bpd` gives score_model/bits_per_dim: the
 unconditional score model's PF-ODE likelihood (diffusion/likelihood.py).
