@@ -107,7 +107,9 @@ def get_config() -> ml_collections.ConfigDict:
   pr.depth = 4  # residual blocks
   pr.temb_dim = 64
   # Its sampler (the image model's samplers, on [N, L] codes).
-  pr.sample_method = one_of("prior.sample_method", "pc", ("em", "pc", "ode", "heun", "dpmpp_2m"))
+  pr.sample_method = one_of(
+    "prior.sample_method", "pc", ("em", "pc", "ode", "heun", "dpmpp_2m", "dpmpp_2m_sde")
+  )
   pr.sample_num_steps = 200
 
   # Gaussian-likelihood VAE baseline (--mode=train_vae): the stage-2 encoder
@@ -138,8 +140,11 @@ def get_config() -> ml_collections.ConfigDict:
   # Sampling / decoding.
   c.sampling = sp = ml_collections.ConfigDict()
   # em / pc: reverse SDE (+ Langevin corrector); ode: PF ODE by Euler; heun: EDM on the
-  # Karras grid (2 calls a step); dpmpp_2m: DPM-Solver++(2M) on the log-SNR grid.
-  sp.method = one_of("sampling.method", "pc", ("em", "pc", "ode", "heun", "dpmpp_2m"))
+  # Karras grid (2 calls a step); dpmpp_2m: DPM-Solver++(2M) on the log-SNR grid;
+  # dpmpp_2m_sde: its reverse-SDE form (1 call a step each).
+  sp.method = one_of(
+    "sampling.method", "pc", ("em", "pc", "ode", "heun", "dpmpp_2m", "dpmpp_2m_sde")
+  )
   sp.num_steps = 200
   sp.snr = 0.16  # Langevin corrector signal-to-noise ratio
   sp.corrector_steps = 1

@@ -333,3 +333,13 @@ def test_inversion_round_trips_x0_to_x1_and_back(method):
     sampling.sample(
       eps_fn, x0.shape, jax.random.key(0), sde, spec, method="pc", x_init=x0, invert=True
     )
+
+
+def test_sde_dpm_solver_beats_euler_maruyama_at_equal_calls():
+  """Reverse-SDE DPM-Solver++(2M): nearer the data covariance than Euler-Maruyama at
+  the same 20 calls (6.5% vs 10%, Monte Carlo over 8000 draws, mean of 3 seeds), and
+  within 4% at 50 calls (~1.5% of it is sampling error)."""
+  sde20 = np.mean([_cov_error("dpmpp_2m_sde", 20, s) for s in range(3)])
+  em20 = np.mean([_cov_error("em", 20, s) for s in range(3)])
+  sde50 = np.mean([_cov_error("dpmpp_2m_sde", 50, s) for s in range(3)])
+  assert sde20 < 0.8 * em20 and sde50 < 0.04, (sde20, em20, sde50)

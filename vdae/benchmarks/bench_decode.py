@@ -46,7 +46,8 @@ _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config fil
 _WORKDIR = flags.DEFINE_string("workdir", None, "A trained workdir (stage 1 and stage 2).")
 _GRID = flags.DEFINE_string(
   "grid",
-  "em:50,100,200;pc:25,50,100,200;ode:50,100,200;heun:5,10,15,25;dpmpp_2m:10,15,20,30,50",
+  "em:50,100,200;pc:25,50,100,200;ode:50,100,200;heun:5,10,15,25;dpmpp_2m:10,15,20,30,50;"
+  "dpmpp_2m_sde:10,15,20,30,50",
   "solver:steps,... separated by ';'",
 )
 _INVERT = flags.DEFINE_string("invert_steps", "10,20,50,100", "inversion step counts")
@@ -55,7 +56,7 @@ _NUM_TEST = flags.DEFINE_integer("num_test", 0, "test images (0 = the whole spli
 _NUM_SAMPLES = flags.DEFINE_integer("num_samples", 1000, "prior codes decoded for sample FID")
 flags.mark_flags_as_required(["config", "workdir"])
 
-CALLS_PER_STEP = {"em": 1, "pc": 2, "ode": 1, "heun": 2, "dpmpp_2m": 1}
+CALLS_PER_STEP = {"em": 1, "pc": 2, "ode": 1, "heun": 2, "dpmpp_2m": 1, "dpmpp_2m_sde": 1}
 
 
 def nfe(method: str, steps: int, corrector_steps: int = 1) -> int:

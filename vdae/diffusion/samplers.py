@@ -14,6 +14,8 @@ ODE solved exactly in its linear part in the log-SNR lambda = log(alpha / sigma)
 with the data prediction x0 = (x - sigma eps_c) / alpha extrapolated linearly
 from the last two steps; one network call a step on a grid uniform in lambda.
 Its update is not the fused step's (which is Euler's), so it does not use it.
+"dpmpp_2m_sde" is its reverse-SDE form (Lu et al.'s SDE-DPM-Solver++(2M)): first
+order it is the DDPM posterior step, exact for a point mass; one call a step.
 
 `invert=True` runs heun / dpmpp_2m on the reversed grid, from x_eps to x_1: the
 PF ODE's encoding of x_0 (Diff-AE's stochastic code x_T), which decoding with the
@@ -114,19 +116,31 @@ def _sampler_parts(
   lam = sde_lib.log_snr(sde, ts)
   lower_final = num_steps < 15  # DPM-Solver's advice: 1st order last step at few steps
 
-  def dpmpp_2m(i, carry):
+  def dpmpp_2m(i, carry, stochastic: bool):
     x, x0_prev, key = carry
     t0, t1 = jnp.full((b,), ts[i]), jnp.full((b,), ts[i + 1])
-    (_, s0), (a1, s1) = sde.marginal(t0), sde.marginal(t1)
+    (a0, s0), (a1, s1) = sde.marginal(t0), sde.marginal(t1)
     h = lam[i + 1] - lam[i]
     h_prev = lam[i] - lam[jnp.maximum(i - 1, 0)]
     eps = eps_c(x, t0, None)
-    x0 = (x - sde_lib.bcast(s0, x) * eps) / sde_lib.bcast(sde.marginal(t0)[0], x)
+    x0 = (x - sde_lib.bcast(s0, x) * eps) / sde_lib.bcast(a0, x)
     second = (i > 0) & ~(lower_final & (i == num_steps - 1))
     # D = x0 + (x0 - x0_prev) / (2 r), r = h_prev / h (Alg. 2); x0 itself on the first step.
     w = jnp.where(second, 0.5 * h / jnp.where(second, h_prev, 1.0), 0.0)
     d = x0 + w * (x0 - x0_prev)
-    x_next = sde_lib.bcast(s1 / s0, x) * x - sde_lib.bcast(a1 * jnp.expm1(-h), x) * d
+    if not stochastic:  # x_t = (s_t / s_s) x_s + a_t (1 - e^-h) D
+      x_next = sde_lib.bcast(s1 / s0, x) * x - sde_lib.bcast(a1 * jnp.expm1(-h), x) * d
+      return x_next, x0, key
+    # SDE-DPM-Solver++(2M): the same in the reverse SDE, whose first-order step is the
+    # DDPM posterior step: x_t = (s_t / s_s) e^-h x_s + a_t (1 - e^-2h) D + s_t sqrt(1 - e^-2h) n.
+    key, k_noise = jax.random.split(key)
+    noise = jax.random.normal(k_noise, x.shape)
+    one_minus = -jnp.expm1(-2.0 * h)
+    x_next = (
+      sde_lib.bcast(s1 / s0 * jnp.exp(-h), x) * x
+      + sde_lib.bcast(a1 * one_minus, x) * d
+      + sde_lib.bcast(s1 * jnp.sqrt(one_minus), x) * noise
+    )
     return x_next, x0, key
 
   def score(x, t, eps):
@@ -139,7 +153,7 @@ def _sampler_parts(
     if x_init is None and invert:
       raise ValueError("invert starts from the data: pass x_init")
     x = sde.prior_sample(k_init, shape) if x_init is None else x_init
-    if method == "dpmpp_2m":
+    if method in ("dpmpp_2m", "dpmpp_2m_sde"):
       return x, jnp.zeros_like(x), k_loop
     temb = sinusoidal(jnp.full((b,), ts[0]), spec.temb_dim, spec.time_scale)
     return x, temb, k_loop
@@ -147,8 +161,8 @@ def _sampler_parts(
   def body(i, carry):
     if method == "heun":
       return heun(i, carry)
-    if method == "dpmpp_2m":
-      return dpmpp_2m(i, carry)
+    if method in ("dpmpp_2m", "dpmpp_2m_sde"):
+      return dpmpp_2m(i, carry, stochastic=method == "dpmpp_2m_sde")
     x, temb, key = carry
     key, k_noise, k_corr = jax.random.split(key, 3)
     t = jnp.full((b,), ts[i])
@@ -179,10 +193,10 @@ INVERTIBLE = ("heun", "dpmpp_2m")  # deterministic solvers that also run x_0 -> 
 
 def time_grid(sde: sde_lib.SDE, method: str, num_steps: int) -> Array:
   """The num_steps + 1 times from 1 down to eps each method steps through: Karras's
-  rho = 7 grid for heun, uniform in log-SNR for dpmpp_2m, uniform in t otherwise."""
+  rho = 7 grid for heun, uniform in log-SNR for dpmpp_2m(_sde), uniform in t otherwise."""
   if method == "heun":
     return karras_times(sde, num_steps)
-  if method == "dpmpp_2m":
+  if method in ("dpmpp_2m", "dpmpp_2m_sde"):
     return logsnr_times(sde, num_steps)
   return jnp.linspace(1.0, sde.eps, num_steps + 1)
 
@@ -227,7 +241,8 @@ def sample(
   method: "em" Euler-Maruyama reverse SDE, "pc" EM predictor + Langevin
   corrector, "ode" probability-flow ODE (Euler; deterministic given x_init),
   "heun" the PF ODE by Heun's method on the Karras grid (2 calls a step),
-  "dpmpp_2m" DPM-Solver++(2M) on the log-SNR grid (1 call a step).
+  "dpmpp_2m" DPM-Solver++(2M) on the log-SNR grid (1 call a step), "dpmpp_2m_sde"
+  its reverse-SDE form (1 call a step).
   denoise: final Tweedie step x0 = (x - sigma eps) / alpha at t = eps.
   invert: integrate the PF ODE from x_init at t = eps up to t = 1 instead
   (heun / dpmpp_2m; no denoise step).
