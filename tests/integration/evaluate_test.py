@@ -130,6 +130,31 @@ def test_the_latent_prior_resumes_to_the_uninterrupted_runs_parameters(tiny_run,
     stages.load_prior(more, copy, sharding.make_mesh(more.mesh), (8, 8, 1))
 
 
+@pytest.mark.timeout(180)
+def test_encode_with_invert_writes_each_images_x_T(tiny_run):
+  """--mode=encode with sampling.invert=true adds x_T, and decoding the code from it is
+  the `inverted` reconstruction of the image at that index."""
+  from vdae.autoencoders import registry
+  from vdae.commands import encode
+  from vdae.parallel import sharding
+
+  config, workdir, _ = tiny_run
+  config = config.copy_and_resolve_references()
+  config.sampling.invert = True
+  with np.load(encode.encode(config, workdir)) as f:
+    d = dict(f)
+  assert d["x_T"].shape == (len(d["mu"]), 8, 8, 1)
+  ctx = stages.context(config, workdir)
+  ae = registry.load_vdae(config, workdir, sharding.make_mesh(config.mesh), (8, 8, 1))
+  x = ctx.splits[config.stage2.encode_split].arrays()["image"][d["index"][:8]]
+  np.testing.assert_allclose(
+    ae.decode_inverted(d["mu"][:8], d["x_T"][:8]),
+    ae.reconstruct_inverted(x, d["mu"][:8]),
+    atol=1e-4,
+  )
+  assert not np.allclose(d["x_T"][:8], x, atol=0.1)  # x_1, not the image
+
+
 @pytest.mark.timeout(60)
 def test_vae_checkpoint_with_another_decoder_fails_clearly(tiny_run):
   from vdae.io.errors import CheckpointError
