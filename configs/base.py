@@ -213,6 +213,7 @@ def get_config() -> ml_collections.ConfigDict:
   sw.vae_betas = (0.3, 1.0, 3.0)
   sw.seeds = (0,)
   sw.match_tolerance = 0.1  # rates within 10% count as matched
+  sw.train_prior = True  # each VDAE point trains its latent prior (its sample_fid uses it)
 
   # Device mesh and parameter layout. An axis of size -1 takes the remaining
   # devices. Rules map a regex over the parameter path to a layout:

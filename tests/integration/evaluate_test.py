@@ -186,6 +186,8 @@ def test_sweep_trains_and_evaluates_each_point_and_resumes(tiny_run):
   ]
   for p in points:
     assert p["rate_nats"] > 0 and np.isfinite(p["mode/l2"]) and "sample/l2" not in p
+    # Each VDAE point samples from the latent prior it trained (sweep.train_prior).
+    assert ("sample_fid_standard_normal" in p) == (p["model"] == "vdae"), p
   # Each point trained with its own beta: same seed, same init, same data order, so
   # an ignored override would make the two points' rates bit-identical. (Which way the
   # rate moves after 4 Adam steps is not a property worth asserting.)

@@ -164,6 +164,8 @@ def sweep(config, workdir: str) -> list[dict]:
       log.info("sweep: %s beta %g seed %d already evaluated", model, beta, seed)
     else:
       stages.train(entry.stage, cfg, sub, ctx.mesh, ctx.splits)
+      if model == "vdae" and sw.train_prior:  # its sample_fid from its own latent prior
+        stages.train("prior", cfg, sub, ctx.mesh, ctx.splits)
       with harness.Timer(f"sweep point {model} beta {beta:g} seed {seed}"):
         ae = entry.load(cfg, sub, ctx.mesh, ctx.image_shape)
         metrics = harness.evaluate_autoencoder(ae, cfg, judge, ctx.splits).metrics
