@@ -30,5 +30,10 @@ def get_config():
   c.vae.num_steps = 1500
   c.eval.num_test = 0  # the whole test split (270): FID on 64 images sits at its small-sample floor
   c.stage1.image_every = 1000
-  c.sampling.num_steps = 200
+  # Decoding by the reverse-SDE DPM-Solver++(2M), 30 steps (31 network calls): on the
+  # digits checkpoints it matches predictor-corrector with 200 steps (401 calls) in recon
+  # L2 (0.714 [0.689, 0.749] vs 0.704 [0.675, 0.739]) and recon FID (3.36 vs 3.64) at
+  # 0.07x its time (bench_decode, README). The PF-ODE solvers converge to a worse 0.88.
+  c.sampling.method = "dpmpp_2m_sde"
+  c.sampling.num_steps = 30
   return c

@@ -88,7 +88,8 @@ def _cases(d) -> dict[str, tuple[list[str], str]]:
     "old_override_name": (["--config.training.num_steps=9"], "now --config.stage1.num_steps"),
     "bad_config_values": (
       ["--config.sampling.method=dpm", "--config.model.temb_dim=15"],
-      "sampling.method='dpm' is not one of em, pc, ode, heun; model.temb_dim=15 must be even",
+      "sampling.method='dpm' is not one of em, pc, ode, heun, dpmpp_2m, dpmpp_2m_sde; "
+      "model.temb_dim=15 must be even",
     ),
   }
 
