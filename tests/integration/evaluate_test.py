@@ -146,13 +146,18 @@ def test_encode_with_invert_writes_each_images_x_T(tiny_run):
   assert d["x_T"].shape == (len(d["mu"]), 8, 8, 1)
   ctx = stages.context(config, workdir)
   ae = registry.load_vdae(config, workdir, sharding.make_mesh(config.mesh), (8, 8, 1))
-  x = ctx.splits[config.stage2.encode_split].arrays()["image"][d["index"][:8]]
+  # encode walks the split in order, in batches of stage2.batch_size (16): the first
+  # batch again, at the same size, so the same compiled programs run.
+  n = config.stage2.batch_size
+  x = ctx.splits[config.stage2.encode_split].arrays(n)["image"]
+  np.testing.assert_allclose(ae.invert(x, d["mu"][:n]), d["x_T"][:n], rtol=1e-5, atol=1e-5)
   np.testing.assert_allclose(
-    ae.decode_inverted(d["mu"][:8], d["x_T"][:8]),
-    ae.reconstruct_inverted(x, d["mu"][:8]),
-    atol=1e-4,
+    ae.decode_inverted(d["mu"][:n], d["x_T"][:n]),
+    ae.reconstruct_inverted(x, d["mu"][:n]),
+    rtol=1e-5,
+    atol=1e-5,
   )
-  assert not np.allclose(d["x_T"][:8], x, atol=0.1)  # x_1, not the image
+  assert not np.allclose(d["x_T"][:n], x, atol=0.1)  # x_1, not the image
 
 
 @pytest.mark.timeout(60)
