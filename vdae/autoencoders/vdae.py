@@ -84,12 +84,15 @@ class VDAE(Autoencoder):
     self.config, self.mesh, self.image_shape = config, mesh, tuple(image_shape)
     self.score_params, self.enc_params = score_params, enc_params
     self.latent_prior = latent_prior  # a latent.prior.LearnedPrior, or None: N(0, I)
-    self.learned_prior = latent_prior is not None
     self.score_model = score.model_from_config(config)
     self.encoder = encoder_lib.from_config(config.encoder, config.model, config.sde)
     self.latent_dim = config.encoder.latent_dim
     self._encode = make_encode_fn(self.encoder)
     self._decoders: dict[tuple, samplers.CompiledSampler] = {}
+
+  @property
+  def learned_prior(self) -> bool:
+    return self.latent_prior is not None
 
   def prior_sample(self, n: int, key, standard_normal: bool = False) -> np.ndarray:
     if self.latent_prior is None or standard_normal:

@@ -118,7 +118,6 @@ class Bench:
     sp = self.config.sampling
     with sp.unlocked():
       sp.invert_num_steps = steps
-    self.ae._decoders.clear()  # the inversion's samplers are cached per step count
     self.ae.compile_decode(self.mu[: self.batch], "inverted")
     t0 = time.perf_counter()
     rec = pipeline.map_batched(self.ae.reconstruct_inverted, (self.x, self.mu), self.batch)

@@ -181,15 +181,17 @@ def _decode_all(
 
 def _inverted_all(ae: Autoencoder, x: np.ndarray, z: np.ndarray, batch: int):
   """(reconstructions from z and x's inverted noise, seconds) in padded batches."""
-  seconds, out = 0.0, []
-  for lo in range(0, len(z), batch):
+  seconds = 0.0
+
+  def one(xb, zb):
+    nonlocal seconds
     preemption.exit_if_requested("during evaluation (nothing of it is written yet)")
-    b = pipeline.pad_batch({"x": x[lo : lo + batch], "z": z[lo : lo + batch]}, batch)
     t0 = time.perf_counter()
-    rec = ae.reconstruct_inverted(b["x"], b["z"])
+    out = ae.reconstruct_inverted(xb, zb)
     seconds += time.perf_counter() - t0
-    out.append(rec[: len(z[lo : lo + batch])])
-  return np.concatenate(out), seconds
+    return out
+
+  return pipeline.map_batched(one, (x, z), batch), seconds
 
 
 def decode_protocols(

@@ -115,7 +115,6 @@ def sampling_config(config):
   cfg = config.sampling.copy_and_resolve_references()
   with cfg.unlocked():
     cfg.method, cfg.num_steps = config.prior.sample_method, config.prior.sample_num_steps
-    cfg.denoise = True
   return cfg
 
 

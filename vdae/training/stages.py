@@ -27,7 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from vdae.autoencoders import vae as vae_lib
-from vdae.autoencoders.vdae import VDAE
+from vdae.autoencoders.vdae import VDAE, make_encode_fn
 from vdae.data import sources
 from vdae.diffusion import losses, samplers, score
 from vdae.diffusion import sde as sde_lib
@@ -216,8 +216,8 @@ def _prior_init(config, image_shape):
 
 
 def _encode_at_zero(config):
-  enc = encoder_lib.from_config(config.encoder, config.model, config.sde)
-  return lambda params, x: enc.apply({"params": params}, x, jnp.zeros((x.shape[0],)))
+  """jit(enc_params, x) -> (mu, log_var) of q(z | x_0): the VDAE's own encode."""
+  return make_encode_fn(encoder_lib.from_config(config.encoder, config.model, config.sde))
 
 
 def prior_pairing(config, workdir: str) -> dict:
@@ -240,7 +240,7 @@ def code_normaliser(config, enc_params, split: sources.Split, mesh) -> prior_lib
   """The aggregate posterior's per-dimension mean and std over the whole split."""
   from vdae.data import pipeline  # the loader's batching, padded with a mask
 
-  encode = jax.jit(_encode_at_zero(config))
+  encode = _encode_at_zero(config)
   mus, lvs = [], []
   for b in pipeline.eval_batches(split, config.eval.batch_size):
     mu, lv = encode(enc_params, sharding.replicated_from_host(b["image"], mesh))
