@@ -50,8 +50,13 @@ def get_config() -> ml_collections.ConfigDict:
   d.worker_count = 0  # Grain worker processes (0 = in-process)
   d.prefetch = 8  # batches Grain's reader threads keep ready
 
-  # Score network (stage 1).
+  # Score network (stage 1). source=diffusers imports a pretrained DDPM instead of
+  # training one: path is a diffusers save_pretrained directory or hub snapshot
+  # (vdae/io/pretrained.py); its scheduler then sets the sde group, and the fields
+  # below other than dtype are unused.
   c.model = m = ml_collections.ConfigDict()
+  m.source = one_of("model.source", "native", ("native", "diffusers"))
+  m.path = ""
   m.channels = 64
   m.channel_mults = (1, 2)
   m.num_res_blocks = 2
@@ -66,13 +71,15 @@ def get_config() -> ml_collections.ConfigDict:
 
   # SDE.
   c.sde = s = ml_collections.ConfigDict()
-  s.kind = one_of("sde.kind", "vp", ("vp", "subvp", "ve"))
+  # vp_cosine: the cosine schedule over sde.timesteps steps (imported DDPMs' squaredcos_cap_v2)
+  s.kind = one_of("sde.kind", "vp", ("vp", "subvp", "ve", "vp_cosine"))
   s.beta_min = 0.1
   s.beta_max = 20.0
   s.sigma_min = 0.01
   s.sigma_max = 50.0
   s.eps = 1e-3  # smallest training / sampling time
   s.time_scale = 1000.0  # t is embedded as t * time_scale
+  s.timesteps = 1000  # vp_cosine: the discrete schedule's N
 
   # Stage 1: score-model pretraining (denoising score matching).
   c.stage1 = t = _stage(num_steps=3000, batch_size=128, lr=2e-3, image_every=1000)

@@ -20,15 +20,15 @@ def test_shipped_configs_pass_the_check(mod):
 
 
 def test_choices_are_read_by_the_check_and_by_the_code():
-  assert schema.choices("sde.kind") == ("vp", "subvp", "ve")
+  assert schema.choices("sde.kind") == ("vp", "subvp", "ve", "vp_cosine")
   c = tiny.get_config()
   c.sde.kind = "vpp"
   c.sampling.loop = "while"
   with pytest.raises(
-    ConfigError, match="sde.kind='vpp' is not one of vp, subvp, ve.*sampling.loop"
+    ConfigError, match="sde.kind='vpp' is not one of vp, subvp, ve, vp_cosine.*sampling.loop"
   ):
     schema.check(c)
-  with pytest.raises(ConfigError, match="sde.kind='vpp' is not one of vp, subvp, ve"):
+  with pytest.raises(ConfigError, match="sde.kind='vpp' is not one of vp, subvp, ve, vp_cosine"):
     sde_lib.SDE(kind="vpp")
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 from vdae import schema
-from vdae.io import workdir_lock
+from vdae.io import pretrained, workdir_lock
 from vdae.parallel import runtime
 from vdae.training import checkpoint, preemption
 
@@ -15,6 +15,7 @@ def execute(config, workdir: str, commands: Sequence[Callable]) -> None:
   """Runs each command(config, workdir) in order, holding WORKDIR's lock."""
   checkpoint.install_noise_filters()
   schema.check(config)
+  pretrained.resolve_config(config)  # an imported score model brings its own SDE
   runtime.initialize(config.runtime)
   with preemption.notices(), workdir_lock.hold(workdir, config.runtime):
     for i, command in enumerate(commands):

@@ -1,23 +1,81 @@
 """The score model as the rest of the package sees it (owned here).
 
-The one place that builds the score network from the config, initialises its
-parameters, and turns its noise prediction into a score (s = -eps / sigma).
-Samplers, losses, the fused step's reference, the likelihood and the
-autoencoders all go through these.
+The one place that builds the score network from the config (vdae's own U-Net,
+or an imported diffusers UNet2DModel: `model.source`), initialises its
+parameters, and turns its output into a noise prediction and a score
+(eps <-> score: s = -eps / sigma). Samplers, losses, the fused step's
+reference, the likelihood and the autoencoders all go through these, so an
+imported model is the same eps_theta(x_t, t) to all of them.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
+import flax.linen as nn
 import jax.numpy as jnp
 
+from vdae import schema
 from vdae.diffusion import sde as sde_lib
-from vdae.models import unet
+from vdae.models import diffusers_unet, unet
 from vdae.types import Array, EpsFn, Key, Params, ScoreFn
 
 
 def eps_to_score(eps: Array, sigma: Array) -> Array:
   """Score from a noise prediction: -eps / sigma(t), eps [B, ...], sigma [B]."""
   return -eps / sde_lib.bcast(sigma, eps)
+
+
+def prediction_to_eps(pred: Array, x_t: Array, alpha: Array, sigma: Array, kind: str) -> Array:
+  """The noise prediction of a network that predicts `kind` at x_t = alpha x_0 + sigma eps.
+
+  epsilon: itself. v_prediction (v = alpha eps - sigma x_0, VP: alpha^2 + sigma^2
+  = 1): eps = alpha v + sigma x_t. sample (x_0): eps = (x_t - alpha x_0) / sigma.
+  """
+  a, s = sde_lib.bcast(alpha, pred), sde_lib.bcast(sigma, pred)
+  if kind == "epsilon":
+    return pred
+  if kind == "v_prediction":
+    return a * pred + s * x_t
+  if kind == "sample":
+    return (x_t - a * pred) / s
+  raise ValueError(f"prediction type {kind!r}")
+
+
+class ImportedScoreNet(nn.Module):
+  """eps(x [B, H, W, C], t [B]) of an imported UNet2DModel: its timestep is
+  t * time_scale, its output converted to a noise prediction under `sde`.
+
+  Data range: vdae's images are in [-1, 1], the range DDPM checkpoints are
+  trained in, so x goes in unchanged."""
+
+  unet: diffusers_unet.UNet2DModel
+  prediction_type: str
+  sde: sde_lib.SDE
+  time_scale: float
+
+  def __call__(self, x, t, train: bool = False, temb=None):
+    del temb  # the sampler's precomputed features are vdae's embedding, not this one's
+    out = self.unet(x, t * self.time_scale, train)
+    alpha, sigma = self.sde.marginal(t)
+    return prediction_to_eps(out, x, alpha, sigma, self.prediction_type)
+
+
+def model_from_config(config) -> Any:
+  """The score network of `config`: vdae's U-Net or the imported model (model.source)."""
+  if schema.require("model.source", config.model.source) == "native":
+    return unet.from_config(config.model, config.sde)
+  from vdae.io import pretrained  # reads the directory's JSON (cached), no tensors
+
+  sched = pretrained.check_resolved(config)
+  return ImportedScoreNet(
+    diffusers_unet.UNet2DModel(
+      pretrained.unet_spec(config.model.path), jnp.dtype(config.model.dtype)
+    ),
+    sched.prediction_type,
+    sde_lib.from_config(config.sde),
+    config.sde.time_scale,
+  )
 
 
 def score_fn_from_eps(eps_fn: EpsFn, sde: sde_lib.SDE) -> ScoreFn:
@@ -29,10 +87,6 @@ def score_fn_from_eps(eps_fn: EpsFn, sde: sde_lib.SDE) -> ScoreFn:
   return score_fn
 
 
-def model_from_config(config) -> unet.UNet:
-  return unet.from_config(config.model, config.sde)
-
-
 def init_params(model: unet.UNet, key: Key, image_shape: tuple[int, ...]) -> Params:
   """The score network's parameters for images of `image_shape` [H, W, C]."""
   x = jnp.zeros((1, *image_shape), jnp.float32)
@@ -41,7 +95,7 @@ def init_params(model: unet.UNet, key: Key, image_shape: tuple[int, ...]) -> Par
 
 def eps_fn_for(model: unet.UNet, params: Params, config, train: bool = False, rngs=None) -> EpsFn:
   """eps(x, t, temb=None): the sampler's precomputed embedding is used when it applies."""
-  use_temb = config.model.embedding == "sinusoidal"
+  use_temb = config.model.source == "native" and config.model.embedding == "sinusoidal"
 
   def eps_fn(x, t, temb=None):
     return model.apply({"params": params}, x, t, train, temb if use_temb else None, rngs=rngs or {})

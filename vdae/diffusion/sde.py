@@ -1,4 +1,4 @@
-"""Forward SDEs (VP, sub-VP, VE): their marginals, priors and reverse-time forms.
+"""Forward SDEs (VP, sub-VP, VE, cosine VP): their marginals, priors and reverse-time forms.
 
 Every SDE here has a Gaussian perturbation kernel
   x_t = alpha(t) x_0 + sigma(t) n,  n ~ N(0, I),
@@ -28,7 +28,13 @@ def bcast(v: Array, x: Array) -> Array:
 class SDE:
   """A linear SDE dx = f(t) x dt + g(t) dw on t in [eps, 1].
 
-  kind: "vp" (DDPM-like), "subvp" (Song et al. 2021), or "ve" (SMLD-like).
+  kind: "vp" (DDPM-like), "subvp" (Song et al. 2021), "ve" (SMLD-like), or
+  "vp_cosine": the VP SDE whose alpha_bar(t) is Nichol & Dhariwal's cosine
+  schedule (diffusers' squaredcos_cap_v2) over `timesteps` discrete steps,
+  placed so that it equals the discrete alphas_cumprod at every training
+  timestep t_i = i / (N - 1): alpha_bar(t) = f(u) / f(0), f(u) = cos^2((u + s) /
+  (1 + s) pi / 2), u = (t (N - 1) + 1) / N, and u held at the clipped last
+  step's value (betas capped at 0.999) above it, so beta(t) stays finite.
   """
 
   kind: str = "vp"
@@ -37,9 +43,28 @@ class SDE:
   sigma_min: float = 0.01
   sigma_max: float = 50.0
   eps: float = 1e-3
+  timesteps: int = 1000  # vp_cosine only
 
   def __post_init__(self):
     schema.require("sde.kind", self.kind)
+
+  # --- the cosine schedule ---------------------------------------------------
+  _COS_S = 0.008
+
+  def _cos_theta(self, u):
+    return (u + self._COS_S) / (1 + self._COS_S) * (math.pi / 2)
+
+  @property
+  def _cos_u_max(self) -> float:
+    """The u at which f(u) / f(0) is the discrete schedule's last, clipped alpha_bar."""
+    n = self.timesteps
+    f = lambda u: math.cos(self._cos_theta(u)) ** 2
+    last = f((n - 1) / n) / f(0.0) * (1 - 0.999)  # beta_{N-1} = min(1 - 0 / f, 0.999)
+    return (math.acos(math.sqrt(last * f(0.0))) * 2 / math.pi) * (1 + self._COS_S) - self._COS_S
+
+  def _cos_u(self, t):
+    n = self.timesteps
+    return jnp.minimum((t * (n - 1) + 1) / n, self._cos_u_max)
 
   # --- coefficients --------------------------------------------------------
   def beta(self, t: Array) -> Array:
@@ -49,13 +74,15 @@ class SDE:
   def log_alpha(self, t: Array) -> Array:
     if self.kind == "ve":
       return jnp.zeros_like(t)
+    if self.kind == "vp_cosine":
+      return jnp.log(jnp.cos(self._cos_theta(self._cos_u(t))) / math.cos(self._cos_theta(0.0)))
     return -0.25 * t**2 * (self.beta_max - self.beta_min) - 0.5 * t * self.beta_min
 
   def marginal(self, t: Array) -> tuple[Array, Array]:
     """(alpha(t), sigma(t)) of the perturbation kernel, each [B]."""
     la = self.log_alpha(t)
     alpha = jnp.exp(la)
-    if self.kind == "vp":
+    if self.kind in ("vp", "vp_cosine"):
       sigma = jnp.sqrt(-jnp.expm1(2.0 * la))
     elif self.kind == "subvp":
       sigma = -jnp.expm1(2.0 * la)
@@ -67,6 +94,12 @@ class SDE:
     """The t at which sigma(t) / alpha(t) = level (EDM's noise level), elementwise."""
     if self.kind == "ve":
       return jnp.log(level / self.sigma_min) / math.log(self.sigma_max / self.sigma_min)
+    if self.kind == "vp_cosine":  # cos(theta) = alpha cos(theta_0), then u -> t
+      alpha = 1.0 / jnp.sqrt(1.0 + level**2)
+      theta = jnp.arccos(alpha * math.cos(self._cos_theta(0.0)))
+      u = theta * 2 / math.pi * (1 + self._COS_S) - self._COS_S
+      n = self.timesteps
+      return jnp.clip((u * n - 1) / (n - 1), 0.0, 1.0)
     if self.kind == "vp":  # sigma^2 = 1 - alpha^2
       la = -0.5 * jnp.log1p(level**2)
     else:  # sub-VP: sigma = 1 - alpha^2, so alpha^2 + level alpha - 1 = 0
@@ -82,6 +115,11 @@ class SDE:
     if self.kind == "ve":
       _, sigma = self.marginal(t)
       return jnp.zeros_like(t), sigma**2 * 2.0 * math.log(self.sigma_max / self.sigma_min)
+    if self.kind == "vp_cosine":  # beta = -2 d log(alpha) / dt; 0 where u is held
+      n = self.timesteps
+      du = jnp.where((t * (n - 1) + 1) / n < self._cos_u_max, (n - 1) / n, 0.0)
+      b = 2 * jnp.tan(self._cos_theta(self._cos_u(t))) * (math.pi / 2) / (1 + self._COS_S) * du
+      return -0.5 * b, b
     b = self.beta(t)
     if self.kind == "vp":
       return -0.5 * b, b
@@ -140,4 +178,5 @@ def from_config(cfg) -> SDE:
     sigma_min=cfg.sigma_min,
     sigma_max=cfg.sigma_max,
     eps=cfg.eps,
+    timesteps=cfg.timesteps,
   )

@@ -167,6 +167,10 @@ def _coefficients(sde: sde_lib.SDE, t: Array) -> tuple[Array | None, Array, Arra
     ratio = sde.sigma_max / sde.sigma_min
     sigma = sde.sigma_min * ratio**t
     return None, sigma**2 * 2.0 * math.log(ratio), sigma
+  if sde.kind == "vp_cosine":  # the same formulas as SDE's, elementwise in the tile
+    f, b = sde.sde_coefficients(t)
+    la = sde.log_alpha(t)
+    return f, b, jnp.sqrt(-_expm1(2.0 * la))
   la = -0.25 * t**2 * (sde.beta_max - sde.beta_min) - 0.5 * t * sde.beta_min
   b = sde.beta_min + t * (sde.beta_max - sde.beta_min)
   if sde.kind == "vp":

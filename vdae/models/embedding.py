@@ -11,16 +11,27 @@ import jax.numpy as jnp
 from vdae import schema
 
 
-def sinusoidal(t: jax.Array, dim: int, time_scale: float) -> jax.Array:
+def sinusoidal(
+  t: jax.Array, dim: int, time_scale: float, flip_sin_to_cos: bool = False, freq_shift: float = 1.0
+) -> jax.Array:
   """Transformer-style features of `t * time_scale`: t [B] -> [B, dim].
 
-  Half sines, half cosines, frequencies geometric from 1 to 1/10000. The fused
-  Pallas step (vdae/kernels) computes exactly this for the next time.
+  Half sines, half cosines (cosines first when flip_sin_to_cos), frequencies
+  10000^(-k / (half - freq_shift)), k = 0..half-1; an odd dim gets a zero
+  column. The defaults are vdae's own networks' (frequencies from 1 to 1/10000)
+  and the features the fused Pallas step (vdae/kernels) computes for the next
+  time; diffusers' UNet2DModel states both fields in its config.
   """
   half = dim // 2
-  freqs = jnp.exp(-math.log(10000.0) * jnp.arange(half, dtype=jnp.float32) / max(half - 1, 1))
+  denom = half - freq_shift
+  if denom <= 0:  # a 2-wide embedding with shift 1: one frequency, 1
+    denom = 1.0
+  freqs = jnp.exp(-math.log(10000.0) * jnp.arange(half, dtype=jnp.float32) / denom)
   arg = (t.astype(jnp.float32) * time_scale)[:, None] * freqs[None, :]
-  return jnp.concatenate([jnp.sin(arg), jnp.cos(arg)], axis=-1)
+  parts = [jnp.cos(arg), jnp.sin(arg)] if flip_sin_to_cos else [jnp.sin(arg), jnp.cos(arg)]
+  if dim % 2:
+    parts.append(jnp.zeros_like(arg[:, :1]))
+  return jnp.concatenate(parts, axis=-1)
 
 
 class FourierFeatures(nn.Module):

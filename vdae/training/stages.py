@@ -12,12 +12,18 @@ and how to build its loss, frozen inputs and pictures. From the table:
 
 Directory names (stage1, stage2, vae; prior is new) are those of earlier versions, so
 existing workdirs resume.
+
+A stage can also be imported instead of trained (`Stage.imported`): the score
+model with model.source=diffusers comes from a pretrained DDPM directory
+(vdae/io/pretrained.py). It then counts as trained, `train` has nothing to do,
+and `load_stage` reads the directory; every reader is unchanged.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+import logging
 import os
 from collections.abc import Callable
 from typing import Any
@@ -31,7 +37,7 @@ from vdae.autoencoders.vdae import VDAE, make_encode_fn
 from vdae.data import sources
 from vdae.diffusion import losses, samplers, score
 from vdae.diffusion import sde as sde_lib
-from vdae.io import files
+from vdae.io import files, pretrained
 from vdae.io.errors import CheckpointError, ConfigError
 from vdae.kernels.reference import StepSpec
 from vdae.latent import objective
@@ -43,6 +49,8 @@ from vdae.training import checkpoint, restore
 from vdae.training import state as state_lib
 from vdae.training.loop import StageSpec, Trainer
 from vdae.types import Key, LossFn, Params
+
+log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass
@@ -85,6 +93,8 @@ class Stage:
   check_shape: Callable[[Any, tuple], None]
   # Where readers find it: (config, workdir) -> the workdir holding its checkpoints.
   source: Callable[[Any, str], str] = lambda config, workdir: workdir
+  # config -> True when the stage's parameters are imported, not trained here
+  imported: Callable[[Any], bool] = lambda config: False
 
 
 # --- stage 1: the score model ------------------------------------------------------
@@ -159,9 +169,20 @@ def make_encoder_loss(config, correction_impl: str = "reverse", kernel: str | No
   return loss_fn
 
 
+def _score_imported(config) -> bool:
+  return config.model.source != "native"
+
+
 def score_pairing(config, workdir: str) -> dict:
   """Which score parameters stage 2 trains its encoder against (recorded in its
-  checkpoints): the stage-1 EMA parameters at stage 1's newest step."""
+  checkpoints): the stage-1 EMA parameters at stage 1's newest step, or the
+  imported model's source and weights hash."""
+  if _score_imported(config):
+    return {
+      "score_params": "imported",
+      "score_source": f"diffusers:{os.path.abspath(config.model.path)}",
+      "score_sha256": pretrained.weights_sha256(config.model.path),
+    }
   return {"score_params": "ema", "score_step": trained_step("stage1", config, workdir)}
 
 
@@ -169,6 +190,16 @@ def check_pairing(recorded: dict, config, workdir: str, doing: str) -> None:
   """ConfigError / CheckpointError if the encoder would meet other score parameters
   than those it was trained against (old checkpoints record nothing: EMA assumed)."""
   now = score_pairing(config, workdir)
+  was = recorded.get("score_sha256")
+  if was is not None or "score_sha256" in now:
+    if was != now.get("score_sha256"):
+      trained = recorded.get("score_source", "vdae's own stage 1")
+      raise CheckpointError(
+        f"the encoder was trained against the score model {trained} (weights sha256 "
+        f"{str(was)[:12]}), but this run's is {now.get('score_source', 'the stage-1 checkpoint')} "
+        f"(sha256 {str(now.get('score_sha256'))[:12]}); {doing} in a new --workdir instead"
+      )
+    return
   if not config.sampling.use_ema:
     raise ConfigError(
       f"sampling.use_ema=false would {doing} with the raw stage-1 parameters, but the "
@@ -309,6 +340,14 @@ def _vae_build(ctx: Context) -> Built:
   return Built(model.loss_fn(ctx.config.vae.beta_kl), None, images)
 
 
+def _check_score_shape(config, shape) -> None:
+  if _score_imported(config):
+    path = config.model.path
+    pretrained.check_image_shape(pretrained.unet_spec(path), tuple(shape), path)
+  else:
+    sizes.check_score_model(config, shape)
+
+
 STAGES: dict[str, Stage] = {
   s.name: s
   for s in (
@@ -320,8 +359,9 @@ STAGES: dict[str, Stage] = {
       ("model", "sde"),
       _score_init,
       _score_build,
-      sizes.check_score_model,
+      lambda config, shape: _check_score_shape(config, shape),
       source=lambda config, workdir: config.stage2.stage1_workdir or workdir,
+      imported=_score_imported,
     ),
     Stage(
       "stage2",
@@ -332,7 +372,7 @@ STAGES: dict[str, Stage] = {
       _encoder_init,
       _encoder_build,
       lambda config, shape: (
-        sizes.check_score_model(config, shape),
+        _check_score_shape(config, shape),
         sizes.check_encoder(config, shape),
       ),
     ),
@@ -407,7 +447,11 @@ def trainer(name: str, config, workdir: str, mesh=None, splits=None) -> Trainer:
 
 
 def train(name: str, config, workdir: str, mesh=None, splits=None):
-  """Trains stage `name` to its num_steps (resuming); returns the final state."""
+  """Trains stage `name` to its num_steps (resuming); returns the final state
+  (None for an imported stage: nothing to train)."""
+  if STAGES[name].imported(config):
+    log.info("%s: imported from %s, nothing to train", name, config.model.path)
+    return None
   return trainer(name, config, workdir, mesh, splits).train()
 
 
@@ -433,8 +477,9 @@ def read_meta(name: str, config, workdir: str) -> dict:
 
 
 def is_trained(name: str, config, workdir: str) -> bool:
-  """Whether stage `name` has a checkpoint where its readers look for it."""
-  return trained_step(name, config, workdir) > 0
+  """Whether stage `name` has a checkpoint where its readers look for it (an
+  imported stage always has: its directory is checked when it is loaded)."""
+  return STAGES[name].imported(config) or trained_step(name, config, workdir) > 0
 
 
 def load_stage(
@@ -446,6 +491,8 @@ def load_stage(
   (the stage's compare_keys) or image shape.
   """
   stage = STAGES[name]
+  if stage.imported(config):
+    return pretrained.load_params(config, mesh, image_shape)
   opt, _ = _optimizer(name, config)
   hint = f"Run --mode={stage.mode} first"
   if name == "stage1":
