@@ -45,6 +45,7 @@ _FIXED = {
   "upsample_type": ("conv",),
   "resnet_time_scale_shift": ("default", "scale_shift"),
   "add_attention": (True,),
+  "mid_block_type": ("UNetMidBlock2D",),
 }
 # Fields read below, with diffusers' defaults.
 _DEFAULTS = {
@@ -57,6 +58,7 @@ _DEFAULTS = {
   "freq_shift": 0,
   "flip_sin_to_cos": True,
   "down_block_types": ("DownBlock2D", "AttnDownBlock2D", "AttnDownBlock2D", "AttnDownBlock2D"),
+  "mid_block_type": "UNetMidBlock2D",
   "up_block_types": ("AttnUpBlock2D", "AttnUpBlock2D", "AttnUpBlock2D", "UpBlock2D"),
   "block_out_channels": (224, 448, 672, 896),
   "layers_per_block": 2,
@@ -215,7 +217,7 @@ class Attention(nn.Module):
 
   heads: int
   head_dim: int
-  groups: int
+  groups: int | None  # None: no GroupNorm before the projections
   eps: float
   output_scale: float = 1.0
   dtype: Any = jnp.float32
@@ -223,7 +225,8 @@ class Attention(nn.Module):
   @nn.compact
   def __call__(self, x):
     b, hh, ww, c = x.shape
-    y = _norm(self.groups, self.eps, "group_norm", self.dtype)(x).reshape(b, hh * ww, c)
+    y = x if self.groups is None else _norm(self.groups, self.eps, "group_norm", self.dtype)(x)
+    y = y.reshape(b, hh * ww, c)
     inner = self.heads * self.head_dim
     split = lambda a: a.reshape(b, hh * ww, self.heads, self.head_dim)
     q, k, v = (
@@ -236,12 +239,12 @@ class Attention(nn.Module):
     return (o + x) / self.output_scale
 
 
-def _attention(spec: UNetSpec, ch: int, name: str, dtype, groups=None, output_scale=1.0):
+def _attention(spec: UNetSpec, ch: int, name: str, dtype, groups=-1, output_scale=1.0):
   head_dim = spec.attention_head_dim or ch  # null: one head over all channels
   return Attention(
     ch // head_dim,
     head_dim,
-    groups or spec.norm_num_groups,
+    spec.norm_num_groups if groups == -1 else groups,
     spec.norm_eps,
     output_scale,
     dtype,
@@ -325,7 +328,11 @@ class MidBlock(nn.Module):
     s, ch = self.spec, self.spec.block_out_channels[-1]
     scale = s.mid_block_scale_factor
     h = ResnetBlock2D(s, ch, scale, self.dtype, name="resnets_0")(h, temb, train)
-    groups = s.attn_norm_num_groups or s.norm_num_groups
+    # diffusers' mid block: attn_norm_num_groups, else the resnets' groups, except
+    # that scale_shift conditioning leaves its attention without a GroupNorm.
+    groups = s.attn_norm_num_groups
+    if groups is None and not s.scale_shift:
+      groups = s.norm_num_groups
     h = _attention(s, ch, "attentions_0", self.dtype, groups, scale)(h)
     return ResnetBlock2D(s, ch, scale, self.dtype, name="resnets_1")(h, temb, train)
 
@@ -372,8 +379,8 @@ class UNet2DModel(nn.Module):
       block = UpBlock(s, rev[i], kind == "AttnUpBlock2D", i != last, dt, name=f"up_blocks_{i}")
       h = block(h, skips, temb, train)
     assert not skips
-    act = ACTIVATIONS[s.act_fn]
-    h = act(_norm(s.norm_num_groups, s.norm_eps, "conv_norm_out", dt)(h))
+    # SiLU whatever act_fn says: diffusers' conv_act is fixed.
+    h = nn.silu(_norm(s.norm_num_groups, s.norm_eps, "conv_norm_out", dt)(h))
     return _conv(s.out_channels, "conv_out", dt)(h).astype(jnp.float32)
 
 
