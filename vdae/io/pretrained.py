@@ -133,7 +133,8 @@ class Schedule:
     }
 
 
-SCHEDULERS = ("DDPMScheduler", "DDIMScheduler")
+# PNDM trains on the same betas as DDPM; only its sampling loop differs.
+SCHEDULERS = ("DDPMScheduler", "DDIMScheduler", "PNDMScheduler")
 PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
 # Fields that only shape diffusers' own sampling loop (vdae samples with its own
 # solvers), so any value is compatible with the training schedule.
@@ -147,6 +148,7 @@ _SAMPLING_ONLY = (
   "timestep_spacing",
   "steps_offset",
   "set_alpha_to_one",
+  "skip_prk_steps",
 )
 _SCHEDULE_FIELDS = {
   "num_train_timesteps": 1000,
@@ -161,7 +163,7 @@ _META = ("_class_name", "_diffusers_version", "_name_or_path", "_use_default_val
 
 
 def schedule_from_json(cfg: dict, where: str) -> Schedule:
-  """The SDE of a DDPMScheduler / DDIMScheduler config (ConfigError if not exact)."""
+  """The SDE of a DDPM / DDIM / PNDM scheduler config (CheckpointError if not exact)."""
 
   def refuse(field, value, why):
     raise CheckpointError(f"{where}: {field}={value!r} cannot be imported ({why})")
@@ -364,6 +366,48 @@ def to_flax_tree(tensors: dict[str, np.ndarray], spec, where: str) -> dict:
       node = node.setdefault(p, {})
     node[path[-1]] = arr
   return tree
+
+
+_LISTS = (
+  "down_blocks",
+  "up_blocks",
+  "resnets",
+  "attentions",
+  "downsamplers",
+  "upsamplers",
+  "to_out",
+)
+
+
+def export_tensors(tree: dict) -> dict[str, np.ndarray]:
+  """The inverse of `to_flax_tree`: a Flax UNet2DModel tree as diffusers-named torch
+  layouts, so tests and benchmarks can write checkpoints without torch."""
+  out = {}
+  for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+    keys = [str(getattr(k, "key", k)) for k in path]
+    parts = []
+    for k in keys[:-1]:
+      head, _, num = k.rpartition("_")
+      parts.append(f"{head}.{num}" if head in _LISTS and num.isdigit() else k)
+    arr = np.asarray(leaf, np.float32)
+    if keys[-1] == "kernel":
+      arr = arr.transpose(3, 2, 0, 1) if arr.ndim == 4 else arr.T
+    parts.append("bias" if keys[-1] == "bias" else "weight")
+    out[".".join(parts)] = np.ascontiguousarray(arr)
+  return out
+
+
+def write_checkpoint(directory: str, unet_config: dict, tree: dict, scheduler: dict | None = None):
+  """A save_pretrained-style directory from a Flax tree (tests, benchmarks)."""
+  from safetensors.numpy import save_file
+
+  os.makedirs(directory, exist_ok=True)
+  with open(os.path.join(directory, "config.json"), "w") as f:
+    json.dump({"_class_name": "UNet2DModel", **unet_config}, f)
+  save_file(export_tensors(tree), os.path.join(directory, WEIGHTS))
+  if scheduler is not None:
+    with open(os.path.join(directory, "scheduler_config.json"), "w") as f:
+      json.dump(scheduler, f)
 
 
 def weights_sha256(path: str) -> str:
