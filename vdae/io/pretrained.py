@@ -159,7 +159,7 @@ _SCHEDULE_FIELDS = {
   "prediction_type": "epsilon",
   "rescale_betas_zero_snr": False,
 }
-_META = ("_class_name", "_diffusers_version", "_name_or_path", "_use_default_values")
+_META = diffusers_unet.META  # the bookkeeping fields diffusers writes into every config
 
 
 def schedule_from_json(cfg: dict, where: str) -> Schedule:

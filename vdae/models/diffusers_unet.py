@@ -79,7 +79,8 @@ _DEFAULTS = {
   "num_train_timesteps": None,  # only read by the learned embedding, which is refused
 }
 # Bookkeeping diffusers writes into every config.json.
-_META = ("_class_name", "_diffusers_version", "_name_or_path", "_use_default_values")
+META = ("_class_name", "_diffusers_version", "_name_or_path", "_use_default_values")
+_META = META
 
 
 @dataclasses.dataclass(frozen=True)
