@@ -135,6 +135,10 @@ def get_config() -> ml_collections.ConfigDict:
   lp.keep_checkpoints = 3
   lp.async_checkpointing = True
   lp.on_nonfinite = one_of("loop.on_nonfinite", "stop", ("stop", "skip"))
+  # (first, last): a jax.profiler trace of those steps of every stage, written where
+  # TensorBoard's profile plugin finds it (WORKDIR/tensorboard/<stage>/plugins/profile).
+  # () = off. Skip the first step: it compiles.
+  lp.profile_steps = ()
 
   # Optimiser shape (AdamW), shared by every stage; each stage sets its own lr.
   c.optim = o = ml_collections.ConfigDict()
@@ -242,5 +246,10 @@ def get_config() -> ml_collections.ConfigDict:
   # (same host) or whose heartbeat is older than this is taken over with a warning.
   r.lock_stale_seconds = 120.0
   r.force_unlock = False  # take the lock whatever holds it (a holder you know is gone)
+  # JAX's persistent compilation cache: a rerun (any mode, any workdir) loads what an
+  # earlier run compiled instead of compiling it again. "auto": $JAX_COMPILATION_CACHE_DIR
+  # if set, else ~/.cache/vdae/jax ($XDG_CACHE_HOME honoured); "none": off; else a path.
+  r.compile_cache = "auto"
+  r.compile_cache_min_seconds = 0.2  # programs that compile faster are not worth a file
 
   return c

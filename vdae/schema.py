@@ -142,6 +142,11 @@ def check(config) -> None:
     problems.append(f"eval.protocols={tuple(config.eval.protocols)}: use some of {PROTOCOLS}")
   if config.eval.mean_decodes < 1 or config.eval.mode_num_steps < 1:
     problems.append("eval.mean_decodes and eval.mode_num_steps must be >= 1")
+  prof = tuple(config.loop.profile_steps)
+  if prof and not (len(prof) == 2 and 1 <= prof[0] <= prof[1]):
+    problems.append(
+      f"loop.profile_steps={prof} must be () or (first, last) with 1 <= first <= last"
+    )
   if problems:
     raise ConfigError(
       "bad config values: " + "; ".join(problems) + ". Set them with --config.<key>=..."

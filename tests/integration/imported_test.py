@@ -68,9 +68,31 @@ def test_mode_all_trains_the_encoder_on_the_imported_model(imported_run):
     metrics = json.load(f)
   for key in ("vdae/sample/l2", "vdae/mode/l2", "vdae/rate_nats", "vae/sample/l2"):
     assert np.isfinite(metrics[key]), (key, metrics[key])
+  # --mode=all ends with where the time went, beside the machine's measured peak.
+  with open(os.path.join(wd, "timings.json")) as f:
+    spent = json.load(f)
+  phases = {"setup", "stage1", "stage2", "prior", "vae", "pictures", "evaluate"}
+  assert set(spent["seconds"]) == phases
+  assert spent["total_seconds"] == pytest.approx(sum(spent["seconds"].values()))
+  assert spent["matmul_peak_gflops"] > 0
   # The imported DDPM is a real digits model: its likelihood is far below the
   # 8 bits/dim of uniform noise (a wrong timestep scale or eps conversion is not).
   assert metrics["score_model/bits_per_dim"] < 4.0, metrics["score_model/bits_per_dim"]
+
+
+@pytest.mark.timeout(300)
+def test_a_rerun_of_evaluate_compiles_nothing_new(cache, imported_run, tmp_path):
+  """Every program --mode=evaluate needs is in the persistent cache after --mode=all
+  (runtime.compile_cache): the rerun adds no entry to it but `jit_stage`, jax's eager
+  lifting of a Python constant into an array (one tiny program per value, which the
+  product's compile_cache_min_seconds keeps out of the cache anyway)."""
+  before = set(os.listdir(cache))
+  argv = _main(f"--config.model.path={FIXTURE}", f"--workdir={imported_run}", "--mode=evaluate")
+  rc, out = procs.run(argv, procs.child_env(cache), str(tmp_path / "log.txt"), timeout=240)
+  assert rc == 0, out[-3000:]
+  assert before, "--mode=all wrote nothing to the compilation cache"
+  new = set(os.listdir(cache)) - before
+  assert {n for n in new if not n.startswith("jit_stage-")} == set()
 
 
 def _copy(src: str, dst) -> str:

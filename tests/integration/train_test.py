@@ -43,6 +43,17 @@ def test_same_step_same_numbers_on_1_and_4_devices(tmp_path, tiny_config):
 
 
 @pytest.mark.timeout(240)
+def test_profile_steps_write_a_trace_tensorboard_opens(tmp_path, tiny_config):
+  cfg = tiny_config
+  cfg.stage1.num_steps = 4
+  cfg.loop.profile_steps = (2, 3)
+  stages.train("stage1", cfg, str(tmp_path))
+  profile = tmp_path / "tensorboard" / "stage1" / "plugins" / "profile"
+  traces = [p.name for p in profile.glob("*/*") if p.name.endswith(".xplane.pb")]
+  assert len(traces) == 1, list(profile.glob("*/*"))
+
+
+@pytest.mark.timeout(240)
 def test_resume_after_preemption_reaches_the_same_parameters(tmp_path, tiny_config, monkeypatch):
   cfg = tiny_config
   cfg.stage1.num_steps = 6

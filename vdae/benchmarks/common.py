@@ -1,42 +1,20 @@
-"""Shared benchmark plumbing: timing, machine peak, synthetic 32x32 data, compiled steps."""
+"""Shared benchmark plumbing: synthetic 32x32 data, compiled steps; timing and the machine
+peak come from vdae/io/timings.py (the product records the same peak)."""
 
 from __future__ import annotations
 
 import os
-import statistics
 import tempfile
 import time
-from collections.abc import Callable
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 
 from vdae.data import pipeline
+from vdae.io.timings import matmul_peak_flops, median_time  # noqa: F401 (benchmarks use both)
 from vdae.parallel import sharding
 from vdae.training import loop
 from vdae.training import state as state_lib
 from vdae.training import step as step_lib
-
-
-def median_time(fn: Callable[[], object], repeats: int, warmup: int = 2) -> float:
-  """Median wall seconds of fn() (its result blocked on), after warmup calls."""
-  for _ in range(warmup):
-    jax.block_until_ready(fn())
-  times = []
-  for _ in range(repeats):
-    t0 = time.perf_counter()
-    jax.block_until_ready(fn())
-    times.append(time.perf_counter() - t0)
-  return statistics.median(times)
-
-
-def matmul_peak_flops(n: int = 2048, repeats: int = 5) -> float:
-  """This machine's achieved float32 matmul FLOP/s (all devices of the backend
-  work on one jnp.dot here, so it is the whole-host figure)."""
-  a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
-  f = jax.jit(lambda x: x @ x)
-  return 2 * n**3 / median_time(lambda: f(a), repeats)
 
 
 def synthetic_npz(shape=(32, 32, 3), n: int = 512) -> str:

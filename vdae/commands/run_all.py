@@ -1,4 +1,5 @@
-"""--mode=all: every stage in the stage table, the pictures, then the evaluation.
+"""--mode=all: every stage in the stage table, the pictures, then the evaluation,
+ending with where the time went (vdae/io/timings.py).
 
 Each step resumes where a previous run stopped, so re-running `all` after an
 interruption finishes the job without redoing what is done. A SIGTERM between
@@ -8,17 +9,26 @@ steps exits 143 there (training steps save first; see training/preemption.py).
 from __future__ import annotations
 
 from vdae.commands import evaluate, interpolate, reconstruct, sample
+from vdae.io import timings
 from vdae.training import preemption, stages
 
 
 def run_all(config, workdir: str):
-  ctx = stages.context(config, workdir)
-  stages.check_shapes(stages.STAGES, config, ctx.image_shape)  # all, before the first trains
+  """Returns evaluate's metrics; the per-phase wall times go to WORKDIR/timings.json."""
+  spent = timings.Timings()
+  with spent.phase("setup"):
+    ctx = stages.context(config, workdir)
+    stages.check_shapes(stages.STAGES, config, ctx.image_shape)  # all, before the first trains
   for name in stages.STAGES:
     preemption.exit_if_requested(f"before {name}")
-    stages.train(name, config, workdir, ctx.mesh, ctx.splits)
+    with spent.phase(name):
+      stages.train(name, config, workdir, ctx.mesh, ctx.splits)
   for picture in (reconstruct.reconstruct, sample.vdae_samples, interpolate.interpolate):
     preemption.exit_if_requested(f"before {picture.__name__}")
-    picture(config, workdir)
+    with spent.phase("pictures"):
+      picture(config, workdir)
   preemption.exit_if_requested("before evaluate")
-  return evaluate.evaluate(config, workdir)
+  with spent.phase("evaluate"):
+    metrics = evaluate.evaluate(config, workdir)
+  spent.write(workdir)
+  return metrics

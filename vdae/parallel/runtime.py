@@ -49,3 +49,27 @@ def initialize(runtime_cfg) -> None:
       jax.local_device_count(),
       jax.device_count(),
     )
+
+
+def compile_cache(runtime_cfg) -> str | None:
+  """Turns on JAX's persistent compilation cache (runtime.compile_cache); its directory.
+
+  Must run before the first compile. A rerun of any mode then loads every program
+  an earlier run compiled (keyed by the program and the devices), so only new
+  shapes or configs pay XLA's compile time."""
+  choice = runtime_cfg.compile_cache
+  if choice == "none":
+    return None
+  if choice == "auto":
+    path = os.environ.get("JAX_COMPILATION_CACHE_DIR") or os.path.join(
+      os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "vdae", "jax"
+    )
+  else:
+    path = choice
+  jax.config.update("jax_compilation_cache_dir", path)
+  if "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS" not in os.environ:  # tests set their own
+    jax.config.update(
+      "jax_persistent_cache_min_compile_time_secs", float(runtime_cfg.compile_cache_min_seconds)
+    )
+  log.info("persistent compilation cache: %s", path)
+  return path

@@ -134,6 +134,34 @@ class ScalarsHook(Hook):
     self.progress.bar.set_postfix(loss=f"{m['loss']:.4g}")
 
 
+class ProfileHook(Hook):
+  """A jax.profiler trace of steps first..last (loop.profile_steps), written where
+  TensorBoard's profile plugin reads it: its logdir/plugins/profile/<time>/."""
+
+  def __init__(self, steps, logdir: str, start: int):
+    self.first, self.last = (tuple(steps) or (0, -1))[:2]
+    self.logdir, self.on = logdir, False
+    if self.first == start + 1 <= self.last:  # the trace starts before the step it covers
+      self._start()
+
+  def _start(self):
+    jax.profiler.start_trace(self.logdir)
+    self.on = True
+
+  def after_step(self, step, state, metrics, last):
+    if step + 1 == self.first and not last:
+      self._start()
+    elif self.on and (step >= self.last or last):
+      jax.block_until_ready(state)  # the traced steps' device work ends inside the trace
+      self.close()
+      log.info("profile of steps %d-%d written under %s", self.first, step, self.logdir)
+
+  def close(self):
+    if self.on:
+      jax.profiler.stop_trace()
+      self.on = False
+
+
 class ImagesHook(Hook):
   def __init__(self, every, tb, images):
     self.every, self.tb, self.images = every, tb, images
@@ -250,7 +278,8 @@ class Trainer:
       step_fn = step_lib.jit_step(
         spec.loss_fn, opt, lp.ema_decay, shardings, spec.frozen, self.mesh
       )
-      tb = writer.Writer(os.path.join(self.workdir, "tensorboard", spec.name))
+      tb_dir = os.path.join(self.workdir, "tensorboard", spec.name)
+      tb = writer.Writer(tb_dir)
       if start == 0:
         tb.text(0, "config", "```\n" + cfg.to_json_best_effort(indent=2) + "\n```")
       watch = step_lib.NonFiniteWatch(self.mesh)
@@ -271,14 +300,19 @@ class Trainer:
           progress,
         ),
         ImagesHook(spec.image_every, tb, spec.images),
+        ProfileHook(lp.profile_steps, tb_dir, start),
         ckpt_hook,
         PreemptionHook(spec.name, ckpt_hook, start),
       ]
       for step in range(start + 1, spec.num_steps + 1):
         batch = sharding.global_batch(next(it), self.mesh)
         if "fn" not in compiled:
+          t0 = time.perf_counter()
           compiled["fn"] = step_fn.lower(state, batch, spec.frozen).compile()
           compiled["flops"] = step_lib.compiled_flops(compiled["fn"])
+          seconds = time.perf_counter() - t0  # small when the persistent cache had it
+          log.info("%s: train step compiled in %.1f s", spec.name, seconds)
+          tb.scalars(step, {"perf/compile_seconds": seconds})
         state, metrics = compiled["fn"](state, batch, spec.frozen)
         watch.update(metrics, step)
         for h in hooks:
