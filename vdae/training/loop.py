@@ -223,6 +223,10 @@ class Trainer:
       splits,
     )
     self.image_shape = tuple(splits["train"].image_shape)
+    # What the last train() measured: compile_seconds, steps, loop_seconds (from the
+    # compiled step's first call until the last step's result is ready: every step's
+    # data, device work and hooks but the last step's, i.e. the final save).
+    self.stats: dict[str, float] = {}
     files.ensure_writable_dir(workdir)
 
   @property
@@ -313,8 +317,13 @@ class Trainer:
           seconds = time.perf_counter() - t0  # small when the persistent cache had it
           log.info("%s: train step compiled in %.1f s", spec.name, seconds)
           tb.scalars(step, {"perf/compile_seconds": seconds})
+          self.stats = {"compile_seconds": seconds}
+          t_loop = time.perf_counter()
         state, metrics = compiled["fn"](state, batch, spec.frozen)
         watch.update(metrics, step)
+        if step == spec.num_steps and self.stats:  # before the final save and scalars
+          jax.block_until_ready(state)
+          self.stats.update(steps=step - start, loop_seconds=time.perf_counter() - t_loop)
         for h in hooks:
           h.after_step(step, state, metrics, step == spec.num_steps)
     finally:
