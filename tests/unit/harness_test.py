@@ -83,3 +83,32 @@ def test_the_mean_protocol_averages_draws_and_the_sample_one_pays_their_variance
   assert m["shrink/sample/mse"] == pytest.approx(s2, rel=0.1)
   assert m["shrink/mean/mse"] == pytest.approx(s2 / 4, rel=0.15)
   assert "shrink/mode/l2_ci_low" not in m  # bootstrap_resamples = 0: no intervals
+
+
+class Invertible(Shrink):
+  """Shrink whose `inverted` protocol is exact: x_1 is x itself and decoding from it
+  gives x back, whatever z is (a perfect Diff-AE inversion)."""
+
+  invertible = True
+
+  def reconstruct_inverted(self, x, z):
+    return np.asarray(x)
+
+  def compile_decode(self, z, protocol="sample", method=None):
+    pass
+
+
+def test_the_inverted_protocol_reconstructs_the_test_images_not_another_decode(tiny_config):
+  """Run after sample / mode / mean (the configured order), `inverted` must invert the
+  test images: an exact inversion has zero error while the other protocols keep theirs."""
+  rng = np.random.default_rng(0)
+  images = rng.integers(0, 256, (60, 8, 8)).astype(np.uint8)
+  splits = sources._in_memory_splits(images, None, 0.25, "test")
+  c = tiny_config
+  c.eval.num_test, c.eval.batch_size, c.eval.num_samples, c.eval.mean_decodes = 10, 4, 4, 2
+  c.eval.bootstrap_resamples = 0
+  assert tuple(c.eval.protocols)[-1] == "inverted"
+  judge = harness.Judge(c, "/nonexistent", splits)
+  m = harness.evaluate_autoencoder(Invertible(64, a=0.5, v=0.25), c, judge, splits).metrics
+  assert m["shrink/inverted/mse"] == pytest.approx(0.0, abs=1e-12)
+  assert m["shrink/mean/mse"] > 0.01

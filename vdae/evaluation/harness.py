@@ -220,15 +220,17 @@ def decode_protocols(
         out[protocol] = (rec, secs / padded)
       continue
     ae.compile_decode(np.zeros((ev.batch_size, ae.latent_dim), np.float32), protocol)
+    # (not `x`: that is the images, which `inverted` must still see after the others)
     if protocol == "sample":
-      x, secs = draw(0)
+      rec, secs = draw(0)
     elif protocol == "mean" and not ae.exact_mean:
       parts = [draw(i) for i in range(ev.mean_decodes)]
-      x = np.mean([p[0] for p in parts], axis=0)
+      rec = np.mean([p[0] for p in parts], axis=0)
       secs = sum(p[1] for p in parts)
     else:  # "mode", or the exact mean (== "mode" for a Gaussian decoder)
-      x, secs = _decode_all(ae, z, ev.batch_size, seed, "mode" if protocol == "mean" else protocol)
-    out[protocol] = (x, secs / padded)
+      decoded = "mode" if protocol == "mean" else protocol
+      rec, secs = _decode_all(ae, z, ev.batch_size, seed, decoded)
+    out[protocol] = (rec, secs / padded)
   return out
 
 
