@@ -129,6 +129,27 @@ def get_config() -> ml_collections.ConfigDict:
   va.obs_log_var = -4.6  # log sigma^2 of p(x | z) (-4.6: sigma ~ 0.1 on [-1, 1] data)
   va.learn_obs_var = True  # one learned log-variance, initialised at obs_log_var
 
+  # The VAE + diffusion refiner (--mode=train_refiner, autoencoders/refined_vae.py): a
+  # U-Net noise predictor conditioned on the frozen VAE's output x_bar (as input
+  # channels), trained under IR-SDE's mean-reverting SDE towards x_bar
+  # (diffusion/mean_reverting.py), which decoding runs backwards from x_bar + lam * noise.
+  c.refiner = rf = _stage(num_steps=1500, batch_size=128, lr=1e-3, image_every=0)
+  rf.lam = 0.5  # stationary std around x_bar, in [-1, 1] pixel units (above the VAE's error)
+  rf.schedule = one_of("refiner.schedule", "linear", ("linear", "cosine"))  # of theta(t)
+  rf.theta_min = 0.05  # linear: theta(t) = theta_min + t (theta_max - theta_min)
+  rf.theta_max = 10.0
+  rf.eps = 1e-3
+  rf.channels = 32
+  rf.channel_mults = (1, 2)
+  rf.num_res_blocks = 1
+  rf.attn_resolutions = ()
+  rf.sample_method = one_of(
+    "refiner.sample_method",
+    "dpmpp_2m_sde",
+    ("em", "pc", "ode", "heun", "dpmpp_2m", "dpmpp_2m_sde"),
+  )
+  rf.sample_num_steps = 30
+
   # What every stage's training loop shares.
   c.loop = lp = ml_collections.ConfigDict()
   lp.ema_decay = 0.999

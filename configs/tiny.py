@@ -56,4 +56,12 @@ def get_config():
   c.vae.log_every = 2
   c.vae.image_every = 0
   c.vae.checkpoint_every = 2
+  c.refiner.num_steps = 4
+  c.refiner.batch_size = 16
+  c.refiner.warmup_steps = 2
+  c.refiner.channels = 8
+  c.refiner.channel_mults = (1,)
+  c.refiner.log_every = 2
+  c.refiner.checkpoint_every = 2
+  c.refiner.sample_num_steps = 4
   return c

@@ -24,6 +24,7 @@ COMMANDS = {
   "train_encoder": "train:train_encoder",
   "train_prior": "train:train_prior",
   "train_vae": "train:train_vae",
+  "train_refiner": "train:train_refiner",
   "sample": "sample:sample",
   "encode": "encode:encode",
   "reconstruct": "reconstruct:reconstruct",

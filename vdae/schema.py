@@ -45,10 +45,12 @@ STAGE_FIELDS = (
   "image_every",
   "checkpoint_every",
 )
-STAGE_GROUPS = ("stage1", "stage2", "prior", "vae")
+STAGE_GROUPS = ("stage1", "stage2", "prior", "vae", "refiner")
 
 POSITIVE = (
   "encoder.latent_dim",
+  "refiner.lam",
+  "refiner.sample_num_steps",
   "sampling.num_steps",
   "sampling.num_samples",
   "eval.batch_size",

@@ -11,10 +11,11 @@ import dataclasses
 from collections.abc import Callable
 
 from vdae.autoencoders.base import Autoencoder
+from vdae.autoencoders.refined_vae import RefinedVAE
 from vdae.autoencoders.vae import VAE
 from vdae.autoencoders.vdae import VDAE
 from vdae.data.sources import data_levels
-from vdae.training.stages import check_pairing, load_prior, load_stage
+from vdae.training.stages import check_pairing, check_refiner_pairing, load_prior, load_stage
 
 
 def load_vdae(config, workdir: str, mesh, image_shape) -> VDAE:
@@ -32,6 +33,13 @@ def load_vae(config, workdir: str, mesh, image_shape) -> VAE:
   return VAE(config, params, image_shape, data_levels(config))
 
 
+def load_refined_vae(config, workdir: str, mesh, image_shape) -> RefinedVAE:
+  """The refiner with the VAE at the step it was trained on (else an error)."""
+  params, meta = load_stage("refiner", config, workdir, mesh, image_shape)
+  check_refiner_pairing(meta, config, workdir)
+  return RefinedVAE(config, load_vae(config, workdir, mesh, image_shape), params, mesh, image_shape)
+
+
 @dataclasses.dataclass(frozen=True)
 class Entry:
   stage: str  # trained when this stage has a checkpoint
@@ -42,4 +50,5 @@ class Entry:
 AUTOENCODERS: dict[str, Entry] = {
   "vae": Entry("vae", load_vae),
   "vdae": Entry("stage2", load_vdae),
+  "refined_vae": Entry("refiner", load_refined_vae),
 }

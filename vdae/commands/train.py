@@ -1,4 +1,5 @@
-"""--mode=pretrain / train_encoder / train_prior / train_vae: one stage of the table, trained."""
+"""--mode=pretrain / train_encoder / train_prior / train_vae / train_refiner: one stage of the
+table, trained."""
 
 from __future__ import annotations
 
@@ -19,3 +20,7 @@ def train_prior(config, workdir: str):
 
 def train_vae(config, workdir: str):
   return stages.train("vae", config, workdir)
+
+
+def train_refiner(config, workdir: str):
+  return stages.train("refiner", config, workdir)

@@ -33,6 +33,11 @@ def check_score_model(config, image_shape) -> None:
   check_downsampling(image_shape, config.model.channel_mults, "model.channel_mults", "score U-Net")
 
 
+def check_refiner(config, image_shape) -> None:
+  check_vae(config, image_shape)
+  check_downsampling(image_shape, config.refiner.channel_mults, "refiner.channel_mults", "refiner")
+
+
 def check_encoder(config, image_shape) -> None:
   check_downsampling(image_shape, config.encoder.channel_mults, "encoder.channel_mults", "encoder")
 

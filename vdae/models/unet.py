@@ -18,7 +18,7 @@ from vdae.models.layers import AttnBlock, ResBlock, group_count
 
 
 class UNet(nn.Module):
-  """eps_theta(x [B, H, W, C], t [B]) -> [B, H, W, C] (float32 output)."""
+  """eps_theta(x [B, H, W, C], t [B]) -> [B, H, W, out_channels or C] (float32 output)."""
 
   channels: int = 64
   channel_mults: Sequence[int] = (1, 2)
@@ -32,12 +32,13 @@ class UNet(nn.Module):
   fourier_scale: float = 16.0
   min_time: float = 1e-3  # Fourier features of log t: t is clamped here (sde.eps)
   dtype: jnp.dtype = jnp.float32
+  out_channels: int | None = None  # None: the input's (a conditioned net has more inputs)
 
   @nn.compact
   def __call__(
     self, x: jax.Array, t: jax.Array, train: bool = False, temb: jax.Array | None = None
   ) -> jax.Array:
-    out_ch = x.shape[-1]
+    out_ch = self.out_channels or x.shape[-1]
     emb = embedding.for_network(self, 4 * self.channels)(t, temb)
     block = lambda ch: ResBlock(ch, self.groups, self.dropout, self.dtype)
     h = nn.Conv(self.channels, (3, 3), dtype=self.dtype)(x.astype(self.dtype))

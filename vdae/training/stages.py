@@ -6,7 +6,8 @@ that must match to resume or to load it, how to initialise its parameters,
 and how to build its loss, frozen inputs and pictures. From the table:
 
   stage_spec(name, ...)   the StageSpec the one Trainer runs;
-  train(name, config, workdir)   --mode=pretrain / train_encoder / train_prior / train_vae;
+  train(name, config, workdir)   --mode=pretrain / train_encoder / train_prior / train_vae /
+                                 train_refiner;
   load_stage(name, ...)   the one loader every reader uses (same checks, same
                           messages); is_trained(name, ...) the one "is it there?".
 
@@ -32,6 +33,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from vdae.autoencoders import refined_vae
 from vdae.autoencoders import vae as vae_lib
 from vdae.autoencoders.vdae import VDAE, make_encode_fn
 from vdae.data import sources
@@ -256,15 +258,20 @@ def prior_pairing(config, workdir: str) -> dict:
   return {"encoder_step": trained_step("stage2", config, workdir)}
 
 
-def check_prior_pairing(recorded: dict, config, workdir: str) -> None:
-  step = recorded.get("encoder_step")
-  now = prior_pairing(config, workdir)["encoder_step"]
+def _check_upstream_step(recorded, field, upstream, name, trained_on, config, workdir) -> None:
+  """CheckpointError if stage `name` was trained on `upstream` at another step than
+  the one `upstream` is at now (recorded[field]; absent in old checkpoints: unchecked)."""
+  step, now = recorded.get(field), trained_step(upstream, config, workdir)
   if step is not None and step != now:
     raise CheckpointError(
-      f"the latent prior was trained on the codes of the encoder at step {step}, but "
-      f"stage 2 is now at step {now}; delete {checkpoint_dir('prior', config, workdir)} "
-      "and run --mode=train_prior again"
+      f"the {STAGES[name].what} was trained on {trained_on} at step {step}, but {upstream} "
+      f"is now at step {now}; delete {checkpoint_dir(name, config, workdir)} and run "
+      f"--mode={STAGES[name].mode} again"
     )
+
+
+def check_prior_pairing(recorded: dict, config, workdir: str) -> None:
+  _check_upstream_step(recorded, "encoder_step", "stage2", "prior", "latent prior", config, workdir)
 
 
 def code_normaliser(config, enc_params, split: sources.Split, mesh) -> prior_lib.Normaliser:
@@ -340,6 +347,36 @@ def _vae_build(ctx: Context) -> Built:
   return Built(model.loss_fn(ctx.config.vae.beta_kl), None, images)
 
 
+# --- the VAE + diffusion refiner ----------------------------------------------------
+def _refiner_init(config, image_shape):
+  return refined_vae.init_params(config, image_shape)
+
+
+def check_refiner_pairing(recorded: dict, config, workdir: str) -> None:
+  _check_upstream_step(recorded, "vae_step", "vae", "refiner", "the VAE's outputs", config, workdir)
+
+
+def _refiner_build(ctx: Context) -> Built:
+  cfg = ctx.config
+  vae_params, _ = load_stage("vae", cfg, ctx.workdir, ctx.mesh, ctx.image_shape)
+  if is_trained("refiner", cfg, ctx.workdir):
+    check_refiner_pairing(read_meta("refiner", cfg, ctx.workdir), cfg, ctx.workdir)
+  vae = vae_lib.VAE(cfg, vae_params, ctx.image_shape, sources.data_levels(cfg))
+  x = ctx.recon_batch()
+
+  def images(state, step):
+    ae = refined_vae.RefinedVAE(cfg, vae, state.ema_params, ctx.mesh, ctx.image_shape)
+    x_bar = vae.reconstruct(x)
+    return {"refined": np.concatenate([x, x_bar, ae.refine(x_bar, jax.random.key(step))], axis=0)}
+
+  return Built(
+    refined_vae.make_loss(cfg, vae.model, ctx.image_shape),
+    vae_params,
+    images,
+    extra_meta={"vae_step": trained_step("vae", cfg, ctx.workdir)},
+  )
+
+
 def _check_score_shape(config, shape) -> None:
   if _score_imported(config):
     path = config.model.path
@@ -379,7 +416,7 @@ STAGES: dict[str, Stage] = {
     Stage(
       "prior",
       "train_prior",
-      "latent-prior",
+      "latent prior",
       "latent prior (DSM on codes)",
       ("sde", "encoder") + tuple(f"prior.{f}" for f in ("width", "depth", "temb_dim")),
       _prior_init,
@@ -395,6 +432,18 @@ STAGES: dict[str, Stage] = {
       _vae_init,
       _vae_build,
       sizes.check_vae,
+    ),
+    Stage(
+      "refiner",
+      "train_refiner",
+      "refiner",
+      "VAE refiner (mean-reverting DSM)",
+      ("encoder",)
+      + tuple(f"vae.{f}" for f in vae_lib.ARCH_FIELDS)
+      + tuple(f"refiner.{f}" for f in refined_vae.ARCH_FIELDS),
+      _refiner_init,
+      _refiner_build,
+      sizes.check_refiner,
     ),
   )
 }
