@@ -81,21 +81,23 @@ def _sampler_parts(
   corrector_steps: int,
   kernel: str,
   invert: bool = False,
+  t_start: float = 1.0,
 ):
-  """(init(key, x_init) -> carry, body(i, carry) -> carry) of one sampler run.
+  """(init(key, x_init) -> carry, body(i, carry) -> carry) of one sampler run, from
+  t_start (1: the prior; below 1, SDEdit: x_init is x at t_start) down to eps.
 
   The carry is (x, aux, key): aux is the next step's time embedding (em / pc /
   ode), the previous data prediction (dpmpp_2m), or unused (heun)."""
   schema.require("sampling.method", method)
   b = shape[0]
-  ts = time_grid(sde, method, num_steps)
+  ts = time_grid(sde, method, num_steps, t_start)
   if invert:
     if method not in INVERTIBLE:
       raise ValueError(
         f"invert needs a deterministic solver ({', '.join(INVERTIBLE)}), not {method!r}"
       )
     ts = ts[::-1]
-  dt = (1.0 - sde.eps) / num_steps
+  dt = (t_start - sde.eps) / num_steps
   corr = corr_fn if corr_fn is not None else (lambda x, t: None)
 
   def eps_c(x, t, temb):
@@ -150,8 +152,8 @@ def _sampler_parts(
 
   def init(key, x_init):
     k_init, k_loop = jax.random.split(key)
-    if x_init is None and invert:
-      raise ValueError("invert starts from the data: pass x_init")
+    if x_init is None and (invert or t_start < 1.0):
+      raise ValueError("invert and t_start < 1 start from given data: pass x_init")
     x = sde.prior_sample(k_init, shape) if x_init is None else x_init
     if method in ("dpmpp_2m", "dpmpp_2m_sde"):
       return x, jnp.zeros_like(x), k_loop
@@ -191,32 +193,33 @@ def _sampler_parts(
 INVERTIBLE = ("heun", "dpmpp_2m")  # deterministic solvers that also run x_0 -> x_1
 
 
-def time_grid(sde: sde_lib.SDE, method: str, num_steps: int) -> Array:
-  """The num_steps + 1 times from 1 down to eps each method steps through: Karras's
+def time_grid(sde: sde_lib.SDE, method: str, num_steps: int, t_start: float = 1.0) -> Array:
+  """The num_steps + 1 times from t_start down to eps each method steps through: Karras's
   rho = 7 grid for heun, uniform in log-SNR for dpmpp_2m(_sde), uniform in t otherwise."""
   if method == "heun":
-    return karras_times(sde, num_steps)
+    return karras_times(sde, num_steps, t_start=t_start)
   if method in ("dpmpp_2m", "dpmpp_2m_sde"):
-    return logsnr_times(sde, num_steps)
-  return jnp.linspace(1.0, sde.eps, num_steps + 1)
+    return logsnr_times(sde, num_steps, t_start)
+  return jnp.linspace(t_start, sde.eps, num_steps + 1)
 
 
-def logsnr_times(sde: sde_lib.SDE, num_steps: int) -> Array:
-  """num_steps + 1 times from 1 to eps equally spaced in lambda = log(alpha / sigma)."""
-  top, bottom = sde_lib.log_snr(sde, jnp.array([1.0, sde.eps]))
+def logsnr_times(sde: sde_lib.SDE, num_steps: int, t_start: float = 1.0) -> Array:
+  """num_steps + 1 times from t_start to eps equally spaced in lambda = log(alpha / sigma)."""
+  top, bottom = sde_lib.log_snr(sde, jnp.array([t_start, sde.eps]))
   lam = jnp.linspace(top, bottom, num_steps + 1)
   ts = sde.time_of_noise_level(jnp.exp(-lam))
-  return jnp.clip(ts, sde.eps, 1.0).at[0].set(1.0).at[-1].set(sde.eps)
+  return jnp.clip(ts, sde.eps, t_start).at[0].set(t_start).at[-1].set(sde.eps)
 
 
-def karras_times(sde: sde_lib.SDE, num_steps: int, rho: float = 7.0) -> Array:
-  """num_steps + 1 times from 1 to eps whose noise levels sigma(t) / alpha(t) follow
+def karras_times(sde: sde_lib.SDE, num_steps: int, rho: float = 7.0, t_start: float = 1.0) -> Array:
+  """num_steps + 1 times from t_start to eps whose noise levels sigma(t) / alpha(t) follow
   Karras et al.'s grid (sigma_max^(1/rho) -> sigma_min^(1/rho) linearly, then ^rho)."""
-  ends = jnp.array([1.0, sde.eps])
+  ends = jnp.array([t_start, sde.eps])
   alpha, sigma = sde.marginal(ends)
   top, bottom = (sigma / alpha) ** (1.0 / rho)
   levels = jnp.linspace(top, bottom, num_steps + 1) ** rho
-  return jnp.clip(sde.time_of_noise_level(levels), sde.eps, 1.0).at[0].set(1.0).at[-1].set(sde.eps)
+  ts = jnp.clip(sde.time_of_noise_level(levels), sde.eps, t_start)
+  return ts.at[0].set(t_start).at[-1].set(sde.eps)
 
 
 def sample(
@@ -235,8 +238,10 @@ def sample(
   x_init: Array | None = None,
   kernel: str = "auto",
   invert: bool = False,
+  t_start: float = 1.0,
 ) -> Array:
-  """Draws x_eps from x_1 ~ prior (or `x_init`) by integrating from t=1 to t=eps.
+  """Draws x_eps from x_1 ~ prior (or `x_init`) by integrating from t=1 to t=eps;
+  from t_start < 1 instead, x_init is x at t_start (SDEdit).
 
   method: "em" Euler-Maruyama reverse SDE, "pc" EM predictor + Langevin
   corrector, "ode" probability-flow ODE (Euler; deterministic given x_init),
@@ -250,7 +255,18 @@ def sample(
   is the compiled form with a loop chosen for the backend.
   """
   init, body = _sampler_parts(
-    eps_fn, corr_fn, shape, sde, spec, method, num_steps, snr, corrector_steps, kernel, invert
+    eps_fn,
+    corr_fn,
+    shape,
+    sde,
+    spec,
+    method,
+    num_steps,
+    snr,
+    corrector_steps,
+    kernel,
+    invert,
+    t_start,
   )
   x, _, _ = jax.lax.fori_loop(0, num_steps, body, init(key, x_init))
   return tweedie_denoise(eps_fn, x, sde, corr_fn) if denoise and not invert else x
@@ -264,6 +280,7 @@ def compile_sampler(
   shape: tuple[int, ...],
   out_sharding=None,
   invert: bool = False,
+  t_start: float = 1.0,
 ) -> Callable[..., Array]:
   """Compiled sampler: f(args, key, x_init=None) -> x [N, H, W, C].
 
@@ -288,6 +305,7 @@ def compile_sampler(
     corrector_steps=sampling_cfg.corrector_steps,
     kernel=sampling_cfg.kernel,
     invert=invert,
+    t_start=t_start,
   )
   denoise = sampling_cfg.denoise and not invert
   return CompiledSampler(make_fns, kw, shape, denoise, loop, out_sharding)
