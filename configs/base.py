@@ -150,6 +150,12 @@ def get_config() -> ml_collections.ConfigDict:
   )
   rf.sample_num_steps = 30
 
+  # SDEdit on the VAE's output (autoencoders/sdedit_vae.py; no training): x_bar perturbed
+  # by the score model's SDE to t0, then its reverse process (sampling.method) from t0.
+  c.sdedit = sd = ml_collections.ConfigDict()
+  sd.t0 = 0.3
+  sd.num_steps = 20
+
   # What every stage's training loop shares.
   c.loop = lp = ml_collections.ConfigDict()
   lp.ema_decay = 0.999

@@ -51,6 +51,7 @@ POSITIVE = (
   "encoder.latent_dim",
   "refiner.lam",
   "refiner.sample_num_steps",
+  "sdedit.num_steps",
   "sampling.num_steps",
   "sampling.num_samples",
   "eval.batch_size",
@@ -144,6 +145,8 @@ def check(config) -> None:
     problems.append(f"eval.protocols={tuple(config.eval.protocols)}: use some of {PROTOCOLS}")
   if config.eval.mean_decodes < 1 or config.eval.mode_num_steps < 1:
     problems.append("eval.mean_decodes and eval.mode_num_steps must be >= 1")
+  if not config.sde.eps < config.sdedit.t0 <= 1.0:
+    problems.append(f"sdedit.t0={config.sdedit.t0} must lie in (sde.eps, 1]")
   prof = tuple(config.loop.profile_steps)
   if prof and not (len(prof) == 2 and 1 <= prof[0] <= prof[1]):
     problems.append(

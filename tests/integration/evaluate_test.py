@@ -30,6 +30,7 @@ PER_MODEL = (
   "sample_fid_ci_high",
   "sample_fid_num",
 )
+REFINED = ("refined_vae", "sdedit_vae")
 KEYS = (
   {
     f"{ae}/{p}/{k}"
@@ -39,9 +40,10 @@ KEYS = (
   }
   | {f"vdae/inverted/{k}" for k in PER_PROTOCOL}  # the VDAE can invert; the VAE cannot
   | {f"{ae}/{k}" for ae in ("vdae", "vae") for k in PER_MODEL}
-  # The refined VAE: the VAE's code, decoded through the refiner (no ELBO of its own).
-  | {f"refined_vae/{p}/{k}" for p in ("sample", "mode", "mean") for k in PER_PROTOCOL}
-  | {f"refined_vae/{k}" for k in PER_MODEL if k != "neg_elbo_bits_per_dim"}
+  # The refined and the SDEdit VAE: the VAE's code, decoded through the refiner or the
+  # score model (no ELBO of their own).
+  | {f"{ae}/{p}/{k}" for ae in REFINED for p in ("sample", "mode", "mean") for k in PER_PROTOCOL}
+  | {f"{ae}/{k}" for ae in REFINED for k in PER_MODEL if k != "neg_elbo_bits_per_dim"}
   # The VDAE's sample_fid comes from its learned latent prior; N(0, I) beside it.
   | {f"vdae/sample_fid_standard_normal{k}" for k in ("", "_ci_low", "_ci_high", "_num")}
   | {"vdae/time_per_image_em", "vdae/time_per_image_pc", "vdae/time_per_image_ode"}
@@ -89,7 +91,8 @@ def test_evaluate_writes_every_metric(tiny_run):
   # The VAE's mean is its mode (exact); one draw of p(x | z) adds its noise.
   assert written["vae/mean/mse"] == written["vae/mode/mse"] < written["vae/sample/mse"]
   assert written["score_model/bits_per_dim"] > 0
-  assert written["refined_vae/rate_nats"] == pytest.approx(written["vae/rate_nats"])  # its code
+  for ae in REFINED:  # the VAE's code, so the VAE's rate
+    assert written[f"{ae}/rate_nats"] == pytest.approx(written["vae/rate_nats"])
   for png in ("comparison", "vdae_reconstructions", "vdae_samples", "vae_samples", "loss_curves"):
     assert os.path.exists(os.path.join(workdir, "eval", f"{png}.png")), png
   events = os.listdir(os.path.join(workdir, "tensorboard", "eval"))

@@ -24,6 +24,16 @@ from vdae.latent.correction import kl_standard_normal
 PROTOCOLS = ("sample", "mode")  # what decode takes; the harness adds "mean"
 
 
+def with_method(config, method: str, num_steps: int | None = None):
+  """A copy of the config whose sampling.method is `method` (and num_steps, if given)."""
+  cfg = config.copy_and_resolve_references()
+  with cfg.unlocked():
+    cfg.sampling.method = method
+    if num_steps is not None:
+      cfg.sampling.num_steps = num_steps
+  return cfg
+
+
 def check_protocol(protocol: str) -> str:
   if protocol not in PROTOCOLS:
     raise ValueError(f"decode protocol {protocol!r} is not one of {', '.join(PROTOCOLS)}")

@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vdae.autoencoders.base import Autoencoder, check_protocol
+from vdae.autoencoders.base import Autoencoder, check_protocol, with_method
 from vdae.autoencoders.vae import VAE, VAEModel
 from vdae.diffusion import losses, samplers
 from vdae.diffusion import mean_reverting as mr_lib
@@ -124,11 +124,9 @@ class RefinedVAE(Autoencoder):
   def _sampler(self, n: int, method: str, steps: int) -> samplers.CompiledSampler:
     key = (n, method, steps)
     if key not in self._samplers:
-      sp = self.config.sampling.copy_and_resolve_references()
-      sp.method, sp.num_steps = method, steps
       self._samplers[key] = samplers.compile_sampler(
         lambda args: (eps_fn_for(self.net, args[0], args[1]), None),
-        sp,
+        with_method(self.config, method, steps).sampling,
         self.mr.unit,
         StepSpec(self.mr.unit, self.config.model.temb_dim, 1000.0),
         (n, *self.image_shape),

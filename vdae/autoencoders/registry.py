@@ -12,6 +12,7 @@ from collections.abc import Callable
 
 from vdae.autoencoders.base import Autoencoder
 from vdae.autoencoders.refined_vae import RefinedVAE
+from vdae.autoencoders.sdedit_vae import SDEditVAE
 from vdae.autoencoders.vae import VAE
 from vdae.autoencoders.vdae import VDAE
 from vdae.data.sources import data_levels
@@ -40,10 +41,18 @@ def load_refined_vae(config, workdir: str, mesh, image_shape) -> RefinedVAE:
   return RefinedVAE(config, load_vae(config, workdir, mesh, image_shape), params, mesh, image_shape)
 
 
+def load_sdedit_vae(config, workdir: str, mesh, image_shape) -> SDEditVAE:
+  """The VAE with the score model (stage 1's EMA parameters, or the imported ones)."""
+  score_params, _ = load_stage("stage1", config, workdir, mesh, image_shape, use_ema=True)
+  vae = load_vae(config, workdir, mesh, image_shape)
+  return SDEditVAE(config, vae, score_params, mesh, image_shape)
+
+
 @dataclasses.dataclass(frozen=True)
 class Entry:
-  stage: str  # trained when this stage has a checkpoint
+  stage: str  # the stage that trains it (the sweep trains this one)
   load: Callable[..., Autoencoder]  # (config, workdir, mesh, image_shape) -> Autoencoder
+  needs: tuple[str, ...] = ()  # other stages it reads: evaluated when all are trained
 
 
 # Evaluation order; the comparison grid's rows follow it (originals, then each).
@@ -51,4 +60,5 @@ AUTOENCODERS: dict[str, Entry] = {
   "vae": Entry("vae", load_vae),
   "vdae": Entry("stage2", load_vdae),
   "refined_vae": Entry("refiner", load_refined_vae),
+  "sdedit_vae": Entry("vae", load_sdedit_vae, needs=("stage1",)),
 }

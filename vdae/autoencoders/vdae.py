@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vdae.autoencoders.base import Autoencoder, check_protocol
+from vdae.autoencoders.base import Autoencoder, check_protocol, with_method
 from vdae.data import pipeline, sources
 from vdae.diffusion import likelihood, samplers, score
 from vdae.diffusion import sde as sde_lib
@@ -23,16 +23,6 @@ from vdae.latent import correction
 from vdae.models import encoder as encoder_lib
 from vdae.parallel import sharding
 from vdae.types import Params
-
-
-def with_method(config, method: str, num_steps: int | None = None):
-  """A copy of the config whose sampling.method is `method` (and num_steps, if given)."""
-  cfg = config.copy_and_resolve_references()
-  with cfg.unlocked():
-    cfg.sampling.method = method
-    if num_steps is not None:
-      cfg.sampling.num_steps = num_steps
-  return cfg
 
 
 def make_decode_fn(

@@ -70,8 +70,9 @@ def evaluate(config, workdir: str) -> dict[str, float]:
   results, score_params = {}, None
   for name, entry in AUTOENCODERS.items():
     preemption.exit_if_requested("during evaluation (nothing of it is written yet)")
-    if not stages.is_trained(entry.stage, config, workdir):
-      log.warning("no %s checkpoint in %s: skipping the %s metrics", entry.stage, workdir, name)
+    missing = [s for s in (entry.stage, *entry.needs) if not stages.is_trained(s, config, workdir)]
+    if missing:
+      log.warning("no %s checkpoint in %s: skipping the %s metrics", missing[0], workdir, name)
       continue
     with harness.Timer(name):
       ae = entry.load(config, workdir, r.mesh, r.image_shape)
