@@ -271,7 +271,8 @@ def _check_upstream_step(recorded, field, upstream, name, trained_on, config, wo
 
 
 def check_prior_pairing(recorded: dict, config, workdir: str) -> None:
-  _check_upstream_step(recorded, "encoder_step", "stage2", "prior", "latent prior", config, workdir)
+  what = "the codes of the encoder"
+  _check_upstream_step(recorded, "encoder_step", "stage2", "prior", what, config, workdir)
 
 
 def code_normaliser(config, enc_params, split: sources.Split, mesh) -> prior_lib.Normaliser:
