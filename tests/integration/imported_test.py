@@ -71,8 +71,9 @@ def test_mode_all_trains_the_encoder_on_the_imported_model(imported_run):
   # --mode=all ends with where the time went, beside the machine's measured peak.
   with open(os.path.join(wd, "timings.json")) as f:
     spent = json.load(f)
-  phases = {"setup", "stage1", "stage2", "prior", "vae", "pictures", "evaluate"}
-  assert set(spent["seconds"]) == phases
+  from vdae.training import stages
+
+  assert set(spent["seconds"]) == {"setup", *stages.STAGES, "pictures", "evaluate"}
   assert spent["total_seconds"] == pytest.approx(sum(spent["seconds"].values()))
   assert spent["matmul_peak_gflops"] > 0
   # The imported DDPM is a real digits model: its likelihood is far below the
