@@ -18,6 +18,8 @@ VAE's: only decoding changes.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -61,7 +63,8 @@ def network(config, channels: int) -> unet.UNet:
   )
 
 
-def init_params(config, image_shape) -> callable:
+def init_params(config, image_shape) -> Callable[[Key], Params]:
+  """init(key) -> the refiner's parameters for images of image_shape [H, W, C]."""
   net = network(config, image_shape[-1])
   h, w, c = image_shape
   x = jnp.zeros((1, h, w, 2 * c), jnp.float32)
