@@ -149,6 +149,11 @@ def get_config() -> ml_collections.ConfigDict:
     ("em", "pc", "ode", "heun", "dpmpp_2m", "dpmpp_2m_sde"),
   )
   rf.sample_num_steps = 30
+  # false: the frozen, trained VAE's outputs (two stages). true: one stage trains a VAE of
+  # its own (the vae group's shape and beta_kl) with the refiner on -ELBO + DSM loss, the
+  # DSM gradient stopped at x_bar or let through it into the VAE (x_bar_gradient).
+  rf.joint = False
+  rf.x_bar_gradient = one_of("refiner.x_bar_gradient", "stop", ("stop", "through"))
 
   # SDEdit on the VAE's output (autoencoders/sdedit_vae.py; no training): x_bar perturbed
   # by the score model's SDE to t0, then its reverse process (sampling.method) from t0.

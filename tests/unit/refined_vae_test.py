@@ -60,3 +60,63 @@ def test_training_the_refiner_leaves_the_vae_checkpoint_alone_and_decodes(tmp_pa
   stages.train("vae", cfg, wd, mesh)
   with pytest.raises(Exception, match="refiner was trained on the VAE's outputs at step 4"):
     load_refined_vae(cfg, wd, mesh, SHAPE)
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("x_bar_gradient", ["stop", "through"])
+def test_joint_training_lets_the_dsm_gradient_into_the_vae_only_through_x_bar(
+  tiny_config, x_bar_gradient
+):
+  """Joint: the VAE's gradient is its -ELBO's alone under `stop`, and differs from it
+  (the DSM term reaches the VAE through x_bar) under `through`."""
+  cfg = tiny_config
+  cfg.refiner.joint, cfg.refiner.x_bar_gradient = True, x_bar_gradient
+  vae = vae_lib.model_from_config(cfg, SHAPE)
+  params = refined_vae.init_params(cfg, SHAPE)(jax.random.key(1))
+  assert set(params) == {"vae", "refiner"}
+  # Away from the init, whose zero output layer makes the DSM loss blind to its input.
+  leaves, tree = jax.tree.flatten(params["refiner"])
+  keys = jax.random.split(jax.random.key(4), len(leaves))
+  noisy = [a + 0.1 * jax.random.normal(k, a.shape) for a, k in zip(leaves, keys, strict=True)]
+  params["refiner"] = jax.tree.unflatten(tree, noisy)
+  loss_fn = refined_vae.make_loss(cfg, vae, SHAPE)
+  batch = {"image": jax.random.uniform(jax.random.key(2), (4, *SHAPE), minval=-1, maxval=1)}
+  key = jax.random.key(3)
+  g = jax.grad(lambda p: loss_fn(p, batch, key, None)[0])(params)
+  k_elbo = jax.random.split(key, 3)[0]  # the key the joint loss gives the -ELBO
+  g_elbo = jax.grad(
+    lambda v: jnp.mean(vae.neg_elbo(v, batch["image"], k_elbo, cfg.vae.beta_kl)[0])
+  )(params["vae"])
+  diff = max(
+    float(jnp.abs(a - b).max())
+    for a, b in zip(jax.tree.leaves(g["vae"]), jax.tree.leaves(g_elbo), strict=True)
+  )
+  if x_bar_gradient == "stop":
+    assert diff < 1e-5
+  else:
+    assert diff > 1e-3
+  assert max(float(jnp.abs(a).max()) for a in jax.tree.leaves(g["refiner"])) > 0.0
+
+
+@pytest.mark.timeout(300)
+def test_a_jointly_trained_refiner_needs_no_vae_stage_and_decodes_with_its_own_vae(
+  tmp_path, tiny_config
+):
+  cfg = tiny_config
+  cfg.refiner.joint = True
+  wd = str(tmp_path)
+  mesh = sharding.make_mesh(cfg.mesh)
+  stages.train("refiner", cfg, wd, mesh)
+  assert not stages.is_trained("vae", cfg, wd)
+  params, _ = stages.load_stage("refiner", cfg, wd, mesh, SHAPE)
+  ae = load_refined_vae(cfg, wd, mesh, SHAPE)
+  x = np.asarray(jax.random.uniform(jax.random.key(0), (4, *SHAPE), minval=-1, maxval=1))
+  z = ae.encode(x)
+  mu, _ = vae_lib.model_from_config(cfg, SHAPE).encode(params["vae"], jnp.asarray(x))
+  np.testing.assert_allclose(z, np.asarray(mu), rtol=1e-5, atol=1e-6)  # its own VAE's code
+  out = ae.decode(z, jax.random.key(1))
+  assert out.shape == (4, *SHAPE) and np.all(np.isfinite(out))
+  # Loading it as a two-stage refiner is a config mismatch, named.
+  cfg.refiner.joint = False
+  with pytest.raises(Exception, match="refiner.joint"):
+    load_refined_vae(cfg, wd, mesh, SHAPE)

@@ -8,10 +8,15 @@ channels) learns its noise, and the reverse process takes x_bar + lam * noise ba
 to a sharp image. The mean must be x_bar itself: the process then starts where
 the VAE leaves off, and its endpoint depends on the image only through x_bar.
 
-Two-stage (the default and only mode here): the VAE is trained first and frozen;
-it is a step argument (never optimised) and x_bar is stop-gradient, so the
-refiner's gradient cannot reach it. The encoder, the code and the rate are the
-VAE's: only decoding changes.
+Two-stage (refiner.joint=false, the default): the VAE is trained first and
+frozen; it is a step argument (never optimised) and x_bar is stop-gradient, so
+the refiner's gradient cannot reach it. Joint (refiner.joint=true): one stage
+trains a VAE of its own and the refiner together on the sum of the VAE's
+-ELBO and the refiner's DSM loss, with the DSM gradient stopped at x_bar
+(refiner.x_bar_gradient=stop: the VAE learns from its ELBO alone but the
+refiner tracks it as it trains) or let through it into the VAE (through: the
+VAE is also shaped to make x_bar easy to refine). Either way the encoder, the
+code and the rate are the (refiner's) VAE's: only decoding changes.
 
   python -m vdae.main --config=configs/digits.py --workdir=runs/digits --mode=train_refiner
 """
@@ -24,6 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from vdae.autoencoders import vae as vae_lib
 from vdae.autoencoders.base import Autoencoder, check_protocol, with_method
 from vdae.autoencoders.vae import VAE, VAEModel
 from vdae.diffusion import losses, samplers
@@ -43,6 +49,8 @@ ARCH_FIELDS = (
   "channel_mults",
   "num_res_blocks",
   "attn_resolutions",
+  "joint",
+  "x_bar_gradient",
 )
 
 
@@ -64,11 +72,21 @@ def network(config, channels: int) -> unet.UNet:
 
 
 def init_params(config, image_shape) -> Callable[[Key], Params]:
-  """init(key) -> the refiner's parameters for images of image_shape [H, W, C]."""
+  """init(key) -> the refiner's parameters for images of image_shape [H, W, C];
+  joint: {"vae": the VAE's, "refiner": the refiner's}."""
   net = network(config, image_shape[-1])
   h, w, c = image_shape
   x = jnp.zeros((1, h, w, 2 * c), jnp.float32)
-  return lambda key: net.init(key, x, jnp.ones((1,)))["params"]
+  init_refiner = lambda key: net.init(key, x, jnp.ones((1,)))["params"]
+  if not config.refiner.joint:
+    return init_refiner
+  vae = vae_lib.model_from_config(config, tuple(image_shape))
+
+  def init_joint(key):
+    k_vae, k_ref = jax.random.split(key)
+    return {"vae": vae.init(k_vae, tuple(image_shape)), "refiner": init_refiner(k_ref)}
+
+  return init_joint
 
 
 def eps_fn_for(net: unet.UNet, params: Params, x_bar: Array):
@@ -81,29 +99,52 @@ def eps_fn_for(net: unet.UNet, params: Params, x_bar: Array):
   return eps_fn
 
 
-def x_bar_of(vae: VAEModel, vae_params: Params, x: Array, key: Key) -> Array:
-  """The VAE's output for x: its decoder mean at z ~ q(z | x), gradient stopped."""
+def x_bar_of(vae: VAEModel, vae_params: Params, x: Array, key: Key, stop: bool = True) -> Array:
+  """The VAE's output for x: its decoder mean at z ~ q(z | x), gradient stopped
+  unless `stop` is False."""
   mu, lv = vae.encode(vae_params, x)
   z = mu + jnp.exp(0.5 * lv) * jax.random.normal(key, mu.shape)
-  return jax.lax.stop_gradient(vae.decode(vae_params, z))
+  x_bar = vae.decode(vae_params, z)
+  return jax.lax.stop_gradient(x_bar) if stop else x_bar
 
 
-def make_loss(config, vae: VAEModel, image_shape):
-  """loss_fn(refiner_params, batch, key, vae_params) -> (DSM loss of u, aux)."""
+def _refiner_dsm(config, image_shape):
+  """dsm(refiner_params, x, x_bar, key) -> (DSM loss of u under the mean-reverting SDE, aux)."""
   mr = mr_lib.from_config(config.refiner)
   net = network(config, image_shape[-1])
 
-  def loss_fn(params, batch, key, vae_params):
-    x = batch["image"]
-    k_z, k_dsm = jax.random.split(key)
-    x_bar = x_bar_of(vae, vae_params, x, k_z)
+  def dsm(params, x, x_bar, key):
     loss, aux = losses.dsm_loss(
-      eps_fn_for(net, params, x_bar), mr.to_unit(x, x_bar), k_dsm, mr.unit, False
+      eps_fn_for(net, params, x_bar), mr.to_unit(x, x_bar), key, mr.unit, False
     )
     aux["vae_mse"] = jnp.mean(jnp.square(x - x_bar))
     return loss, aux
 
-  return loss_fn
+  return dsm
+
+
+def make_loss(config, vae: VAEModel, image_shape):
+  """Two-stage: loss_fn(refiner_params, batch, key, vae_params) -> (DSM loss, aux).
+  Joint: loss_fn({"vae", "refiner"}, batch, key, None) -> (-ELBO + DSM loss, aux)."""
+  dsm = _refiner_dsm(config, image_shape)
+  rf = config.refiner
+
+  def two_stage(params, batch, key, vae_params):
+    k_z, k_dsm = jax.random.split(key)
+    x = batch["image"]
+    return dsm(params, x, x_bar_of(vae, vae_params, x, k_z), k_dsm)
+
+  def joint(params, batch, key, frozen):
+    del frozen
+    k_elbo, k_z, k_dsm = jax.random.split(key, 3)
+    x = batch["image"]
+    nelbo, parts = vae.neg_elbo(params["vae"], x, k_elbo, config.vae.beta_kl)
+    x_bar = x_bar_of(vae, params["vae"], x, k_z, stop=rf.x_bar_gradient == "stop")
+    loss, aux = dsm(params["refiner"], x, x_bar, k_dsm)
+    aux.update({f"vae_{k}": jnp.mean(v) for k, v in parts.items()}, vae_neg_elbo=jnp.mean(nelbo))
+    return jnp.mean(nelbo) + loss, aux
+
+  return joint if rf.joint else two_stage
 
 
 class RefinedVAE(Autoencoder):

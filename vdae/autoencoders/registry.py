@@ -35,8 +35,12 @@ def load_vae(config, workdir: str, mesh, image_shape) -> VAE:
 
 
 def load_refined_vae(config, workdir: str, mesh, image_shape) -> RefinedVAE:
-  """The refiner with the VAE at the step it was trained on (else an error)."""
+  """The refiner with the VAE at the step it was trained on (else an error), or,
+  trained jointly, with the VAE its own checkpoint holds."""
   params, meta = load_stage("refiner", config, workdir, mesh, image_shape)
+  if config.refiner.joint:
+    vae = VAE(config, params["vae"], image_shape, data_levels(config))
+    return RefinedVAE(config, vae, params["refiner"], mesh, image_shape)
   check_refiner_pairing(meta, config, workdir)
   return RefinedVAE(config, load_vae(config, workdir, mesh, image_shape), params, mesh, image_shape)
 

@@ -359,11 +359,26 @@ def check_refiner_pairing(recorded: dict, config, workdir: str) -> None:
 
 def _refiner_build(ctx: Context) -> Built:
   cfg = ctx.config
+  x = ctx.recon_batch()
+  levels = sources.data_levels(cfg)
+  if cfg.refiner.joint:  # its own VAE, trained with it (refined_vae.make_loss)
+    model = vae_lib.model_from_config(cfg, ctx.image_shape)
+
+    def images(state, step):
+      p = state.ema_params
+      vae = vae_lib.VAE(cfg, p["vae"], ctx.image_shape, levels)
+      ae = refined_vae.RefinedVAE(cfg, vae, p["refiner"], ctx.mesh, ctx.image_shape)
+      x_bar = vae.reconstruct(x)
+      refined = ae.refine(x_bar, jax.random.key(step))
+      return {"refined": np.concatenate([x, x_bar, refined], axis=0)}
+
+    meta = {"vae_beta_kl": float(cfg.vae.beta_kl)}
+    return Built(refined_vae.make_loss(cfg, model, ctx.image_shape), None, images, meta)
+
   vae_params, _ = load_stage("vae", cfg, ctx.workdir, ctx.mesh, ctx.image_shape)
   if is_trained("refiner", cfg, ctx.workdir):
     check_refiner_pairing(read_meta("refiner", cfg, ctx.workdir), cfg, ctx.workdir)
-  vae = vae_lib.VAE(cfg, vae_params, ctx.image_shape, sources.data_levels(cfg))
-  x = ctx.recon_batch()
+  vae = vae_lib.VAE(cfg, vae_params, ctx.image_shape, levels)
 
   def images(state, step):
     ae = refined_vae.RefinedVAE(cfg, vae, state.ema_params, ctx.mesh, ctx.image_shape)
