@@ -59,10 +59,11 @@ class Entry:
   needs: tuple[str, ...] = ()  # other stages it reads: evaluated when all are trained
 
 
-# Evaluation order; the comparison grid's rows follow it (originals, then each).
+# Evaluation order; the comparison grid's rows follow it (originals, then each): the
+# VAE, the VAE with each diffusion enhancement, then the VDAE, which has no decoder.
 AUTOENCODERS: dict[str, Entry] = {
   "vae": Entry("vae", load_vae),
-  "vdae": Entry("stage2", load_vdae),
-  "refined_vae": Entry("refiner", load_refined_vae),
   "sdedit_vae": Entry("vae", load_sdedit_vae, needs=("stage1",)),
+  "refined_vae": Entry("refiner", load_refined_vae),
+  "vdae": Entry("stage2", load_vdae),
 }

@@ -7,9 +7,9 @@ is trained (the schema is in vdae/evaluation/harness.py and BUILD.md),
 score_model/bits_per_dim and score_model/bpd_solver_steps,
 classifier_test_accuracy and fid_floor_train_vs_test. Pictures:
 eval/<model>_reconstructions.png (originals, then each protocol's rows),
-<model>_samples.png, comparison.png (originals, then each model's `mean`, or
-first, protocol), loss_curves.png. Files are written by process 0; every
-process runs the same computation.
+<model>_samples.png, comparison.png (the same 12 test images: originals, then one
+labelled row per model, its `mean` or first protocol), loss_curves.png. Files are
+written by process 0; every process runs the same computation.
 """
 
 from __future__ import annotations
@@ -108,5 +108,9 @@ def evaluate(config, workdir: str) -> dict[str, float]:
   if jax.process_index() == 0:
     runs = [(name, s.title) for name, s in stages.STAGES.items()]
     curves.plot_loss_curves(workdir, os.path.join(workdir, "eval", "loss_curves.png"), runs)
+    if len(results) > 1:  # over the unlabelled grid write_metrics wrote
+      rows = [("original", originals)]
+      rows += [(f"{name} ({shown})", res.reconstructions[shown]) for name, res in results.items()]
+      curves.plot_labelled_rows(os.path.join(workdir, "eval", "comparison.png"), rows)
   log.info("evaluation metrics -> %s\n%s", path, json.dumps(metrics, indent=1, sort_keys=True))
   return metrics

@@ -1,7 +1,6 @@
-"""Loss curves as a PNG, read back from the run's own TensorBoard event files.
-
-TensorBoard's EventAccumulator reads the scalars; matplotlib (Agg, no display)
-draws one panel per stage. `--mode=evaluate` writes WORKDIR/eval/loss_curves.png.
+"""The evaluation's matplotlib figures (Agg, no display): loss curves read back from the
+run's own TensorBoard event files (one panel per stage, WORKDIR/eval/loss_curves.png),
+and image rows with their names at the left (WORKDIR/eval/comparison.png).
 """
 
 from __future__ import annotations
@@ -54,6 +53,33 @@ def plot_loss_curves(
     ax.set_xlabel("step")
     ax.set_ylabel(tag)
     ax.grid(alpha=0.3)
+  fig.tight_layout()
+  files.write_with(path, lambda f: fig.savefig(f, format="png", dpi=100))
+  plt.close(fig)
+  return path
+
+
+def plot_labelled_rows(path: str, rows: Sequence[tuple[str, np.ndarray]], cols: int = 12) -> str:
+  """One strip of the first `cols` images [N, H, W, C] in [-1, 1] per (label, images)
+  row, the label at its left: the same test images through each model."""
+  import matplotlib
+
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  from vdae.io import writer
+
+  cols = min(cols, min(len(ims) for _, ims in rows))
+  size = (0.8 * cols + 1.6, 0.85 * len(rows))
+  fig, axes = plt.subplots(len(rows), 1, figsize=size, squeeze=False)
+  for ax, (label, ims) in zip(axes[:, 0], rows, strict=True):
+    strip = writer.grid(np.asarray(ims[:cols]), cols)
+    ax.imshow(strip[..., 0] if strip.shape[-1] == 1 else strip, cmap="gray", vmin=0, vmax=255)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.set_ylabel(label, rotation=0, ha="right", va="center", fontsize=9)
+    for side in ax.spines.values():
+      side.set_visible(False)
   fig.tight_layout()
   files.write_with(path, lambda f: fig.savefig(f, format="png", dpi=100))
   plt.close(fig)
