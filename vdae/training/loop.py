@@ -104,11 +104,14 @@ class ProgressHook(Hook):
 
 
 class ScalarsHook(Hook):
-  """train/ and perf/ scalars every `every` steps: the only per-step host sync."""
+  """train/ and perf/ scalars every `every` steps: the only per-step host sync.
+  perf/loop_seconds is this run's time since its first step was compiled (what
+  quality-against-wall-time figures read)."""
 
-  def __init__(self, every, tb, guard, sched, batch_size, flops_fn, start, progress):
+  def __init__(self, every, tb, guard, sched, batch_size, flops_fn, start, progress, clock):
     self.every, self.tb, self.guard, self.sched = every, tb, guard, sched
     self.batch_size, self.flops_fn, self.progress = batch_size, flops_fn, progress
+    self.clock = clock
     self.last_t, self.last_step = time.perf_counter(), start
 
   def after_step(self, step, state, metrics, last):
@@ -125,6 +128,7 @@ class ScalarsHook(Hook):
         "train/lr": float(self.sched(step)),
         "perf/steps_per_sec": sps,
         "perf/examples_per_sec": sps * self.batch_size,
+        "perf/loop_seconds": self.clock(),
       }
     )
     flops = self.flops_fn()
@@ -302,6 +306,7 @@ class Trainer:
           lambda: compiled.get("flops"),
           start,
           progress,
+          lambda: time.perf_counter() - compiled["t_loop"],
         ),
         ImagesHook(spec.image_every, tb, spec.images),
         ProfileHook(lp.profile_steps, tb_dir, start),
@@ -318,7 +323,7 @@ class Trainer:
           log.info("%s: train step compiled in %.1f s", spec.name, seconds)
           tb.scalars(step, {"perf/compile_seconds": seconds})
           self.stats = {"compile_seconds": seconds}
-          t_loop = time.perf_counter()
+          t_loop = compiled["t_loop"] = time.perf_counter()
         state, metrics = compiled["fn"](state, batch, spec.frozen)
         watch.update(metrics, step)
         if step == spec.num_steps and self.stats:  # before the final save and scalars

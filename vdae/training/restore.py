@@ -68,8 +68,9 @@ def restore_params(
   what: str,
   run_first: str,
   use_ema: bool = True,
+  step: int | None = None,
 ) -> tuple[Any, dict]:
-  """(params, meta) of the newest checkpoint in `ckpt_dir`, laid out on `mesh`.
+  """(params, meta) of the newest checkpoint in `ckpt_dir` (or of `step`), laid out on `mesh`.
 
   init_params / opt: the stage's, so the abstract target is the saved state's
   exact structure. keys: config keys that must match the checkpoint's.
@@ -81,7 +82,12 @@ def restore_params(
   try:
     if ckpt.latest_step() is None:
       raise CheckpointError(f"no {what} checkpoint in {ckpt_dir}. {run_first}")
-    meta = ckpt.read_meta()
+    if step is not None and step not in ckpt.steps():
+      raise CheckpointError(
+        f"no {what} checkpoint of step {step} in {ckpt_dir} (it has {ckpt.steps()}). "
+        "Pick one of those."
+      )
+    meta = ckpt.read_meta(step)
     check_meta(
       meta,
       config,
@@ -92,7 +98,7 @@ def restore_params(
     )
     abstract = state.abstract_state(init_params, opt)
     shardings = sharding.state_shardings(abstract, mesh, config.mesh.param_rules)
-    _, restored = ckpt.restore(checkpoint.abstract_like(abstract, shardings))
+    _, restored = ckpt.restore(checkpoint.abstract_like(abstract, shardings), step=step)
   finally:
     ckpt.close()
   return (restored.ema_params if use_ema else restored.params), meta

@@ -548,9 +548,9 @@ def is_trained(name: str, config, workdir: str) -> bool:
 
 
 def load_stage(
-  name: str, config, workdir: str, mesh, image_shape, use_ema: bool = True
+  name: str, config, workdir: str, mesh, image_shape, use_ema: bool = True, step=None
 ) -> tuple[Params, dict]:
-  """(params, meta) of stage `name`'s newest checkpoint, sharded on `mesh`.
+  """(params, meta) of stage `name`'s newest checkpoint (or of `step`), sharded on `mesh`.
 
   Raises CheckpointError if it is missing or was trained with another config
   (the stage's compare_keys) or image shape.
@@ -573,4 +573,5 @@ def load_stage(
     what=stage.what,
     run_first=hint + ".",
     use_ema=use_ema,
+    step=step,
   )
