@@ -175,6 +175,7 @@ class RefinedVAE(Autoencoder):
         StepSpec(self.mr.unit, self.config.model.temb_dim, 1000.0),
         (n, *self.image_shape),
         out_sharding=sharding.replicated(self.mesh),
+        mesh=self.mesh,  # each device refines its own rows
       )
     return self._samplers[key]
 
@@ -186,7 +187,7 @@ class RefinedVAE(Autoencoder):
       u_init = np.zeros_like(x_bar)
     else:
       fn, u_init = self._sampler(len(x_bar), rf.sample_method, rf.sample_num_steps), None
-    rep = lambda a: sharding.replicated_from_host(np.asarray(a, np.float32), self.mesh)
+    rep = lambda a: sharding.batch_from_host(np.asarray(a, np.float32), self.mesh)
     u = fn((self.params, rep(x_bar)), key, None if u_init is None else rep(u_init))
     return np.asarray(self.mr.from_unit(sharding.to_host(u), x_bar))
 

@@ -50,6 +50,7 @@ class SDEditVAE(Autoencoder):
         StepSpec.from_config(cfg),
         (n, *self.image_shape),
         out_sharding=sharding.replicated(self.mesh),
+        mesh=self.mesh,  # each device refines its own rows
         t_start=float(cfg.sdedit.t0),
       )
     return self._samplers[key]
@@ -66,7 +67,7 @@ class SDEditVAE(Autoencoder):
     else:
       fn = self._sampler(len(x_bar), self.config.sampling.method, sd.num_steps)
       x_t0 = x_t0 + sigma[:, None, None, None] * np.asarray(jax.random.normal(k_noise, x_bar.shape))
-    rep = sharding.replicated_from_host(np.asarray(x_t0, np.float32), self.mesh)
+    rep = sharding.batch_from_host(np.asarray(x_t0, np.float32), self.mesh)
     return sharding.to_host(fn(self.score_params, k_run, rep))
 
   def decode(self, z, key, protocol="sample"):

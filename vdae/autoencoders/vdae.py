@@ -26,10 +26,11 @@ from vdae.types import Params
 
 
 def make_decode_fn(
-  score_model, enc_model, config, shape, invert: bool = False
+  score_model, enc_model, config, shape, invert: bool = False, mesh=None
 ) -> samplers.CompiledSampler:
   """decoder((score_params, enc_params, z [N, L]), key, x_init=None) -> x [N, H, W, C];
-  with invert, x_init = x_0 -> its x_1 under the conditional PF ODE at z."""
+  with invert, x_init = x_0 -> its x_1 under the conditional PF ODE at z. mesh:
+  the batch split over its batch axes (every device decodes its own rows)."""
   lv = config.encoder.logvar_term
 
   def make_fns(args):
@@ -45,6 +46,7 @@ def make_decode_fn(
     StepSpec.from_config(config),
     shape,
     invert=invert,
+    mesh=mesh,
   )
 
 
@@ -90,9 +92,10 @@ class VDAE(Autoencoder):
     return self.latent_prior.sample(n, key)
 
   def _global(self, a: np.ndarray) -> jax.Array:
-    # Replicated global input: with fsdp spanning processes the params live on
-    # every process's devices, so a process-local array would not do.
-    return sharding.replicated_from_host(np.asarray(a, np.float32), self.mesh)
+    # A global input split over the batch axes, so that each device (and process)
+    # decodes its own rows: every process holds the whole host array, and with
+    # fsdp spanning processes a process-local array would not do.
+    return sharding.batch_from_host(np.asarray(a, np.float32), self.mesh)
 
   def posterior(self, x):
     mu, lv = self._encode(self.enc_params, self._global(x))
@@ -122,7 +125,7 @@ class VDAE(Autoencoder):
         with cfg.unlocked():
           cfg.sampling.denoise = denoise
       self._decoders[key] = make_decode_fn(
-        self.score_model, self.encoder, cfg, (n, *self.image_shape), invert
+        self.score_model, self.encoder, cfg, (n, *self.image_shape), invert, self.mesh
       )
     return self._decoders[key]
 

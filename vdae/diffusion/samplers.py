@@ -37,6 +37,7 @@ from vdae.diffusion import sde as sde_lib
 from vdae.diffusion.score import eps_to_score
 from vdae.kernels import fused_step
 from vdae.models.embedding import sinusoidal
+from vdae.parallel import sharding
 from vdae.types import Array, CorrFn, EpsFn
 
 
@@ -82,9 +83,12 @@ def _sampler_parts(
   kernel: str,
   invert: bool = False,
   t_start: float = 1.0,
+  mesh=None,
 ):
   """(init(key, x_init) -> carry, body(i, carry) -> carry) of one sampler run, from
   t_start (1: the prior; below 1, SDEdit: x_init is x at t_start) down to eps.
+  mesh: the carry's batch axis is laid out over its batch axes, so each device
+  integrates its own rows (None: XLA's choice, replicated for replicated inputs).
 
   The carry is (x, aux, key): aux is the next step's time embedding (em / pc /
   ode), the previous data prediction (dpmpp_2m), or unused (heun)."""
@@ -156,9 +160,10 @@ def _sampler_parts(
       raise ValueError("invert and t_start < 1 start from given data: pass x_init")
     x = sde.prior_sample(k_init, shape) if x_init is None else x_init
     if method in ("dpmpp_2m", "dpmpp_2m_sde"):
-      return x, jnp.zeros_like(x), k_loop
-    temb = sinusoidal(jnp.full((b,), ts[0]), spec.temb_dim, spec.time_scale)
-    return x, temb, k_loop
+      aux = jnp.zeros_like(x)
+    else:
+      aux = sinusoidal(jnp.full((b,), ts[0]), spec.temb_dim, spec.time_scale)
+    return (*sharding.constrain_batch((x, aux), mesh, b), k_loop)
 
   def body(i, carry):
     if method == "heun":
@@ -239,6 +244,7 @@ def sample(
   kernel: str = "auto",
   invert: bool = False,
   t_start: float = 1.0,
+  mesh=None,
 ) -> Array:
   """Draws x_eps from x_1 ~ prior (or `x_init`) by integrating from t=1 to t=eps;
   from t_start < 1 instead, x_init is x at t_start (SDEdit).
@@ -267,6 +273,7 @@ def sample(
     kernel,
     invert,
     t_start,
+    mesh,
   )
   x, _, _ = jax.lax.fori_loop(0, num_steps, body, init(key, x_init))
   return tweedie_denoise(eps_fn, x, sde, corr_fn) if denoise and not invert else x
@@ -281,8 +288,12 @@ def compile_sampler(
   out_sharding=None,
   invert: bool = False,
   t_start: float = 1.0,
+  mesh=None,
 ) -> Callable[..., Array]:
   """Compiled sampler: f(args, key, x_init=None) -> x [N, H, W, C].
+
+  mesh: split the batch over its batch axes (see `_sampler_parts`); pass inputs
+  laid out the same way (`sharding.batch_from_host`) to avoid a reshard.
 
   make_fns(args) builds (eps_fn, corr_fn) from the pytree `args` (params, z),
   which are passed, never closed over, so they are not baked into the program.
@@ -306,6 +317,7 @@ def compile_sampler(
     kernel=sampling_cfg.kernel,
     invert=invert,
     t_start=t_start,
+    mesh=mesh,
   )
   denoise = sampling_cfg.denoise and not invert
   return CompiledSampler(make_fns, kw, shape, denoise, loop, out_sharding)

@@ -111,6 +111,35 @@ def replicated_from_host(x: np.ndarray, mesh: Mesh) -> jax.Array:
   return jax.make_array_from_callback(x.shape, replicated(mesh), lambda i: x[i])
 
 
+def batch_from_host(x: np.ndarray, mesh: Mesh) -> jax.Array:
+  """A host array that every process holds whole, as one global array whose leading
+  axis is split over the batch axes (each device computes its rows), or replicated
+  when that axis does not divide evenly."""
+  x = np.asarray(x)
+  if x.ndim == 0 or x.shape[0] % batch_size_divisor(mesh):
+    return replicated_from_host(x, mesh)
+  return jax.make_array_from_callback(x.shape, batch_sharding(mesh, x.ndim), lambda i: x[i])
+
+
+def batch_size_divisor(mesh: Mesh) -> int:
+  """How many ways the batch axes split a batch."""
+  return math.prod(mesh.shape[a] for a in BATCH_AXES)
+
+
+def constrain_batch(tree, mesh: Mesh | None, batch: int):
+  """Inside jit: every array of `tree` whose leading axis is `batch` laid out over the
+  batch axes (when they divide it), the rest left to XLA."""
+  if mesh is None or batch % batch_size_divisor(mesh):
+    return tree
+
+  def one(a):
+    if getattr(a, "ndim", 0) and a.shape[0] == batch:
+      return jax.lax.with_sharding_constraint(a, batch_sharding(mesh, a.ndim))
+    return a
+
+  return jax.tree.map(one, tree)
+
+
 def to_host(x: jax.Array) -> np.ndarray:
   """The whole of a (possibly multi-process) array as numpy, on every process.
 
