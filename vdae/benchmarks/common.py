@@ -37,16 +37,18 @@ def compiled_step(t: loop.Trainer):
   step = step_lib.jit_step(spec.loss_fn, opt, cfg.loop.ema_decay, shardings, spec.frozen, t.mesh)
   it = iter(pipeline.train_dataset(t.splits["train"], cfg.data, spec.batch_size, 0, 1))
   batch = sharding.global_batch(next(it), t.mesh)
-  compiled = step.lower(state, batch, spec.frozen).compile()
+  watch = step_lib.NonFiniteWatch(t.mesh).arrays
+  compiled = step.lower(state, batch, spec.frozen, watch).compile()
   return compiled, state, spec, step_lib.compiled_flops(compiled) or 0.0, it, batch
 
 
 def time_steps(compiled, state, frozen, batch, repeats: int) -> tuple[float, object]:
   """Median seconds per step (state donated and threaded through)."""
-  holder = {"s": state}
+  mesh = batch["image"].sharding.mesh
+  holder = {"s": state, "w": step_lib.NonFiniteWatch(mesh).arrays}
 
   def one():
-    holder["s"], m = compiled(holder["s"], batch, frozen)
+    holder["s"], m, holder["w"] = compiled(holder["s"], batch, frozen, holder["w"])
     return m["loss"]
 
   return median_time(one, repeats), holder["s"]

@@ -317,15 +317,14 @@ class Trainer:
         batch = sharding.global_batch(next(it), self.mesh)
         if "fn" not in compiled:
           t0 = time.perf_counter()
-          compiled["fn"] = step_fn.lower(state, batch, spec.frozen).compile()
+          compiled["fn"] = step_fn.lower(state, batch, spec.frozen, watch.arrays).compile()
           compiled["flops"] = step_lib.compiled_flops(compiled["fn"])
           seconds = time.perf_counter() - t0  # small when the persistent cache had it
           log.info("%s: train step compiled in %.1f s", spec.name, seconds)
           tb.scalars(step, {"perf/compile_seconds": seconds})
           self.stats = {"compile_seconds": seconds}
           t_loop = compiled["t_loop"] = time.perf_counter()
-        state, metrics = compiled["fn"](state, batch, spec.frozen)
-        watch.update(metrics, step)
+        state, metrics, watch.arrays = compiled["fn"](state, batch, spec.frozen, watch.arrays)
         if step == spec.num_steps and self.stats:  # before the final save and scalars
           jax.block_until_ready(state)
           self.stats.update(steps=step - start, loop_seconds=time.perf_counter() - t_loop)

@@ -1,9 +1,10 @@
 """The jitted train step (pure), its sharded compilation, and its on-device non-finite watch.
 
-The step is one function of (state, batch, frozen): `frozen` carries the
-parameters of earlier stages that a loss reads (stage 2's score model),
-passed as an argument, never optimised and never closed over. It is jitted
-once with explicit in/out shardings and the state donated.
+The step is one function of (state, batch, frozen, watch): `frozen` carries
+the parameters of earlier stages that a loss reads (stage 2's score model),
+passed as an argument, never optimised and never closed over; `watch` is the
+non-finite record the step updates on device (one dispatch a step, no host
+sync). It is jitted once with explicit in/out shardings, state and watch donated.
 """
 
 from __future__ import annotations
@@ -18,9 +19,10 @@ from vdae.parallel import sharding
 from vdae.types import LossFn
 
 
-def train_step(state, batch, frozen, *, loss_fn: LossFn, opt, ema_decay: float):
+def train_step(state, batch, frozen, watch, *, loss_fn: LossFn, opt, ema_decay: float):
   """One optimizer step. Non-finite loss or gradients leave the state untouched
-  (and raise the `nonfinite` metric) so a bad batch can never poison params."""
+  (and raise the `nonfinite` metric, and are noted in `watch`: (the first such
+  step or 0, how many)) so a bad batch can never poison params."""
   key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
   (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, batch, key, frozen)
   gnorm = optax.tree.norm(grads)
@@ -39,20 +41,25 @@ def train_step(state, batch, frozen, *, loss_fn: LossFn, opt, ema_decay: float):
     ema_params=keep(ema, state.ema_params),
   )
   metrics = {"loss": loss, "grad_norm": gnorm, "nonfinite": (~ok).astype(jnp.float32), **aux}
-  return new_state, metrics
+  first_bad, count = watch
+  this_step = (state.step + 1).astype(first_bad.dtype)  # the loop's step number
+  first_bad = jnp.where((first_bad == 0) & ~ok, this_step, first_bad)
+  return new_state, metrics, (first_bad, count + (~ok).astype(count.dtype))
 
 
 def jit_step(loss_fn: LossFn, opt, ema_decay: float, state_shardings, frozen: Any, mesh):
-  """The step jitted with explicit in/out shardings and the state donated."""
+  """step(state, batch, frozen, watch) -> (state, metrics, watch), jitted with explicit
+  in/out shardings, the state and the watch donated."""
   frozen_sh = jax.tree.map(lambda x: x.sharding, frozen)
   batch_sh = {
     k: sharding.batch_sharding(mesh, 4 if k == "image" else 1) for k in ("image", "label", "index")
   }
+  rep = sharding.replicated(mesh)
   return jax.jit(
-    lambda s, b, f: train_step(s, b, f, loss_fn=loss_fn, opt=opt, ema_decay=ema_decay),
-    in_shardings=(state_shardings, batch_sh, frozen_sh),
-    out_shardings=(state_shardings, sharding.replicated(mesh)),
-    donate_argnums=0,
+    lambda s, b, f, w: train_step(s, b, f, w, loss_fn=loss_fn, opt=opt, ema_decay=ema_decay),
+    in_shardings=(state_shardings, batch_sh, frozen_sh, (rep, rep)),
+    out_shardings=(state_shardings, rep, (rep, rep)),
+    donate_argnums=(0, 3),
   )
 
 
@@ -67,31 +74,17 @@ def compiled_flops(compiled) -> float | None:
     return None
 
 
-@jax.jit
-def _note_nonfinite(first_bad, count, nonfinite, step):
-  """On device, without a host sync: the first step whose update was skipped
-  (0 if none) and how many were."""
-  bad = nonfinite > 0
-  first_bad = jnp.where((first_bad == 0) & bad, step, first_bad)
-  return first_bad, count + bad.astype(count.dtype)
-
-
 class NonFiniteWatch:
-  """Remembers every skipped (non-finite) step between the loop's host syncs,
-  so `on_nonfinite=stop` stops on a one-off bad step too, not only on one that
-  falls on a log or checkpoint step."""
+  """Remembers every skipped (non-finite) step between the loop's host syncs, so
+  `on_nonfinite=stop` stops on a one-off bad step too, not only on one that falls
+  on a log or checkpoint step. `arrays` (first skipped step or 0, count) go
+  through the train step, which updates them on device."""
 
   def __init__(self, mesh):
     rep = sharding.replicated(mesh)
-    self._first = jax.device_put(jnp.zeros((), jnp.int32), rep)
-    self._count = jax.device_put(jnp.zeros((), jnp.int32), rep)
-
-  def update(self, metrics: dict, step: int) -> None:
-    self._first, self._count = _note_nonfinite(
-      self._first, self._count, metrics["nonfinite"], jnp.int32(step)
-    )
+    self.arrays = tuple(jax.device_put(jnp.zeros((), jnp.int32), rep) for _ in range(2))
 
   def read(self) -> tuple[int, int]:
     """(first skipped step or 0, number of skipped steps): a host sync."""
-    first, count = jax.device_get((self._first, self._count))
+    first, count = jax.device_get(self.arrays)
     return int(first), int(count)
