@@ -166,3 +166,19 @@ def test_epochs_reshuffle_and_cover_the_split(tmp_path, tiny_config):
   assert sorted(e2.tolist()) == sorted(split.rows.tolist())
   assert not np.array_equal(e1, e2)
   assert os.path.exists(tmp_path / "d.npz")
+
+
+def test_random_flip_mirrors_about_half_the_images_of_a_batch(tiny_config):
+  cfg = tiny_config.data
+  cfg.random_flip = True
+  split = sources.load_splits(cfg)["train"]
+  batch = next(iter(pipeline.train_dataset(split, cfg, 64, 0, 1)))
+  position = {int(r): i for i, r in enumerate(split.rows if split.rows is not None else [])}
+  mirrored = 0
+  for image, row in zip(batch["image"], batch["index"], strict=True):
+    original = split[position.get(int(row), int(row))]["image"]
+    if np.array_equal(image, original[:, ::-1]) and not np.array_equal(image, original):
+      mirrored += 1
+    else:
+      np.testing.assert_array_equal(image, original)
+  assert 16 <= mirrored <= 48

@@ -1,9 +1,14 @@
 """Batches through Grain, for training and for evaluation (owned here).
 
-Training: source -> shuffle(seed) -> repeat -> flip -> batch(local) -> this
-process's batches -> iterator (its state checkpointed with the model). The
-global batch at step k holds elements [k B, (k + 1) B) of the shuffled stream
-whatever the process count, so 1 x 4 devices and 2 x 2 see the same data.
+Training: an endless stream that visits every item of the split once per
+epoch, each epoch in a fresh seeded permutation; the global batch at step k
+holds positions [k B, (k + 1) B) of it whatever the process count (so 1 x 4
+devices and 2 x 2 see the same data), and process p reads block p of it. Grain
+runs it with one element per local batch (index -> rows -> items, stacked,
+flipped), prefetched by its reader threads, its iterator state checkpointed
+with the model: Grain's per-element shuffle / repeat / batch cost ~40 us an
+item on a 2-core CPU, 10 ms a 256-batch, a third of the latent prior's step,
+where one element a batch costs its items' reads alone.
 
 Evaluation: the split (or its first `limit` items) in order, in batches of one
 fixed size, the last one padded by `pad_batch` with a `valid` mask, so every
@@ -14,6 +19,7 @@ batch runs through one compiled program and metrics drop the padding.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterator
 
 import grain
@@ -23,10 +29,30 @@ from vdae.data.sources import Split
 from vdae.io.errors import ConfigError
 
 
-def _flip(item: dict, rng: np.random.Generator) -> dict:
-  if rng.random() < 0.5:
-    item = dict(item, image=item["image"][:, ::-1])
-  return item
+@functools.lru_cache(maxsize=4)
+def _permutation(n: int, seed: int, epoch: int) -> np.ndarray:
+  return np.random.default_rng([seed, epoch]).permutation(n)
+
+
+class _LocalBatch:
+  """Local batch j of the stream (a pure function of j, so Grain may prefetch
+  it on any thread): the rows at positions [j b, (j + 1) b)."""
+
+  def __init__(self, split: Split, local: int, seed: int, flip: bool):
+    self.split, self.local, self.seed, self.flip = split, local, seed, flip
+
+  def __call__(self, j: int) -> dict[str, np.ndarray]:
+    n, b = len(self.split), self.local
+    epoch, within = np.divmod(np.arange(j * b, (j + 1) * b), n)
+    rows = np.concatenate(
+      [_permutation(n, self.seed, int(e))[within[epoch == e]] for e in np.unique(epoch)]
+    )
+    items = [self.split[int(i)] for i in rows]
+    batch = {k: np.stack([it[k] for it in items]) for k in items[0]}
+    if self.flip:
+      mirror = np.random.default_rng([self.seed + 1, j]).random(b) < 0.5
+      batch["image"][mirror] = batch["image"][mirror][:, :, ::-1]
+    return batch
 
 
 def train_dataset(
@@ -46,16 +72,17 @@ def train_dataset(
       f"batch size {global_batch} is not divisible by the process count {process_count}."
     )
   local = global_batch // process_count
-  ds = grain.MapDataset.source(split).shuffle(seed=data_cfg.shuffle_seed).repeat()
-  if data_cfg.random_flip:
-    ds = ds.random_map(_flip, seed=data_cfg.shuffle_seed + 1)
-  ds = ds.batch(local, drop_remainder=True)[process_index::process_count]
+  make = _LocalBatch(split, local, int(data_cfg.shuffle_seed), bool(data_cfg.random_flip))
+  ds = grain.MapDataset.range(_ENDLESS)[process_index::process_count].map(make)
   it_ds = ds.to_iter_dataset(
-    grain.ReadOptions(num_threads=4, prefetch_buffer_size=max(int(data_cfg.prefetch), 1))
+    grain.ReadOptions(num_threads=4, prefetch_buffer_size=max(int(data_cfg.prefetch), 4))
   )
   if data_cfg.worker_count > 0:
     it_ds = it_ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=data_cfg.worker_count))
   return it_ds
+
+
+_ENDLESS = 2**62  # local batches: more than any run reads
 
 
 def pad_batch(batch: dict[str, np.ndarray], size: int) -> dict[str, np.ndarray]:
