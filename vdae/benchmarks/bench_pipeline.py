@@ -7,11 +7,14 @@ and a warm persistent cache, and (--main) the whole --mode=all per phase.
 
 For each stage of the stage table, in its order (each trains --steps steps in one
 temporary workdir, so the next stage has what it reads):
-  bare     the compiled step alone, timed on one batch (median of --repeats);
+  bare     the compiled step alone, timed on one batch (median of --repeats, each
+           blocked on);
+  piped    the same step dispatched --repeats times back to back, blocked on
+           once, as the loop dispatches it;
   loop     Trainer.train's seconds per step after the compile: data, hooks, host
            syncs and all (the stage's own log_every; image_every and
            checkpoints off but for the final save);
-  overhead loop / bare - 1.
+  overhead loop / piped - 1: what the loop adds to the steps it runs.
 FLOP/s is XLA's cost analysis of the step x the measured rate. Compile seconds are
 the stage-1 step's, in a fresh process against an empty cache (cold) and again
 (warm). Every figure is printed beside the measured f32 matmul peak; compare
@@ -57,7 +60,8 @@ def stage_figures(cfg, workdir: str, steps: int, repeats: int, peak: float) -> l
     group.num_steps, group.image_every, group.checkpoint_every = steps, 0, steps
     t = stages.trainer(name, c, workdir)
     compiled, state, spec, flops, _, batch = common.compiled_step(t)
-    bare, _ = common.time_steps(compiled, state, spec.frozen, batch, repeats)
+    bare, state = common.time_steps(compiled, state, spec.frozen, batch, repeats)
+    piped, state = common.time_steps_pipelined(compiled, state, spec.frozen, batch, repeats)
     del compiled, state
     t.train()  # the real loop; leaves the checkpoint the next stage reads
     loop = t.stats["loop_seconds"] / t.stats["steps"]
@@ -66,8 +70,9 @@ def stage_figures(cfg, workdir: str, steps: int, repeats: int, peak: float) -> l
         "stage": name,
         "batch": spec.batch_size,
         "bare_step_s": bare,
+        "pipelined_step_s": piped,
         "loop_step_s": loop,
-        "loop_overhead": loop / bare - 1,
+        "loop_overhead": loop / piped - 1,
         "gflops_per_step": flops / 1e9,
         "fraction_of_peak": flops / bare / peak,
         "compile_s_in_process": t.stats["compile_seconds"],
@@ -75,7 +80,8 @@ def stage_figures(cfg, workdir: str, steps: int, repeats: int, peak: float) -> l
     )
     r = rows[-1]
     print(
-      f"{name:8s} {r['batch']:5d} {bare * 1e3:9.2f} {loop * 1e3:9.2f} {r['loop_overhead']:9.1%} "
+      f"{name:8s} {r['batch']:5d} {bare * 1e3:9.2f} {piped * 1e3:9.2f} {loop * 1e3:9.2f} "
+      f"{r['loop_overhead']:9.1%} "
       f"{flops / bare / 1e9:9.1f} {r['fraction_of_peak']:8.1%}",
       flush=True,
     )
@@ -119,7 +125,7 @@ def main():
     f"measured f32 matmul peak {peak / 1e9:.1f} GFLOP/s"
   )
   print(
-    f"{'stage':8s} {'batch':>5s} {'bare ms':>9s} {'loop ms':>9s} {'overhead':>9s} "
+    f"{'stage':8s} {'batch':>5s} {'bare ms':>9s} {'piped ms':>9s} {'loop ms':>9s} {'overhead':>9s} "
     f"{'GFLOP/s':>9s} {'of peak':>8s}"
   )
   out: dict = {"matmul_peak_gflops": peak / 1e9, "config": args.config}

@@ -7,6 +7,7 @@ import os
 import tempfile
 import time
 
+import jax
 import numpy as np
 
 from vdae.data import pipeline
@@ -52,6 +53,19 @@ def time_steps(compiled, state, frozen, batch, repeats: int) -> tuple[float, obj
     return m["loss"]
 
   return median_time(one, repeats), holder["s"]
+
+
+def time_steps_pipelined(compiled, state, frozen, batch, n: int) -> tuple[float, object]:
+  """Seconds per step of n steps dispatched back to back and blocked on once, as the
+  training loop runs them (the baseline of its overhead; `time_steps` blocks on each)."""
+  watch = step_lib.NonFiniteWatch(batch["image"].sharding.mesh).arrays
+  state, _, watch = compiled(state, batch, frozen, watch)  # warm
+  jax.block_until_ready(state)
+  t0 = time.perf_counter()
+  for _ in range(n):
+    state, _, watch = compiled(state, batch, frozen, watch)
+  jax.block_until_ready(state)
+  return (time.perf_counter() - t0) / n, state
 
 
 def pipeline_rate(it, batch_size: int, seconds: float = 3.0) -> float:
