@@ -36,3 +36,25 @@ def test_each_checkpoint_is_scored_at_its_wall_time(tmp_path, tiny_config):
 def test_every_must_fall_on_logged_steps(tmp_path, tiny_config):
   with pytest.raises(ValueError, match="multiple of stage1.log_every"):
     ttq.measure(tiny_config, str(tmp_path), "stage1", every=3)
+
+
+def test_overrides_are_checked_like_command_line_ones(tiny_config):
+  from vdae.io.errors import ConfigError
+
+  ttq.apply_overrides(tiny_config, ["stage1.batch_size=8"])
+  assert tiny_config.stage1.batch_size == 8
+  with pytest.raises(ConfigError, match="stage1.batch_sise"):
+    ttq.apply_overrides(tiny_config, ["stage1.batch_sise=8"])
+  with pytest.raises(ConfigError, match="sampling.method"):
+    ttq.apply_overrides(tiny_config, ["sampling.method=rk4"])
+
+
+def test_a_resumed_run_is_refused_not_timed(tmp_path):
+  from vdae.io import writer
+
+  w = writer.Writer(str(tmp_path / "tensorboard" / "stage1"))
+  for step, secs in ((2, 1.0), (4, 2.0), (6, 0.5)):  # the clock restarts at step 6
+    w.scalars(step, {"perf/loop_seconds": secs})
+  w.close()
+  with pytest.raises(SystemExit, match="more than one run"):
+    ttq.wall_seconds(str(tmp_path), "stage1")

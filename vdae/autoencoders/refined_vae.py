@@ -187,8 +187,8 @@ class RefinedVAE(Autoencoder):
       u_init = np.zeros_like(x_bar)
     else:
       fn, u_init = self._sampler(len(x_bar), rf.sample_method, rf.sample_num_steps), None
-    rep = lambda a: sharding.batch_from_host(np.asarray(a, np.float32), self.mesh)
-    u = fn((self.params, rep(x_bar)), key, None if u_init is None else rep(u_init))
+    put = lambda a: sharding.batch_from_host(np.asarray(a, np.float32), self.mesh)
+    u = fn((self.params, put(x_bar)), key, None if u_init is None else put(u_init))
     return np.asarray(self.mr.from_unit(sharding.to_host(u), x_bar))
 
   def decode(self, z, key, protocol="sample"):

@@ -67,8 +67,8 @@ class SDEditVAE(Autoencoder):
     else:
       fn = self._sampler(len(x_bar), self.config.sampling.method, sd.num_steps)
       x_t0 = x_t0 + sigma[:, None, None, None] * np.asarray(jax.random.normal(k_noise, x_bar.shape))
-    rep = sharding.batch_from_host(np.asarray(x_t0, np.float32), self.mesh)
-    return sharding.to_host(fn(self.score_params, k_run, rep))
+    x_t0 = sharding.batch_from_host(np.asarray(x_t0, np.float32), self.mesh)
+    return sharding.to_host(fn(self.score_params, k_run, x_t0))
 
   def decode(self, z, key, protocol="sample"):
     check_protocol(protocol)

@@ -29,11 +29,13 @@ import os
 import jax
 import numpy as np
 
+from vdae import schema
 from vdae.autoencoders.vdae import VDAE
 from vdae.benchmarks import bench_pipeline, common
 from vdae.data import pipeline
 from vdae.evaluation import harness
 from vdae.io import curves
+from vdae.io.errors import ConfigError
 from vdae.parallel import sharding
 from vdae.training import stages
 
@@ -41,17 +43,25 @@ QUALITY = {"stage1": "sample_fid", "stage2": "recon_fid"}
 
 
 def apply_overrides(cfg, pairs: list[str]) -> None:
-  """`group.field=value` pairs (Python literals) onto the config."""
+  """`group.field=value` pairs (Python literals) onto the config, then the checks every
+  command runs (vdae.schema): an unknown key, a wrong type or an out-of-range choice is a
+  ConfigError naming it."""
   for pair in pairs:
     key, _, value = pair.partition("=")
     *groups, field = key.split(".")
-    node = cfg
-    for g in groups:
-      node = node[g]
     try:
-      node[field] = ast.literal_eval(value)
-    except (ValueError, SyntaxError):
-      node[field] = value
+      node = cfg
+      for g in groups:
+        node = node[g]
+      if field not in node:
+        raise KeyError(f"no field {key!r}")
+      try:
+        node[field] = ast.literal_eval(value)
+      except (ValueError, SyntaxError):
+        node[field] = value
+    except (KeyError, AttributeError, TypeError) as e:
+      raise ConfigError(f"--set {pair}: {e}. Use an existing config field and its type.") from e
+  schema.check(cfg)
 
 
 def wall_seconds(workdir: str, stage: str) -> dict[int, float]:
@@ -61,6 +71,11 @@ def wall_seconds(workdir: str, stage: str) -> dict[int, float]:
   comp = curves.read_scalars(logdir, "perf/compile_seconds")
   if loop is None:
     raise SystemExit(f"{logdir} has no perf/loop_seconds: train the stage with this version.")
+  if np.any(np.diff(loop[1]) <= 0):  # its clock restarted: the stage was resumed
+    raise SystemExit(
+      f"{logdir} holds more than one run of {stage} (perf/loop_seconds restarts), so its "
+      "wall times are not one run's. Use a workdir without that stage."
+    )
   compile_s = float(comp[1][-1]) if comp is not None else 0.0
   return {int(s): float(v) + compile_s for s, v in zip(*loop, strict=True)}
 
@@ -159,7 +174,10 @@ def main():
   ap.add_argument("--plot", default="")
   args = ap.parse_args()
   cfg = bench_pipeline.load_config(args.config)
-  apply_overrides(cfg, args.set)
+  try:
+    apply_overrides(cfg, args.set)
+  except ConfigError as e:
+    ap.error(str(e))
   peak = common.matmul_peak_flops()
   print(f"measured f32 matmul peak {peak / 1e9:.1f} GFLOP/s", flush=True)
   try:
