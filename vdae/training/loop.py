@@ -108,8 +108,8 @@ class ScalarsHook(Hook):
   perf/loop_seconds is this run's time since its first step was compiled (what
   quality-against-wall-time figures read)."""
 
-  def __init__(self, every, tb, guard, sched, batch_size, flops_fn, start, progress, clock):
-    self.every, self.tb, self.guard, self.sched = every, tb, guard, sched
+  def __init__(self, every, tb, guard, batch_size, flops_fn, start, progress, clock):
+    self.every, self.tb, self.guard = every, tb, guard
     self.batch_size, self.flops_fn, self.progress = batch_size, flops_fn, progress
     self.clock = clock
     self.last_t, self.last_step = time.perf_counter(), start
@@ -125,7 +125,6 @@ class ScalarsHook(Hook):
     scalars = {f"train/{k}": v for k, v in m.items()}
     scalars.update(
       {
-        "train/lr": float(self.sched(step)),
         "perf/steps_per_sec": sps,
         "perf/examples_per_sec": sps * self.batch_size,
         "perf/loop_seconds": self.clock(),
@@ -284,7 +283,7 @@ class Trainer:
       state = self._resume(ckpt, state, shardings, it)
       start = int(state.step)
       step_fn = step_lib.jit_step(
-        spec.loss_fn, opt, lp.ema_decay, shardings, spec.frozen, self.mesh
+        spec.loss_fn, opt, lp.ema_decay, shardings, spec.frozen, self.mesh, sched=sched
       )
       tb_dir = os.path.join(self.workdir, "tensorboard", spec.name)
       tb = writer.Writer(tb_dir)
@@ -301,7 +300,6 @@ class Trainer:
           spec.log_every,
           tb,
           guard,
-          sched,
           spec.batch_size,
           lambda: compiled.get("flops"),
           start,

@@ -19,10 +19,12 @@ from vdae.parallel import sharding
 from vdae.types import LossFn
 
 
-def train_step(state, batch, frozen, watch, *, loss_fn: LossFn, opt, ema_decay: float):
+def train_step(state, batch, frozen, watch, *, loss_fn: LossFn, opt, ema_decay: float, sched=None):
   """One optimizer step. Non-finite loss or gradients leave the state untouched
   (and raise the `nonfinite` metric, and are noted in `watch`: (the first such
-  step or 0, how many)) so a bad batch can never poison params."""
+  step or 0, how many)) so a bad batch can never poison params. With `sched`, the
+  step's learning rate is a metric: computed here, the host never evaluates the
+  schedule (which would compile a handful of tiny programs every run)."""
   key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
   (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, batch, key, frozen)
   gnorm = optax.tree.norm(grads)
@@ -41,22 +43,28 @@ def train_step(state, batch, frozen, watch, *, loss_fn: LossFn, opt, ema_decay: 
     ema_params=keep(ema, state.ema_params),
   )
   metrics = {"loss": loss, "grad_norm": gnorm, "nonfinite": (~ok).astype(jnp.float32), **aux}
+  if sched is not None:
+    metrics["lr"] = jnp.asarray(sched(state.step), jnp.float32)
   first_bad, count = watch
   this_step = (state.step + 1).astype(first_bad.dtype)  # the loop's step number
   first_bad = jnp.where((first_bad == 0) & ~ok, this_step, first_bad)
   return new_state, metrics, (first_bad, count + (~ok).astype(count.dtype))
 
 
-def jit_step(loss_fn: LossFn, opt, ema_decay: float, state_shardings, frozen: Any, mesh):
+def jit_step(
+  loss_fn: LossFn, opt, ema_decay: float, state_shardings, frozen: Any, mesh, sched=None
+):
   """step(state, batch, frozen, watch) -> (state, metrics, watch), jitted with explicit
-  in/out shardings, the state and the watch donated."""
+  in/out shardings, the state and the watch donated; `sched` adds the `lr` metric."""
   frozen_sh = jax.tree.map(lambda x: x.sharding, frozen)
   batch_sh = {
     k: sharding.batch_sharding(mesh, 4 if k == "image" else 1) for k in ("image", "label", "index")
   }
   rep = sharding.replicated(mesh)
   return jax.jit(
-    lambda s, b, f, w: train_step(s, b, f, w, loss_fn=loss_fn, opt=opt, ema_decay=ema_decay),
+    lambda s, b, f, w: train_step(
+      s, b, f, w, loss_fn=loss_fn, opt=opt, ema_decay=ema_decay, sched=sched
+    ),
     in_shardings=(state_shardings, batch_sh, frozen_sh, (rep, rep)),
     out_shardings=(state_shardings, rep, (rep, rep)),
     donate_argnums=(0, 3),
