@@ -27,6 +27,17 @@ def test_each_checkpoint_is_scored_at_its_wall_time(tmp_path, tiny_config):
   assert all(0 <= r["class_accuracy"] <= 1 and r["l2"] > 0 for r in rows)
   assert rows[0]["l2"] != rows[1]["l2"]
 
+  rows, _ = ttq.measure(cfg, wd, "prior", every=2)
+  assert [r["step"] for r in rows] == [2, 4]
+  assert all(math.isfinite(r["sample_fid"]) for r in rows)
+  assert rows[0]["sample_fid"] != rows[1]["sample_fid"]  # other prior, other codes
+
+  stages.train("vae", cfg, wd)
+  rows, _ = ttq.measure(cfg, wd, "refiner", every=2)
+  assert [r["step"] for r in rows] == [2, 4]
+  assert all(0 <= r["class_accuracy"] <= 1 and r["l2"] > 0 for r in rows)
+  assert rows[0]["l2"] != rows[1]["l2"]
+
   # A step that was not kept is named.
   mesh = sharding.make_mesh(cfg.mesh)
   with pytest.raises(CheckpointError, match="no stage-1 checkpoint of step 3"):

@@ -11,6 +11,10 @@ all kept, then scores each checkpoint's EMA parameters:
   stage2  the VDAE's `sample`-protocol reconstructions of the test split (the score
           model is W's newest stage 1): per-image L2 with its interval, recon FID,
           recon class accuracy.
+  prior   sample FID of the VDAE (W's stages 1 and 2) decoding the latent prior's
+          codes, as evaluation's vdae/sample_fid.
+  refiner the refined VAE's `mean`-protocol reconstructions (W's VAE): L2, recon FID,
+          class accuracy, as evaluation's refined_vae/mean/*.
 Wall time is the run's own: TensorBoard's perf/loop_seconds at the checkpoint's step
 (since the first step was compiled) plus perf/compile_seconds; W must not hold an
 earlier, shorter run of the stage (its clock would restart on resume). A checkpoint
@@ -30,6 +34,7 @@ import jax
 import numpy as np
 
 from vdae import schema
+from vdae.autoencoders import registry
 from vdae.autoencoders.vdae import VDAE
 from vdae.benchmarks import bench_pipeline, common
 from vdae.data import pipeline
@@ -39,7 +44,12 @@ from vdae.io.errors import ConfigError
 from vdae.parallel import sharding
 from vdae.training import stages
 
-QUALITY = {"stage1": "sample_fid", "stage2": "recon_fid"}
+QUALITY = {
+  "stage1": "sample_fid",
+  "stage2": "recon_fid",
+  "prior": "sample_fid",
+  "refiner": "recon_fid",
+}
 
 
 def apply_overrides(cfg, pairs: list[str]) -> None:
@@ -111,7 +121,50 @@ def stage2_scorer(cfg, workdir, ctx, judge):
   return score
 
 
-SCORERS = {"stage1": stage1_scorer, "stage2": stage2_scorer}
+def prior_scorer(cfg, workdir, ctx, judge):
+  """step -> sample FID of the VDAE's decodes of that checkpoint's latent-prior codes."""
+  from vdae.latent import prior as prior_lib
+
+  ae = registry.load_vdae(cfg, workdir, ctx.mesh, ctx.image_shape)
+  n, b = cfg.eval.num_samples, cfg.eval.batch_size
+  key = jax.random.key(cfg.seed + 1)
+
+  def score(step):
+    params, meta = stages.load_stage("prior", cfg, workdir, ctx.mesh, ctx.image_shape, step=step)
+    ae.latent_prior = prior_lib.LearnedPrior(cfg, params, prior_lib.Normaliser.from_meta(meta))
+    z = ae.prior_sample(n, key)
+    x, _ = harness.decode_all(ae, z, b, cfg.seed + 2, "sample")
+    return judge.samples(x)
+
+  return score
+
+
+def refiner_scorer(cfg, workdir, ctx, judge):
+  """step -> the refined VAE's `mean`-protocol reconstructions of the test split with
+  that checkpoint's refiner (the protocol the comparison's headline uses)."""
+  from vdae.autoencoders.refined_vae import RefinedVAE
+
+  vae = registry.load_vae(cfg, workdir, ctx.mesh, ctx.image_shape)
+  test = ctx.splits["test"].arrays(cfg.eval.num_test or None)
+  c = cfg.copy_and_resolve_references()
+  c.eval.protocols = ("mean",)
+  z = pipeline.map_batched(vae.encode, test["image"], cfg.eval.batch_size)
+
+  def score(step):
+    params, _ = stages.load_stage("refiner", cfg, workdir, ctx.mesh, ctx.image_shape, step=step)
+    ae = RefinedVAE(cfg, vae, params, ctx.mesh, ctx.image_shape)
+    rec, _ = harness.decode_protocols(ae, z, c)["mean"]
+    return judge.recon(test["image"], rec, test["label"])
+
+  return score
+
+
+SCORERS = {
+  "stage1": stage1_scorer,
+  "stage2": stage2_scorer,
+  "prior": prior_scorer,
+  "refiner": refiner_scorer,
+}
 
 
 def plot(rows: list[dict], stage: str, path: str) -> None:

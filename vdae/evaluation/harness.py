@@ -160,7 +160,7 @@ def _encode_split(ae: Autoencoder, split: sources.Split, batch: int, limit=None)
   return tuple(np.concatenate(a) for a in (codes, rates, labels, images))
 
 
-def _decode_all(
+def decode_all(
   ae: Autoencoder, z: np.ndarray, batch: int, seed: int, protocol: str
 ) -> tuple[np.ndarray, float]:
   """x decoded from z [N, L] with `protocol` in padded batches (batch i keyed
@@ -209,7 +209,7 @@ def decode_protocols(
 
   def draw(i: int) -> tuple[np.ndarray, float]:
     while len(draws) <= i:
-      draws.append(_decode_all(ae, z, ev.batch_size, seed + 1000 * len(draws), "sample"))
+      draws.append(decode_all(ae, z, ev.batch_size, seed + 1000 * len(draws), "sample"))
     return draws[i]
 
   for protocol in ev.protocols:
@@ -229,7 +229,7 @@ def decode_protocols(
       secs = sum(p[1] for p in parts)
     else:  # "mode", or the exact mean (== "mode" for a Gaussian decoder)
       decoded = "mode" if protocol == "mean" else protocol
-      rec, secs = _decode_all(ae, z, ev.batch_size, seed, decoded)
+      rec, secs = decode_all(ae, z, ev.batch_size, seed, decoded)
     out[protocol] = (rec, secs / padded)
   return out
 
@@ -249,11 +249,11 @@ def evaluate_autoencoder(
     out[f"{protocol}/time_per_image"] = secs
   out["rate_nats"] = float(np.mean(rates))
   z = ae.prior_sample(ev.num_samples, jax.random.key(seed + 1))
-  samples, _ = _decode_all(ae, z, ev.batch_size, seed + 2, "sample")
+  samples, _ = decode_all(ae, z, ev.batch_size, seed + 2, "sample")
   out.update(judge.samples(samples))
   if ae.learned_prior:  # the same decodes of N(0, I) codes, for the comparison
     z = ae.prior_sample(ev.num_samples, jax.random.key(seed + 1), standard_normal=True)
-    plain, _ = _decode_all(ae, z, ev.batch_size, seed + 2, "sample")
+    plain, _ = decode_all(ae, z, ev.batch_size, seed + 2, "sample")
     out.update(judge.samples(plain, "sample_fid_standard_normal"))
   out.update(ae.extra_metrics(x, ev.batch_size, seed))
   if judge.labelled:  # the probe is fit on all of train and scored on all of test
