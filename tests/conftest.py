@@ -8,7 +8,14 @@ os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=4")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # Many tests compile the same tiny-config steps (and subprocesses inherit the
 # env): a persistent compilation cache for the session turns repeats into hits.
-os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", tempfile.mkdtemp(prefix="vdae_jax_cache_"))
+# Under pytest-xdist every worker of one run shares it (its run id names it).
+_run = os.environ.get("PYTEST_XDIST_TESTRUNUID")
+if _run:
+  _cache = os.path.join(tempfile.gettempdir(), f"vdae_jax_cache_{_run}")
+  os.makedirs(_cache, exist_ok=True)
+else:
+  _cache = tempfile.mkdtemp(prefix="vdae_jax_cache_")
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", _cache)
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
