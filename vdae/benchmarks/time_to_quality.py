@@ -123,15 +123,14 @@ def stage2_scorer(cfg, workdir, ctx, judge):
 
 def prior_scorer(cfg, workdir, ctx, judge):
   """step -> sample FID of the VDAE's decodes of that checkpoint's latent-prior codes."""
-  from vdae.latent import prior as prior_lib
-
-  ae = registry.load_vdae(cfg, workdir, ctx.mesh, ctx.image_shape)
+  c = cfg.copy_and_resolve_references()
+  c.sampling.latent_prior = "learned"
+  ae = registry.load_vdae(c, workdir, ctx.mesh, ctx.image_shape)
   n, b = cfg.eval.num_samples, cfg.eval.batch_size
   key = jax.random.key(cfg.seed + 1)
 
   def score(step):
-    params, meta = stages.load_stage("prior", cfg, workdir, ctx.mesh, ctx.image_shape, step=step)
-    ae.latent_prior = prior_lib.LearnedPrior(cfg, params, prior_lib.Normaliser.from_meta(meta))
+    ae.latent_prior = stages.load_prior(c, workdir, ctx.mesh, ctx.image_shape, step=step)
     z = ae.prior_sample(n, key)
     x, _ = harness.decode_all(ae, z, b, cfg.seed + 2, "sample")
     return judge.samples(x)

@@ -316,15 +316,16 @@ def _prior_build(ctx: Context) -> Built:
   )
 
 
-def load_prior(config, workdir: str, mesh, image_shape) -> prior_lib.LearnedPrior | None:
-  """The trained latent prior for sampling.latent_prior (None: sample N(0, I)).
+def load_prior(config, workdir: str, mesh, image_shape, step=None) -> prior_lib.LearnedPrior | None:
+  """The trained latent prior for sampling.latent_prior (None: sample N(0, I)), its
+  newest checkpoint or `step`'s.
 
   auto: the learned one when it has a checkpoint; learned: it, or a
   CheckpointError; standard_normal: None."""
   choice = config.sampling.latent_prior
   if choice == "standard_normal" or (choice == "auto" and not is_trained("prior", config, workdir)):
     return None
-  params, meta = load_stage("prior", config, workdir, mesh, image_shape)
+  params, meta = load_stage("prior", config, workdir, mesh, image_shape, step=step)
   check_prior_pairing(meta, config, workdir)
   return prior_lib.LearnedPrior(config, params, prior_lib.Normaliser.from_meta(meta))
 
