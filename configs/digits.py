@@ -27,9 +27,10 @@ def get_config():
   c.stage2.weighting = "none"
   c.stage2.beta_kl = 0.001
   c.stage2.lr = 2e-3
-  # The latent prior's sample FID is flat from 1500 steps (19.9 at 1500, 20.3 at 4000,
-  # intervals ~[7, 40]; time_to_quality --stage=prior, BUILD.md): 1500 saves 60% of it.
-  c.prior.num_steps = 1500
+  # 4000, not 1500: on one fixed stage 1/2, three prior seeds each trained 1500 and 4000
+  # steps gave prior-sample FID 23.0 +- 3.9 against 20.1 +- 5.1, 4000 better on every
+  # seed (by 1.7, 2.2, 4.9; vdae/results/digits/prior_steps_check.json), for ~1.5 min.
+  c.prior.num_steps = 4000
   c.vae.num_steps = 1500
   # The rate the stage-2 encoder above carries (65.1 nats, seed 0), so that the main
   # command's comparison is at matched rate: beta 0.06 gives the VAE 63.8 nats (1500
