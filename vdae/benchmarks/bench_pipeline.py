@@ -9,12 +9,15 @@ For each stage of the stage table, in its order (each trains --steps steps in on
 temporary workdir, so the next stage has what it reads):
   bare     the compiled step alone, timed on one batch (median of --repeats, each
            blocked on);
-  piped    the same step dispatched --repeats times back to back, blocked on
-           once, as the loop dispatches it;
+  piped    the same step dispatched back to back (as many as the loop runs), blocked on
+           once, as the loop dispatches it: measured just before and just after the
+           loop, and their mean is the baseline;
   loop     Trainer.train's seconds per step after the compile: data, hooks, host
            syncs and all (the stage's own log_every; image_every and
            checkpoints off but for the final save);
-  overhead loop / piped - 1: what the loop adds to the steps it runs.
+  overhead loop / piped - 1: what the loop adds to the steps it runs;
+  noise    |piped after - piped before| / piped: the step's own drift over the loop,
+           the size of an overhead this run cannot tell from zero.
 FLOP/s is XLA's cost analysis of the step x the measured rate. Compile seconds are
 the stage-1 step's, in a fresh process against an empty cache (cold) and again
 (warm). Every figure is printed beside the measured f32 matmul peak; compare
@@ -61,10 +64,16 @@ def stage_figures(cfg, workdir: str, steps: int, repeats: int, peak: float) -> l
     t = stages.trainer(name, c, workdir)
     compiled, state, spec, flops, _, batch = common.compiled_step(t)
     bare, state = common.time_steps(compiled, state, spec.frozen, batch, repeats)
-    piped, state = common.time_steps_pipelined(compiled, state, spec.frozen, batch, repeats)
-    del compiled, state
-    t.train()  # the real loop; leaves the checkpoint the next stage reads
+    # As many pipelined steps as the loop runs, just before and just after it: the
+    # step's own rate drifts 10-20% over a minute on a shared VM, and two short
+    # samples read as a loop overhead that is not there (the VAE's "+22%" of 12-03).
+    before, state = common.time_steps_pipelined(compiled, state, spec.frozen, batch, steps)
+    del state
+    state = t.train()  # the real loop; leaves the checkpoint the next stage reads
     loop = t.stats["loop_seconds"] / t.stats["steps"]
+    after, state = common.time_steps_pipelined(compiled, state, spec.frozen, batch, steps)
+    del compiled, state
+    piped = (before + after) / 2
     rows.append(
       {
         "stage": name,
@@ -72,7 +81,9 @@ def stage_figures(cfg, workdir: str, steps: int, repeats: int, peak: float) -> l
         "bare_step_s": bare,
         "pipelined_step_s": piped,
         "loop_step_s": loop,
+        "pipelined_before_after_s": [before, after],
         "loop_overhead": loop / piped - 1,
+        "noise": abs(after - before) / piped,  # the step's own drift across the loop
         "gflops_per_step": flops / 1e9,
         "fraction_of_peak": flops / bare / peak,
         "compile_s_in_process": t.stats["compile_seconds"],
@@ -81,7 +92,7 @@ def stage_figures(cfg, workdir: str, steps: int, repeats: int, peak: float) -> l
     r = rows[-1]
     print(
       f"{name:8s} {r['batch']:5d} {bare * 1e3:9.2f} {piped * 1e3:9.2f} {loop * 1e3:9.2f} "
-      f"{r['loop_overhead']:9.1%} "
+      f"{r['loop_overhead']:9.1%} {r['noise']:6.1%} "
       f"{flops / bare / 1e9:9.1f} {r['fraction_of_peak']:8.1%}",
       flush=True,
     )
@@ -126,7 +137,7 @@ def main():
   )
   print(
     f"{'stage':8s} {'batch':>5s} {'bare ms':>9s} {'piped ms':>9s} {'loop ms':>9s} {'overhead':>9s} "
-    f"{'GFLOP/s':>9s} {'of peak':>8s}"
+    f"{'noise':>6s} {'GFLOP/s':>9s} {'of peak':>8s}"
   )
   out: dict = {"matmul_peak_gflops": peak / 1e9, "config": args.config}
   with tempfile.TemporaryDirectory() as d:

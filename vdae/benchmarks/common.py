@@ -31,11 +31,13 @@ def compiled_step(t: loop.Trainer):
   """(compiled step, state, spec, FLOPs per step, batch iterator, one global batch) of the
   trainer's stage, built exactly as `Trainer.train` builds it."""
   spec, cfg = t.spec, t.config
-  opt, _ = state_lib.make_optimizer(spec.lr, spec.warmup, spec.num_steps, cfg.optim)
+  opt, sched = state_lib.make_optimizer(spec.lr, spec.warmup, spec.num_steps, cfg.optim)
   state, shardings = state_lib.create_sharded(
     spec.init_params, opt, cfg.seed, t.mesh, cfg.mesh.param_rules
   )
-  step = step_lib.jit_step(spec.loss_fn, opt, cfg.loop.ema_decay, shardings, spec.frozen, t.mesh)
+  step = step_lib.jit_step(
+    spec.loss_fn, opt, cfg.loop.ema_decay, shardings, spec.frozen, t.mesh, sched=sched
+  )
   it = iter(pipeline.train_dataset(t.splits["train"], cfg.data, spec.batch_size, 0, 1))
   batch = sharding.global_batch(next(it), t.mesh)
   watch = step_lib.NonFiniteWatch(t.mesh).arrays
