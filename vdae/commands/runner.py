@@ -16,6 +16,7 @@ def execute(config, workdir: str, commands: Sequence[Callable]) -> None:
   checkpoint.install_noise_filters()
   schema.check(config)
   pretrained.resolve_config(config)  # an imported score model brings its own SDE
+  runtime.cpu_kernels(config.runtime.cpu_ynnpack)
   runtime.compile_cache(config.runtime)
   runtime.initialize(config.runtime)
   with preemption.notices(), workdir_lock.hold(workdir, config.runtime):
