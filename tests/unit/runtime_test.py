@@ -1,8 +1,7 @@
 """runtime.cpu_kernels: the XLA flag that turns YNNPACK's fusions off reaches XLA_FLAGS
 only when nobody chose otherwise and the jaxlib knows it."""
 
-import importlib.metadata
-
+import jaxlib.version
 import pytest
 
 from vdae.parallel import runtime
@@ -12,12 +11,8 @@ FLAG = "--xla_cpu_experimental_ynn_fusion_type="
 
 @pytest.fixture
 def jaxlib_version(monkeypatch):
-  real = importlib.metadata.version
-
-  def set_to(v):
-    monkeypatch.setattr(
-      importlib.metadata, "version", lambda name: v if name == "jaxlib" else real(name)
-    )
+  def set_to(v: str):
+    monkeypatch.setattr(jaxlib.version, "__version_info__", tuple(map(int, v.split("."))))
 
   set_to("0.10.2")
   return set_to

@@ -10,11 +10,11 @@ Multi-process when the config (runtime.*) or the environment says so:
 
 from __future__ import annotations
 
-import importlib.metadata
 import logging
 import os
 
 import jax
+import jaxlib.version
 
 log = logging.getLogger(__name__)
 
@@ -25,7 +25,7 @@ def cpu_kernels(ynnpack: bool) -> None:
   """Which kernels XLA:CPU runs dots and convolutions with (runtime.cpu_ynnpack).
 
   jaxlib >= 0.10 hands them to YNNPACK fusions by default. On vdae's U-Nets (3x3
-  convolutions over 8x8 and 4x4 maps, 16-64 channels) XLA's own kernels train 1.2-1.6x
+  convolutions over 8x8 and 4x4 maps, 16-64 channels) XLA's own kernels train 1.2-1.8x
   faster (BUILD.md, "CPU kernels"), so unless asked for, the fusions are turned off. XLA
   reads XLA_FLAGS once, when the first backend starts: call this before anything runs
   on a device (later, it only reaches child processes). XLA_FLAGS naming the flag
@@ -34,8 +34,7 @@ def cpu_kernels(ynnpack: bool) -> None:
   flags = os.environ.get("XLA_FLAGS", "")
   if ynnpack or _YNN_FLAG in flags:
     return
-  version = importlib.metadata.version("jaxlib").split(".")[:2]
-  if tuple(int("".join(c for c in v if c.isdigit()) or 0) for v in version) < (0, 10):
+  if jaxlib.version.__version_info__ < (0, 10):
     return
   os.environ["XLA_FLAGS"] = f"{flags} --{_YNN_FLAG}=".strip()
   log.info("XLA:CPU dots and convolutions: XLA's kernels (runtime.cpu_ynnpack=false)")
