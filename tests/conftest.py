@@ -22,12 +22,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # The CPU kernels the product runs (runtime.cpu_ynnpack's default), set before any
 # backend starts: in-process tests then compute what the commands compute, and
 # subprocesses inherit it. VDAE_CPU_YNNPACK=1 runs the suite on YNNPACK's fusions.
-from configs import base as _base  # noqa: E402
 from vdae.parallel import runtime as _runtime  # noqa: E402
 
-_runtime.cpu_kernels(
-  os.environ.get("VDAE_CPU_YNNPACK") == "1" or _base.get_config().runtime.cpu_ynnpack
-)
+_runtime.default_cpu_kernels()
 
 import pytest  # noqa: E402
 

@@ -50,3 +50,18 @@ def test_left_alone(monkeypatch, jaxlib_version, ynnpack, flags, version):
   jaxlib_version(version)
   runtime.cpu_kernels(ynnpack=ynnpack)
   assert runtime.os.environ["XLA_FLAGS"] == flags
+
+
+@pytest.mark.parametrize("env, added", [(None, True), ("1", False), ("0", True)])
+def test_default_cpu_kernels_follows_the_config_and_vdae_cpu_ynnpack(
+  monkeypatch, jaxlib_version, env, added
+):
+  """What the benchmarks and tests/conftest.py call: runtime.cpu_ynnpack's default (false),
+  unless VDAE_CPU_YNNPACK=1 keeps YNNPACK's fusions."""
+  monkeypatch.setenv("XLA_FLAGS", "")
+  if env is None:
+    monkeypatch.delenv("VDAE_CPU_YNNPACK", raising=False)
+  else:
+    monkeypatch.setenv("VDAE_CPU_YNNPACK", env)
+  runtime.default_cpu_kernels()
+  assert (FLAG in runtime.os.environ["XLA_FLAGS"]) is added

@@ -5,11 +5,6 @@ runner: the package sets the CPU kernels the product uses (runtime.cpu_ynnpack's
 default) before any of them starts a backend, so their figures are the product's.
 VDAE_CPU_YNNPACK=1 runs them with XLA's default (YNNPACK's fusions) instead."""
 
-import os as _os
-
-from configs import base as _base
 from vdae.parallel import runtime as _runtime
 
-_runtime.cpu_kernels(
-  _os.environ.get("VDAE_CPU_YNNPACK") == "1" or _base.get_config().runtime.cpu_ynnpack
-)
+_runtime.default_cpu_kernels()

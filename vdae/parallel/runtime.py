@@ -40,6 +40,15 @@ def cpu_kernels(ynnpack: bool) -> None:
   log.info("XLA:CPU dots and convolutions: XLA's kernels (runtime.cpu_ynnpack=false)")
 
 
+def default_cpu_kernels() -> None:
+  """cpu_kernels with the product's default (runtime.cpu_ynnpack in configs/base.py), for
+  what runs steps outside the command runner: the benchmarks and the tests.
+  VDAE_CPU_YNNPACK=1 keeps YNNPACK's fusions."""
+  from configs import base  # lazy, as in vdae.schema: configs/ imports vdae
+
+  cpu_kernels(os.environ.get("VDAE_CPU_YNNPACK") == "1" or base.get_config().runtime.cpu_ynnpack)
+
+
 def initialize(runtime_cfg) -> None:
   """Starts JAX's distributed runtime when the run spans several processes."""
   addr = runtime_cfg.coordinator_address or os.environ.get("VDAE_COORDINATOR", "")
