@@ -68,3 +68,40 @@ def test_prior_trained_on_gaussian_codes_recovers_their_mean_and_covariance(tiny
   assert np.linalg.norm(cov - target) / np.linalg.norm(target) < 0.1, cov
   corr = cov[0, 1] / np.sqrt(cov[0, 0] * cov[1, 1])
   assert abs(corr - target[0, 1] / np.sqrt(target[0, 0] * target[1, 1])) < 0.08, corr
+
+
+def test_posterior_table_gives_the_codes_encoding_each_step_would(tiny_config):
+  """The table path (posteriors computed once, looked up by source row and flip) gives
+  the online path's loss for the same key, mirrored rows included; looking up the
+  unmirrored posterior for a mirrored image does not."""
+  c = tiny_config
+  c.encoder.latent_dim = 3
+  rng = np.random.default_rng(0)
+  w_mu, w_lv = rng.normal(size=(2, 8, 3)).astype(np.float32)  # not mirror-symmetric
+  encode = lambda params, x: (x.reshape(len(x), -1) @ w_mu, 0.3 * x.reshape(len(x), -1) @ w_lv)
+  rows = np.array([5, 0, 9, 3])  # the split's images' source rows, in split order
+  images = rng.normal(size=(4, 2, 4, 1)).astype(np.float32)
+  mirror = lambda x: x[:, :, ::-1]
+  table = prior_lib.PosteriorTable.from_rows(
+    rows, [tuple(map(np.asarray, encode(None, x))) for x in (images, mirror(images))]
+  )
+  assert table.mu.shape == (2, 10, 3) and table.nbytes == prior_lib.PosteriorTable.nbytes_for(
+    10, 3, True
+  )
+  pos, flipped = np.array([2, 0, 2, 3]), np.array([False, True, True, False])
+  x = images[pos]
+  x[flipped] = mirror(x[flipped])
+  batch = {"image": x, "index": rows[pos], "flipped": flipped}
+  model, sde = prior_lib.model_from_config(c), sde_lib.from_config(c.sde)
+  params = prior_lib.init_params(model, jax.random.key(0))
+  # A non-zero output layer, so the loss depends on the network and the codes both.
+  params = jax.tree.map(lambda p: p + 0.1, params)
+  shift, scale = np.full(3, 0.2, np.float32), np.full(3, 1.5, np.float32)
+  key = jax.random.key(3)
+  online, _ = prior_lib.prior_loss(model, encode, sde)(params, batch, key, (None, shift, scale))
+  lookup = prior_lib.prior_loss_from_table(model, sde)
+  got, _ = lookup(params, batch, key, (table.mu, table.log_var, shift, scale))
+  np.testing.assert_allclose(got, online, rtol=1e-6)
+  unflipped = dict(batch, flipped=np.zeros(4, bool))
+  wrong, _ = lookup(params, unflipped, key, (table.mu, table.log_var, shift, scale))
+  assert abs(float(wrong) - float(online)) > 1e-3 * abs(float(online))

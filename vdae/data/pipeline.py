@@ -49,9 +49,11 @@ class _LocalBatch:
     )
     items = [self.split[int(i)] for i in rows]
     batch = {k: np.stack([it[k] for it in items]) for k in items[0]}
+    mirror = np.zeros(b, bool)
     if self.flip:
       mirror = np.random.default_rng([self.seed + 1, j]).random(b) < 0.5
       batch["image"][mirror] = batch["image"][mirror][:, :, ::-1]
+    batch["flipped"] = mirror  # which rows are mirrored (the latent prior's lookup reads it)
     return batch
 
 
@@ -62,7 +64,8 @@ def train_dataset(
   process_index: int,
   process_count: int,
 ) -> grain.IterDataset:
-  """This process's endless stream of local batches {'image': [b, H, W, C], ...}.
+  """This process's endless stream of local batches {'image': [b, H, W, C], 'label',
+  'index' (source row), 'flipped' (mirrored rows) [b]}.
 
   b = global_batch / process_count; batch k of process p is block p of the
   k-th global batch of the shuffled stream.

@@ -6,7 +6,11 @@ residual MLP learns to denoise codes z ~ q(z | x_0) drawn afresh from the
 training images every step, normalised per dimension by the aggregate
 posterior's mean and standard deviation (computed once, exactly, from the
 posterior means and variances over the training split, and recorded in the
-stage's checkpoints). It is trained with the image model's SDE and denoising
+stage's checkpoints). q(z | x_0) is a fixed Gaussian per image (the encoder is
+frozen), so its mean and variance are computed once per image (and per mirror
+image when flips are on) and each step draws z = mu + sigma eps from that table
+(`PosteriorTable`): the same codes as encoding the batch every step, without the
+encoder pass. It is trained with the image model's SDE and denoising
 score matching, and sampled with the image model's samplers
 (`diffusion/samplers.py`): z = shift + scale * (a sample of the normalised model).
 """
@@ -92,20 +96,65 @@ class Normaliser:
     )
 
 
+@dataclasses.dataclass(frozen=True)
+class PosteriorTable:
+  """q(z | x_0) of every training image: mean and log-variance [F, R, L] by flip
+  (F = 2 when the data pipeline mirrors images: index 1 is the mirrored image's) and
+  by the image's source row (a batch's `index`; rows outside the split stay 0)."""
+
+  mu: np.ndarray
+  log_var: np.ndarray
+
+  @property
+  def nbytes(self) -> int:
+    return self.mu.nbytes + self.log_var.nbytes
+
+  @staticmethod
+  def nbytes_for(rows: int, latent_dim: int, flips: bool) -> int:
+    return 2 * (2 if flips else 1) * rows * latent_dim * 4
+
+  @classmethod
+  def from_rows(cls, rows: np.ndarray, posteriors: list[tuple[np.ndarray, np.ndarray]]):
+    """posteriors[f] = (mu [N, L], log_var [N, L]) of the split's images in order (f: the
+    flip), rows [N] their source rows."""
+    shape = (len(posteriors), int(rows.max()) + 1, posteriors[0][0].shape[1])
+    mu, lv = np.zeros(shape, np.float32), np.zeros(shape, np.float32)
+    for f, (m, v) in enumerate(posteriors):
+      mu[f, rows], lv[f, rows] = m, v
+    return cls(mu, lv)
+
+
+def _dsm_on_codes(model, sde, params, mu, log_var, key, shift, scale):
+  """DSM on the normalised draw z = mu + sigma eps of q(z | x_0)."""
+  k_z, k_dsm = jax.random.split(key)
+  z = mu + jnp.exp(0.5 * log_var) * jax.random.normal(k_z, mu.shape)
+  zn = (jax.lax.stop_gradient(z) - shift) / scale
+  return losses.dsm_loss(lambda zt, t: model.apply({"params": params}, zt, t), zn, k_dsm, sde, False)
+
+
 def prior_loss(model: LatentDenoiser, encode_fn, sde: sde_lib.SDE):
   """loss_fn(params, batch, key, (enc_params, shift, scale)): DSM on normalised codes
-  z ~ q(z | x_0) of the batch's images, drawn afresh each step."""
+  z ~ q(z | x_0) of the batch's images, encoded every step (for splits whose
+  `PosteriorTable` would not fit in memory)."""
 
   def loss_fn(params, batch, key, frozen):
     enc_params, shift, scale = frozen
-    k_z, k_dsm = jax.random.split(key)
-    x = batch["image"]
-    mu, log_var = encode_fn(enc_params, x)
-    z = mu + jnp.exp(0.5 * log_var) * jax.random.normal(k_z, mu.shape)
-    zn = (jax.lax.stop_gradient(z) - shift) / scale
-    return losses.dsm_loss(
-      lambda zt, t: model.apply({"params": params}, zt, t), zn, k_dsm, sde, False
-    )
+    mu, log_var = encode_fn(enc_params, batch["image"])
+    return _dsm_on_codes(model, sde, params, mu, log_var, key, shift, scale)
+
+  return loss_fn
+
+
+def prior_loss_from_table(model: LatentDenoiser, sde: sde_lib.SDE):
+  """loss_fn(params, batch, key, (mu, log_var, shift, scale)) with a `PosteriorTable`'s
+  arrays: `prior_loss` without the encoder, the batch's posteriors looked up by its
+  images' `index` and `flipped`."""
+
+  def loss_fn(params, batch, key, frozen):
+    mu_t, lv_t, shift, scale = frozen
+    f = batch["flipped"].astype(jnp.int32) if mu_t.shape[0] > 1 else 0
+    i = batch["index"]
+    return _dsm_on_codes(model, sde, params, mu_t[f, i], lv_t[f, i], key, shift, scale)
 
   return loss_fn
 

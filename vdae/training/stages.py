@@ -275,17 +275,22 @@ def check_prior_pairing(recorded: dict, config, workdir: str) -> None:
   _check_upstream_step(recorded, "encoder_step", "stage2", "prior", what, config, workdir)
 
 
-def code_normaliser(config, enc_params, split: sources.Split, mesh) -> prior_lib.Normaliser:
-  """The aggregate posterior's per-dimension mean and std over the whole split."""
+def split_posteriors(config, enc_params, split: sources.Split, mesh, flip: bool = False):
+  """(mu, log_var) [N, L] of q(z | x_0) for the split's images in order (mirrored: flip)."""
   from vdae.data import pipeline  # the loader's batching, padded with a mask
 
   encode = _encode_at_zero(config)
   mus, lvs = [], []
   for b in pipeline.eval_batches(split, config.eval.batch_size):
-    mu, lv = encode(enc_params, sharding.replicated_from_host(b["image"], mesh))
+    x = b["image"][:, :, ::-1] if flip else b["image"]
+    mu, lv = encode(enc_params, sharding.replicated_from_host(x, mesh))
     mus.append(sharding.to_host(mu)[b["valid"]])
     lvs.append(sharding.to_host(lv)[b["valid"]])
-  return prior_lib.Normaliser.from_posteriors(np.concatenate(mus), np.concatenate(lvs))
+  return np.concatenate(mus), np.concatenate(lvs)
+
+
+# A posterior table this large is not worth a device's memory: encode every step instead.
+POSTERIOR_TABLE_MAX_BYTES = 256 * 2**20
 
 
 def _prior_build(ctx: Context) -> Built:
@@ -294,10 +299,26 @@ def _prior_build(ctx: Context) -> Built:
   check_pairing(meta, cfg, ctx.workdir, "train the latent prior")
   if is_trained("prior", cfg, ctx.workdir):
     check_prior_pairing(read_meta("prior", cfg, ctx.workdir), cfg, ctx.workdir)
-  norm = code_normaliser(cfg, enc_params, ctx.splits["train"], ctx.mesh)
+  split = ctx.splits["train"]
+  posteriors = [split_posteriors(cfg, enc_params, split, ctx.mesh)]
+  # q(z)'s moments over the images as stored (flips or not), as they always were.
+  norm = prior_lib.Normaliser.from_posteriors(*posteriors[0])
   rep = lambda a: sharding.replicated_from_host(a, ctx.mesh)
-  model = prior_lib.model_from_config(cfg)
-  loss_fn = prior_lib.prior_loss(model, _encode_at_zero(cfg), sde_lib.from_config(cfg.sde))
+  model, sde = prior_lib.model_from_config(cfg), sde_lib.from_config(cfg.sde)
+  rows = np.arange(len(split)) if split.rows is None else np.asarray(split.rows)
+  flips = bool(cfg.data.random_flip)
+  size = prior_lib.PosteriorTable.nbytes_for(int(rows.max()) + 1, cfg.encoder.latent_dim, flips)
+  if size <= POSTERIOR_TABLE_MAX_BYTES:
+    if flips:
+      posteriors.append(split_posteriors(cfg, enc_params, split, ctx.mesh, flip=True))
+    table = prior_lib.PosteriorTable.from_rows(rows, posteriors)
+    loss_fn = prior_lib.prior_loss_from_table(model, sde)
+    frozen = (rep(table.mu), rep(table.log_var), rep(norm.shift), rep(norm.scale))
+    log.info("prior: posteriors of %d images looked up, not encoded each step", len(split))
+  else:
+    loss_fn = prior_lib.prior_loss(model, _encode_at_zero(cfg), sde)
+    frozen = (enc_params, rep(norm.shift), rep(norm.scale))
+    log.info("prior: a %.0f MiB posterior table would not fit: encoding each step", size / 2**20)
 
   @functools.cache
   def vdae():
@@ -310,7 +331,7 @@ def _prior_build(ctx: Context) -> Built:
 
   return Built(
     loss_fn,
-    (enc_params, rep(norm.shift), rep(norm.scale)),
+    frozen,
     images,
     extra_meta={**norm.meta(), **prior_pairing(cfg, ctx.workdir)},
   )

@@ -57,9 +57,9 @@ def jit_step(
   """step(state, batch, frozen, watch) -> (state, metrics, watch), jitted with explicit
   in/out shardings, the state and the watch donated; `sched` adds the `lr` metric."""
   frozen_sh = jax.tree.map(lambda x: x.sharding, frozen)
-  batch_sh = {
-    k: sharding.batch_sharding(mesh, 4 if k == "image" else 1) for k in ("image", "label", "index")
-  }
+  # One sharding for every array of the batch, whatever its keys: a spec that names
+  # only the leading axis leaves the rest whole at any rank.
+  batch_sh = sharding.batch_sharding(mesh, 1)
   rep = sharding.replicated(mesh)
   return jax.jit(
     lambda s, b, f, w: train_step(
