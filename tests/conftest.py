@@ -4,7 +4,11 @@ import os
 import sys
 import tempfile
 
-os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=4")
+# The suite is compile-bound (tiny networks, a few steps each): XLA:CPU's backend
+# optimisations cost more compile time than they save in run time here. Subprocesses
+# inherit these flags (tests/support/procs.py adds them to every child's XLA_FLAGS).
+FAST_COMPILE = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
+os.environ.setdefault("XLA_FLAGS", f"--xla_force_host_platform_device_count=4 {FAST_COMPILE}")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # Many tests compile the same tiny-config steps (and subprocesses inherit the
 # env): a persistent compilation cache for the session turns repeats into hits.

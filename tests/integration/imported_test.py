@@ -31,6 +31,10 @@ IMPORTED = (
   "--config.encoder.num_res_blocks=1",
   "--config.optim.schedule=constant",
   "--config.model.source=diffusers",
+  # Two decode protocols and no timing decodes: these tests check the import's wiring
+  # (evaluate_test.py checks every protocol and key on the native model).
+  "--config.eval.protocols=('sample','mode')",
+  "--config.eval.timing_methods=('',)",
 )
 
 

@@ -36,6 +36,7 @@ FLAGS = (
   "--config.loop.async_checkpointing=true",
   # A cheaper evaluation: what is tested is that it survives, not its numbers.
   "--config.eval.timing_methods=('',)",
+  "--config.eval.protocols=('sample','mode')",
   "--config.eval.bpd_num_images=0",
   "--config.eval.classifier_steps=30",
   "--config.eval.probe_max_iter=50",

@@ -24,6 +24,7 @@ import numpy as np
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 DRIVER = os.path.join(ROOT, "tests", "support", "multihost_driver.py")
 LAUNCH = os.path.join(ROOT, "launch")
+FAST_COMPILE = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
 
 # configs/tiny.py made cheaper to compile (one resolution, one block, no
 # attention) and with a constant schedule, so num_steps is not baked into the
@@ -61,7 +62,8 @@ def child_env(cache_dir: str, devices: int = 4, **extra: str) -> dict[str, str]:
     env.pop(k, None)
   env.update(
     JAX_PLATFORMS="cpu",
-    XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+    # What tests/conftest.py sets in-process: fast compiles over fast run time.
+    XLA_FLAGS=f"--xla_force_host_platform_device_count={devices} {FAST_COMPILE}",
     JAX_COMPILATION_CACHE_DIR=cache_dir,
     JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
     JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0",
