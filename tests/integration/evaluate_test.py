@@ -10,6 +10,8 @@ import pytest
 from vdae.commands import evaluate
 from vdae.training import stages
 
+pytestmark = pytest.mark.slow
+
 # Every autoencoder gets the same keys from the one harness.
 PER_PROTOCOL = (
   "l2",
@@ -64,7 +66,7 @@ def tiny_run(tmp_path_factory):
   # The 4-step encoder's conditional score is stiff: its PF-ODE likelihood (neg ELBO)
   # takes ~1.4k adaptive steps, near the 2k default cap (NaN past it).
   config.eval.bpd_max_steps = 8000
-  config.eval.elbo_num_images = 2
+  config.eval.elbo_num_images = 1  # one stiff solve: the key's wiring, not its value
   workdir = str(tmp_path_factory.mktemp("tiny_eval"))
   for name in stages.STAGES:
     stages.train(name, config, workdir)
@@ -189,6 +191,9 @@ def test_sweep_trains_and_evaluates_each_point_and_resumes(tiny_run):
   config = config.copy_and_resolve_references()
   config.sweep.vdae_betas = config.sweep.vae_betas = (0.5, 2.0)
   config.eval.protocols = ("mode",)
+  # The sweep's wiring, not the harness's numbers (test_evaluate_writes_every_metric has
+  # every key): no stiff ELBO solve and no timing decodes at each point.
+  config.eval.elbo_num_images, config.eval.timing_methods = 0, ("",)
   points = sweep.sweep(config, workdir)
   assert [(p["model"], p["beta"]) for p in points] == [
     ("vdae", 0.5),

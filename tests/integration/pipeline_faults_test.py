@@ -201,16 +201,16 @@ def _phase(out: str) -> str:
 
 @pytest.mark.timeout(1500)
 def test_sigkill_soak_over_the_whole_pipeline(cache, reference, tmp_path):
-  """12 SIGKILLs of --mode=all, two aimed at each phase (a random moment after it
+  """6 SIGKILLs of --mode=all, one aimed at each phase (a random moment after it
   begins), each followed by a restart; then the run finishes with the uninterrupted
   run's checkpoints and metrics, and no temporary file is left anywhere."""
   rng = random.Random(0)
   wd = str(tmp_path / "wd")
   kills = collections.Counter()
   resumed = []
-  for i in range(2 * len(PHASES)):
-    target = PHASES[i // 2][0]
-    later = "|".join(rx for _, rx in PHASES[i // 2 + 1 :])
+  for i in range(len(PHASES)):
+    target = PHASES[i][0]
+    later = "|".join(rx for _, rx in PHASES[i + 1 :])
     ck = os.path.join(wd, target, "checkpoints")
 
     def begun(job, target=target, later=later, ck=ck):
@@ -235,7 +235,8 @@ def test_sigkill_soak_over_the_whole_pipeline(cache, reference, tmp_path):
   print(f"kills per phase: {dict(kills)}; resumed at: {sorted(set(resumed))}")
   rc, out = procs.run(_all(wd), procs.child_env(cache), str(tmp_path / "final.log"), timeout=600)
   assert rc == 0, out[-4000:]
-  assert sum(kills.values()) >= 2 * len(PHASES) - 2 and len(kills) >= len(PHASES) - 1, kills
+  # A kill can land just after its phase ended (the next one's, then): all but one land.
+  assert sum(kills.values()) >= len(PHASES) - 1 and len(kills) >= len(PHASES) - 1, kills
   _assert_same_run(reference, wd)
   left = [f for _, _, fs in os.walk(wd) for f in fs if f.endswith(".tmp")]
   assert not left, left

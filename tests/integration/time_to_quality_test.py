@@ -11,6 +11,7 @@ from vdae.parallel import sharding
 from vdae.training import stages
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(600)
 def test_each_checkpoint_is_scored_at_its_wall_time(tmp_path, tiny_config):
   cfg, wd = tiny_config, str(tmp_path)

@@ -24,6 +24,7 @@ def _train(name, config, workdir, devices):
   return stages.train(name, config, str(workdir), mesh=sharding.make_mesh(config.mesh, devices))
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(240)
 def test_same_step_same_numbers_on_1_and_4_devices(tmp_path, tiny_config):
   """One device vs a 2x2 (data x fsdp) mesh: same loss and parameters."""
@@ -42,6 +43,7 @@ def test_same_step_same_numbers_on_1_and_4_devices(tmp_path, tiny_config):
   assert int(one.step) == int(four.step) == 3
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(240)
 def test_profile_steps_write_a_trace_tensorboard_opens(tmp_path, tiny_config):
   cfg = tiny_config
@@ -53,6 +55,7 @@ def test_profile_steps_write_a_trace_tensorboard_opens(tmp_path, tiny_config):
   assert len(traces) == 1, list(profile.glob("*/*"))
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(240)
 def test_resume_after_preemption_reaches_the_same_parameters(tmp_path, tiny_config, monkeypatch):
   cfg = tiny_config
@@ -78,6 +81,7 @@ def test_resume_after_preemption_reaches_the_same_parameters(tmp_path, tiny_conf
   _params_close(full.opt_state, resumed.opt_state, rtol=1e-6, atol=1e-7)
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(240)
 def test_stage2_gradient_path_and_checkpoint_errors(tmp_path, tiny_config):
   cfg = tiny_config

@@ -24,6 +24,9 @@ import numpy as np
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 DRIVER = os.path.join(ROOT, "tests", "support", "multihost_driver.py")
 LAUNCH = os.path.join(ROOT, "launch")
+# Children run the CLI on tiny configs: compile-bound, so XLA:CPU's backend optimisations
+# cost more than they save (a tiny --mode=all: 136 s against 173 s). In-process tests keep
+# them: several run thousands of steps, which ran 1.75x slower without (BUILD.md "Test").
 FAST_COMPILE = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
 
 # configs/tiny.py made cheaper to compile (one resolution, one block, no
@@ -62,7 +65,6 @@ def child_env(cache_dir: str, devices: int = 4, **extra: str) -> dict[str, str]:
     env.pop(k, None)
   env.update(
     JAX_PLATFORMS="cpu",
-    # What tests/conftest.py sets in-process: fast compiles over fast run time.
     XLA_FLAGS=f"--xla_force_host_platform_device_count={devices} {FAST_COMPILE}",
     JAX_COMPILATION_CACHE_DIR=cache_dir,
     JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",

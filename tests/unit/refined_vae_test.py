@@ -32,6 +32,7 @@ def test_the_refiners_gradient_never_reaches_the_vae(tiny_config):
   assert max(float(jnp.abs(g).max()) for g in jax.tree.leaves(g_ref)) > 0.0
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_training_the_refiner_leaves_the_vae_checkpoint_alone_and_decodes(tmp_path, tiny_config):
   cfg = tiny_config
@@ -98,6 +99,7 @@ def test_joint_training_lets_the_dsm_gradient_into_the_vae_only_through_x_bar(
   assert max(float(jnp.abs(a).max()) for a in jax.tree.leaves(g["refiner"])) > 0.0
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_a_jointly_trained_refiner_needs_no_vae_stage_and_decodes_with_its_own_vae(
   tmp_path, tiny_config

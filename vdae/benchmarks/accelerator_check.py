@@ -86,11 +86,17 @@ class Sizes:
   imported_batch: int
   decode_batch: int
   run_steps: int
-  shrink: bool  # the networks shrunk to a CPU's size
+  image: int  # side of the synthetic images
+  shrink: bool  # the networks shrunk to a CPU's size (one level, attention at it)
 
 
-REAL = Sizes(8192, 1024, ((256, 3072), (256, 12288), (1024, 12288)), 20, 128, 128, 256, 200, False)
-DRY = Sizes(256, 8, ((8, 64),), 2, 4, 2, 2, 2, True)
+REAL = Sizes(8192, 1024, ((256, 3072), (256, 12288), (1024, 12288)), 20, 128, 128, 256, 200, 32, False)
+DRY = Sizes(256, 8, ((8, 64),), 2, 4, 2, 2, 2, 8, True)
+
+# The dry run's networks: configs/cifar10.py's code paths (attention, bf16) at one level.
+SHRUNK_MODEL = dict(channels=8, channel_mults=(1,), num_res_blocks=1, attn_resolutions=(8,))
+SHRUNK_MODEL.update(groups=4, temb_dim=16)
+SHRUNK_ENCODER = dict(channels=8, channel_mults=(1,), num_res_blocks=1, groups=4, latent_dim=8)
 
 
 def datasheet(kind: str) -> tuple[float | None, float | None]:
@@ -198,10 +204,8 @@ def _synthetic_config(base, sizes: Sizes, npz: str):
   c = base.get_config() if hasattr(base, "get_config") else base
   c.data.source, c.data.path, c.data.random_flip = "npz", npz, False
   if sizes.shrink:  # the same network code at a CPU's size
-    c.model.channels, c.model.channel_mults, c.model.num_res_blocks = 8, (1, 2), 1
-    c.model.attn_resolutions, c.model.groups, c.model.temb_dim = (16,), 4, 16
-    c.encoder.channels, c.encoder.channel_mults, c.encoder.num_res_blocks = 8, (1, 2), 1
-    c.encoder.groups, c.encoder.latent_dim = 4, 8
+    c.model.update(SHRUNK_MODEL)
+    c.encoder.update(SHRUNK_ENCODER)
   return c
 
 
@@ -274,8 +278,7 @@ def imported_section(sizes: Sizes, dev: dict, tmp: str, npz: str) -> list[dict]:
   cfg = bench_imported.config(path, sizes.imported_batch, "bfloat16")
   cfg.data.path = npz
   if sizes.shrink:
-    cfg.encoder.channels, cfg.encoder.channel_mults, cfg.encoder.num_res_blocks = 8, (1, 2), 1
-    cfg.encoder.groups, cfg.encoder.latent_dim = 4, 8
+    cfg.encoder.update(SHRUNK_ENCODER)
   t = stages.trainer("stage2", cfg, os.path.join(tmp, "imported_wd"))
   params = sum(int(np.prod(a.shape)) for a in jax.tree.leaves(t.spec.frozen))
   row, _ = _time_stage(t, sizes.repeats, dev, "bfloat16")
@@ -283,7 +286,8 @@ def imported_section(sizes: Sizes, dev: dict, tmp: str, npz: str) -> list[dict]:
 
 
 def _small_diffusers_checkpoint(directory: str) -> str:
-  """google/ddpm-cifar10-32's config at a tenth of its width (the dry run's)."""
+  """google/ddpm-cifar10-32's block types at 8x8, two levels and a sixteenth of its width
+  (the dry run's)."""
   from vdae.io import pretrained
   from vdae.models import diffusers_unet
 
@@ -291,7 +295,8 @@ def _small_diffusers_checkpoint(directory: str) -> str:
     cfg = json.load(f)
   with open(os.path.join(bench_imported.CIFAR10_CONFIG, "scheduler_config.json")) as f:
     sched = json.load(f)
-  cfg.update(block_out_channels=[8, 16, 16, 16], layers_per_block=1, norm_num_groups=4)
+  cfg.update(block_out_channels=[8, 16], layers_per_block=1, norm_num_groups=4, sample_size=8)
+  cfg.update(down_block_types=cfg["down_block_types"][:2], up_block_types=cfg["up_block_types"][2:])
   spec = diffusers_unet.UNetSpec.from_json(cfg, "config.json")
   model = diffusers_unet.UNet2DModel(spec)
   x = np.zeros((1, spec.sample_size, spec.sample_size, spec.in_channels), np.float32)
@@ -362,18 +367,11 @@ def run_all_section(sizes: Sizes, tmp: str, npz: str, timeout: float) -> list[di
     "--config.eval.bootstrap_resamples=100",
   ]
   if sizes.shrink:
+    flags += [f"--config.model.{k}={v!r}".replace(" ", "") for k, v in SHRUNK_MODEL.items()]
+    flags += [f"--config.encoder.{k}={v!r}".replace(" ", "") for k, v in SHRUNK_ENCODER.items()]
     flags += [
-      "--config.model.channels=8",
-      "--config.model.channel_mults=(1,2)",
-      "--config.model.num_res_blocks=1",
-      "--config.model.groups=4",
-      "--config.model.temb_dim=16",
-      "--config.encoder.channels=8",
-      "--config.encoder.channel_mults=(1,2)",
-      "--config.encoder.num_res_blocks=1",
-      "--config.encoder.groups=4",
-      "--config.encoder.latent_dim=8",
       "--config.vae.decoder_channels=8",
+      "--config.vae.decoder_channel_mults=(1,)",
       "--config.refiner.channels=8",
       "--config.refiner.channel_mults=(1,)",
       "--config.prior.width=32",
@@ -408,7 +406,7 @@ def run_all_section(sizes: Sizes, tmp: str, npz: str, timeout: float) -> list[di
   phases = ", ".join(f"{k} {v:.0f}" for k, v in spent["seconds"].items())
   return [
     {
-      "what": f"--mode=all 32x32, {s} steps a stage",
+      "what": f"--mode=all {sizes.image}x{sizes.image}, {s} steps a stage",
       "seconds": spent["seconds"],
       "total_seconds": spent["total_seconds"],
       "metrics": len(metrics),
@@ -424,7 +422,7 @@ def run(sizes: Sizes, budget: float) -> dict:
   dev: dict = {}
   keep: dict = {}
   with tempfile.TemporaryDirectory(prefix="vdae_accel_") as tmp:
-    npz = common.synthetic_npz((32, 32, 3), n=max(256, 4 * sizes.train_batch))
+    npz = common.synthetic_npz((sizes.image,) * 2 + (3,), n=max(256, 4 * sizes.train_batch))
     # The run_all child gets what is left, less a margin for writing the report.
     sections = (
       ("device", lambda: device_section(sizes, dev)),
