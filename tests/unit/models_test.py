@@ -50,9 +50,10 @@ def test_unet_runs_with_bf16_compute_and_fourier_embedding(emb, dtype):
   )
   x = jax.random.normal(jax.random.key(0), (3, 8, 8, 1))
   t = jnp.array([0.1, 0.5, 0.9])
-  params = model.init(jax.random.key(1), x, t)["params"]
+  # Jitted: one compile, not one per op (most of this test's time when eager).
+  params = jax.jit(model.init)(jax.random.key(1), x, t)["params"]
   assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(params))  # params stay f32
-  out = model.apply({"params": params}, x, t)
+  out = jax.jit(model.apply)({"params": params}, x, t)
   assert out.dtype == jnp.float32 and bool(jnp.all(jnp.isfinite(out)))
 
 
@@ -114,8 +115,8 @@ def test_odd_and_smallest_sides_round_trip_through_the_unet(tiny_config, side, m
   sizes.check_score_model(c, (side, side, 1))  # accepted...
   model = unet.from_config(c.model, c.sde)
   x = jnp.zeros((2, side, side, 1))
-  v = model.init(jax.random.key(0), x, jnp.ones(2))
-  assert model.apply(v, x, jnp.ones(2)).shape == x.shape  # ...and reproduced
+  v = jax.jit(model.init)(jax.random.key(0), x, jnp.ones(2))
+  assert jax.jit(model.apply)(v, x, jnp.ones(2)).shape == x.shape  # ...and reproduced
 
 
 def test_sizes_below_the_downsampling_are_refused(tiny_config):
