@@ -93,7 +93,9 @@ def test_reverse_mode_equals_jacfwd(logvar_term):
   # Jitted: one compile each, not one per op of the encoder's forward and backward passes.
   rev = jax.jit(latent.correction_score, static_argnums=(0, 4))
   c_rev = rev(encode_fn, x, t, z, logvar_term)
-  c_fwd = jax.jit(latent.correction_score_jacfwd, static_argnums=(0, 4))(encode_fn, x, t, z, logvar_term)
+  c_fwd = jax.jit(latent.correction_score_jacfwd, static_argnums=(0, 4))(
+    encode_fn, x, t, z, logvar_term
+  )
   assert float(jnp.abs(c_rev).max()) > 1e-3
   np.testing.assert_allclose(c_rev, c_fwd, rtol=1e-4, atol=1e-5)
   other = rev(encode_fn, x, t, z, not logvar_term)

@@ -115,8 +115,8 @@ def test_odd_and_smallest_sides_round_trip_through_the_unet(tiny_config, side, m
   sizes.check_score_model(c, (side, side, 1))  # accepted...
   model = unet.from_config(c.model, c.sde)
   x = jnp.zeros((2, side, side, 1))
-  v = jax.jit(model.init)(jax.random.key(0), x, jnp.ones(2))
-  assert jax.jit(model.apply)(v, x, jnp.ones(2)).shape == x.shape  # ...and reproduced
+  v = model.init(jax.random.key(0), x, jnp.ones(2))
+  assert model.apply(v, x, jnp.ones(2)).shape == x.shape  # ...and reproduced
 
 
 def test_sizes_below_the_downsampling_are_refused(tiny_config):

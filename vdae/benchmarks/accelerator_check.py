@@ -55,7 +55,6 @@ from vdae.benchmarks import bench_imported, common  # noqa: E402
 from vdae.diffusion import sde as sde_lib  # noqa: E402
 from vdae.io import timings  # noqa: E402
 from vdae.kernels import reference  # noqa: E402
-from vdae.parallel import sharding  # noqa: E402
 from vdae.training import loop, stages  # noqa: E402
 
 # Datasheet figures by device kind (substring, lower case): HBM GB/s and dense bf16
@@ -90,7 +89,9 @@ class Sizes:
   shrink: bool  # the networks shrunk to a CPU's size (one level, attention at it)
 
 
-REAL = Sizes(8192, 1024, ((256, 3072), (256, 12288), (1024, 12288)), 20, 128, 128, 256, 200, 32, False)
+REAL = Sizes(
+  8192, 1024, ((256, 3072), (256, 12288), (1024, 12288)), 20, 128, 128, 256, 200, 32, False
+)
 DRY = Sizes(256, 8, ((8, 64),), 2, 4, 2, 2, 2, 8, True)
 
 # The dry run's networks: configs/cifar10.py's code paths (attention, bf16) at one level.
@@ -282,29 +283,25 @@ def imported_section(sizes: Sizes, dev: dict, tmp: str, npz: str) -> list[dict]:
   t = stages.trainer("stage2", cfg, os.path.join(tmp, "imported_wd"))
   params = sum(int(np.prod(a.shape)) for a in jax.tree.leaves(t.spec.frozen))
   row, _ = _time_stage(t, sizes.repeats, dev, "bfloat16")
-  return [{"what": f"imported UNet ({params / 1e6:.1f}M) stage 2 bf16", "parameters": params, **row}]
+  return [
+    {"what": f"imported UNet ({params / 1e6:.1f}M) stage 2 bf16", "parameters": params, **row}
+  ]
 
 
 def _small_diffusers_checkpoint(directory: str) -> str:
   """google/ddpm-cifar10-32's block types at 8x8, two levels and a sixteenth of its width
   (the dry run's)."""
-  from vdae.io import pretrained
-  from vdae.models import diffusers_unet
-
   with open(os.path.join(bench_imported.CIFAR10_CONFIG, "config.json")) as f:
-    cfg = json.load(f)
-  with open(os.path.join(bench_imported.CIFAR10_CONFIG, "scheduler_config.json")) as f:
-    sched = json.load(f)
-  cfg.update(block_out_channels=[8, 16], layers_per_block=1, norm_num_groups=4, sample_size=8)
-  cfg.update(down_block_types=cfg["down_block_types"][:2], up_block_types=cfg["up_block_types"][2:])
-  spec = diffusers_unet.UNetSpec.from_json(cfg, "config.json")
-  model = diffusers_unet.UNet2DModel(spec)
-  x = np.zeros((1, spec.sample_size, spec.sample_size, spec.in_channels), np.float32)
-  tree = jax.jit(lambda k: model.init(k, x, np.zeros((1,), np.float32))["params"])(
-    jax.random.key(0)
+    blocks = json.load(f)
+  return bench_imported.random_checkpoint(
+    directory,
+    block_out_channels=[8, 16],
+    layers_per_block=1,
+    norm_num_groups=4,
+    sample_size=8,
+    down_block_types=blocks["down_block_types"][:2],
+    up_block_types=blocks["up_block_types"][2:],
   )
-  pretrained.write_checkpoint(directory, cfg, tree, sched)
-  return directory
 
 
 def decode_section(sizes: Sizes, keep: dict) -> list[dict]:
@@ -391,7 +388,9 @@ def run_all_section(sizes: Sizes, tmp: str, npz: str, timeout: float) -> list[di
   log = os.path.join(tmp, "all.log")
   with open(log, "wb") as f:
     try:
-      rc = subprocess.run(argv, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT, timeout=timeout).returncode
+      rc = subprocess.run(
+        argv, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT, timeout=timeout
+      ).returncode
     except subprocess.TimeoutExpired:
       rc = None
   if rc != 0:
@@ -453,10 +452,10 @@ def run(sizes: Sizes, budget: float) -> dict:
 
 def table(report: dict) -> str:
   dev = report["device"]
+  kind = "dry run: code paths only, no speed figures" if report["dry"] else "real"
   head = (
-    f"accelerator check ({'dry run: code paths only, no speed figures' if report['dry'] else 'real'})"
-    f" on {dev.get('backend', '?')}: {dev.get('device_count', '?')} x "
-    f"{dev.get('device_kind', '?')}"
+    f"accelerator check ({kind}) on {dev.get('backend', '?')}: "
+    f"{dev.get('device_count', '?')} x {dev.get('device_kind', '?')}"
   )
   lines = [head, f"{'section':<9} {'case':<52} result"]
   for name, sec in report["sections"].items():

@@ -47,10 +47,12 @@ CIFAR10_CONFIG = os.path.join(
 )
 
 
-def random_checkpoint(directory: str) -> str:
-  """A diffusers directory with the cifar10-32 architecture and random weights."""
+def random_checkpoint(directory: str, **changes) -> str:
+  """A diffusers directory with the cifar10-32 architecture (config.json fields
+  `changes` replaced) and random weights."""
   with open(os.path.join(CIFAR10_CONFIG, "config.json")) as f:
     cfg = json.load(f)
+  cfg.update(changes)
   with open(os.path.join(CIFAR10_CONFIG, "scheduler_config.json")) as f:
     sched = json.load(f)
   spec = diffusers_unet.UNetSpec.from_json(cfg, "config.json")

@@ -129,7 +129,9 @@ def _dsm_on_codes(model, sde, params, mu, log_var, key, shift, scale):
   k_z, k_dsm = jax.random.split(key)
   z = mu + jnp.exp(0.5 * log_var) * jax.random.normal(k_z, mu.shape)
   zn = (jax.lax.stop_gradient(z) - shift) / scale
-  return losses.dsm_loss(lambda zt, t: model.apply({"params": params}, zt, t), zn, k_dsm, sde, False)
+  return losses.dsm_loss(
+    lambda zt, t: model.apply({"params": params}, zt, t), zn, k_dsm, sde, False
+  )
 
 
 def prior_loss(model: LatentDenoiser, encode_fn, sde: sde_lib.SDE):
