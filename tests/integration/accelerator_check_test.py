@@ -29,9 +29,10 @@ def test_dry_run_passes_every_section_and_writes_one_report(tmp_path):
   assert all(s["status"] == "ok" for s in sections.values()), sections
   assert report["dry"] and report["device"]["backend"] == "cpu"
   assert report["device"]["peak_f32_flops"] > 0 and report["device"]["copy_bytes_per_s"] > 0
-  # The Pallas kernels (interpret mode here) against the XLA reference.
+  # The Pallas kernels (interpret mode here) against the XLA reference: float32 rounding
+  # of a step's update (values ~1) and of a residual summed over 64 pixels (values ~100).
   kernel = sections["kernel"]["rows"]
-  assert len(kernel) == 2 and all(r["max_abs_error"] < 1e-5 for r in kernel), kernel
+  assert len(kernel) == 2 and all(r["max_abs_error"] < 1e-4 for r in kernel), kernel
   train = {r["what"]: r for r in sections["train"]["rows"]}
   assert {w.split(" batch")[0] for w in train} == {
     f"stage {s} {d}" for s in (1, 2) for d in ("float32", "bfloat16")
