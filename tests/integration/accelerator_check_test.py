@@ -4,7 +4,6 @@ host would run, at CPU sizes, so the check cannot rot before the first accelerat
 from __future__ import annotations
 
 import json
-import os
 import sys
 
 import pytest
@@ -45,4 +44,17 @@ def test_dry_run_passes_every_section_and_writes_one_report(tmp_path):
   assert {"stage1", "stage2", "evaluate"} <= set(run["seconds"]) and run["metrics"] > 10
   # One table on stdout, a line per case.
   assert "accelerator check (dry run" in log and "run_all   --mode=all 8x8" in log
-  assert not os.path.exists(os.path.join(str(tmp_path), "all"))  # its workdir was temporary
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize(
+  "flag,needle",
+  [("--budget=0", "--budget=0 must be positive"), ("--json={d}", "cannot write a file there")],
+)
+def test_bad_arguments_are_refused_before_anything_runs(tmp_path, flag, needle):
+  """A report path that cannot be written is named at once, not after the measurements."""
+  argv = [sys.executable, "-m", "vdae.benchmarks.accelerator_check", "--dry"]
+  argv.append(flag.format(d=tmp_path))  # a directory is not a file
+  rc, log = procs.run(argv, procs.child_env(str(tmp_path / "xla")), str(tmp_path / "log"), 100)
+  assert rc == 2 and needle in log and "Traceback" not in log, log[-3000:]
+  assert "accelerator check (" not in log  # refused before any section ran

@@ -25,7 +25,8 @@ hide the others):
             the pictures and the evaluation on the device; its timings.json.
 
 --dry (the default on CPU) runs the same code paths at sizes a 2-core CPU finishes in
-about a minute (the kernel in Pallas interpret mode, the networks shrunk, a few steps),
+about two minutes (8x8 images, one-level networks, a few steps, the kernel in Pallas
+interpret mode),
 so the test suite runs it and it cannot rot; its figures say nothing about speed. Every
 section's figures sit beside the peak measured in the same run: compare as ratios.
 """
@@ -108,12 +109,6 @@ def datasheet(kind: str) -> tuple[float | None, float | None]:
   return None, None
 
 
-def matmul_peak(n: int, dtype) -> float:
-  a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32).astype(dtype)
-  f = jax.jit(lambda x: x @ x)
-  return max(2 * n**3 / timings.median_time(lambda: f(a), 5) for _ in range(3))
-
-
 def copy_bandwidth(mib: int) -> float:
   """Bytes/s of y = x + 1 over a mib-MiB array: one read and one write per element."""
   x = jnp.zeros((mib * 2**20 // 4,), jnp.float32)
@@ -130,8 +125,8 @@ def device_section(sizes: Sizes, out: dict) -> list[dict]:
     device_kind=dev.device_kind,
     device_count=jax.device_count(),
     process_count=jax.process_count(),
-    peak_f32_flops=matmul_peak(sizes.peak_n, jnp.float32),
-    peak_bf16_flops=matmul_peak(sizes.peak_n, jnp.bfloat16),
+    peak_f32_flops=timings.matmul_peak_flops(sizes.peak_n),
+    peak_bf16_flops=timings.matmul_peak_flops(sizes.peak_n, dtype=jnp.bfloat16),
     copy_bytes_per_s=copy_bandwidth(sizes.copy_mib),
     datasheet_hbm_bytes_per_s=hbm and hbm * 1e9,
     datasheet_bf16_flops=bf16_sheet and bf16_sheet * 1e12,
@@ -151,7 +146,10 @@ def kernel_section(sizes: Sizes, dev: dict) -> list[dict]:
   from vdae.kernels import pallas_fused_step as pf
 
   interpret = dev["backend"] == "cpu"
+  # The fraction is of the datasheet HBM bandwidth, or of the measured copy rate when the
+  # device is not in DATASHEET.
   hbm = dev["datasheet_hbm_bytes_per_s"] or dev["copy_bytes_per_s"]
+  of = "HBM" if dev["datasheet_hbm_bytes_per_s"] else "copy rate"
   spec = reference.StepSpec(sde_lib.SDE(kind="vp"), temb_dim=128, time_scale=1000.0)
   rows = []
   for b, d in sizes.kernel_shapes:
@@ -192,7 +190,7 @@ def kernel_section(sizes: Sizes, dev: dict) -> list[dict]:
           kernel_of_hbm=nbytes / t_kern / hbm,
         )
       row["value"] = f"max|err| {err:.2e}" + (
-        f", kernel {row['kernel_gb_per_s']:.0f} GB/s ({row['kernel_of_hbm']:.0%} of HBM), "
+        f", kernel {row['kernel_gb_per_s']:.0f} GB/s ({row['kernel_of_hbm']:.0%} of {of}), "
         f"XLA {row['reference_gb_per_s']:.0f} GB/s"
         if "kernel_seconds" in row
         else " (interpret mode: not timed)"
@@ -201,8 +199,9 @@ def kernel_section(sizes: Sizes, dev: dict) -> list[dict]:
   return rows
 
 
-def _synthetic_config(base, sizes: Sizes, npz: str):
-  c = base.get_config() if hasattr(base, "get_config") else base
+def _synthetic_config(sizes: Sizes, npz: str):
+  """configs/cifar10.py on the synthetic npz (its networks shrunk in the dry run)."""
+  c = cifar10.get_config()
   c.data.source, c.data.path, c.data.random_flip = "npz", npz, False
   if sizes.shrink:  # the same network code at a CPU's size
     c.model.update(SHRUNK_MODEL)
@@ -255,7 +254,7 @@ def _encoder_trainer(cfg, workdir: str, mesh, splits, score_params) -> loop.Trai
 def train_section(sizes: Sizes, dev: dict, tmp: str, npz: str, keep: dict) -> list[dict]:
   rows = []
   for dtype in ("float32", "bfloat16"):
-    cfg = _synthetic_config(cifar10, sizes, npz)
+    cfg = _synthetic_config(sizes, npz)
     cfg.model.dtype = dtype
     cfg.stage1.batch_size = cfg.stage2.batch_size = sizes.train_batch
     wd = os.path.join(tmp, f"train_{dtype}")
@@ -266,7 +265,7 @@ def train_section(sizes: Sizes, dev: dict, tmp: str, npz: str, keep: dict) -> li
     t2 = _encoder_trainer(cfg, wd, ctx.mesh, ctx.splits, state.ema_params)
     row, state2 = _time_stage(t2, sizes.repeats, dev, dtype)
     rows.append({"what": f"stage 2 {dtype} batch {sizes.train_batch}", **row})
-    keep[dtype] = (cfg, ctx, t1.spec, state, state2)
+    keep[dtype] = (cfg, ctx, state, state2)
   return rows
 
 
@@ -308,16 +307,15 @@ def decode_section(sizes: Sizes, keep: dict) -> list[dict]:
   from vdae.autoencoders.vdae import VDAE
 
   rows = []
-  for dtype, (cfg, ctx, _, state, state2) in keep.items():
+  for dtype, (cfg, ctx, state, state2) in keep.items():
     ae = VDAE(cfg, state.ema_params, state2.ema_params, ctx.mesh, ctx.image_shape)
     n = sizes.decode_batch
     z = np.asarray(jax.random.normal(jax.random.key(1), (n, cfg.encoder.latent_dim)))
     steps = 30 if not sizes.shrink else 2
-    ae.decoder(n, "dpmpp_2m_sde", steps)  # compiled on the first call below
     call = lambda ae=ae, z=z, steps=steps: ae.decode(
       z, jax.random.key(2), method="dpmpp_2m_sde", num_steps=steps
     )
-    sec = timings.median_time(call, max(2, sizes.repeats // 4), warmup=1)
+    sec = timings.median_time(call, max(2, sizes.repeats // 4), warmup=1)  # compile excluded
     rows.append(
       {
         "what": f"decode {dtype} batch {n}, DPM-Solver++(2M)-SDE {steps} steps",
@@ -477,11 +475,20 @@ def main(argv: list[str] | None = None) -> int:
   mode.add_argument("--dry", action="store_true", default=None, help="CPU-sized code paths")
   mode.add_argument("--real", dest="dry", action="store_false", help="full sizes even on CPU")
   args = p.parse_args(argv)
+  if args.budget <= 0:
+    p.error(f"--budget={args.budget:g} must be positive (seconds for all sections)")
+  if args.json:  # found out now, not after minutes of measuring
+    where = os.path.dirname(os.path.abspath(args.json))
+    try:
+      os.makedirs(where, exist_ok=True)
+    except OSError as e:
+      p.error(f"--json={args.json}: cannot create {where} ({e.strerror}); pick another path")
+    if not os.access(where, os.W_OK) or os.path.isdir(args.json):
+      p.error(f"--json={args.json}: cannot write a file there; pick another path")
   dry = jax.default_backend() == "cpu" if args.dry is None else args.dry
   report = run(DRY if dry else REAL, args.budget)
   print(table(report), flush=True)
   if args.json:
-    os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
     with open(args.json, "w") as f:
       json.dump(report, f, indent=2, default=float)
   failed = [n for n, s in report["sections"].items() if s["status"] != "ok"]

@@ -37,11 +37,11 @@ def median_time(fn: Callable[[], object], repeats: int, warmup: int = 2) -> floa
   return statistics.median(times)
 
 
-def matmul_peak_flops(n: int = 2048, repeats: int = 5, rounds: int = 3) -> float:
-  """This machine's achieved float32 matmul FLOP/s (all devices of the backend
-  work on one jnp.dot here, so it is the whole-host figure): the best of `rounds`
-  medians, since a first round on a cold CPU was seen to read half the peak."""
-  a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
+def matmul_peak_flops(n: int = 2048, repeats: int = 5, rounds: int = 3, dtype=jnp.float32) -> float:
+  """This machine's achieved matmul FLOP/s in `dtype` (float32 unless asked; all devices
+  of the backend work on one jnp.dot here, so it is the whole-host figure): the best of
+  `rounds` medians, since a first round on a cold CPU was seen to read half the peak."""
+  a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32).astype(dtype)
   f = jax.jit(lambda x: x @ x)
   return max(2 * n**3 / median_time(lambda: f(a), repeats) for _ in range(rounds))
 

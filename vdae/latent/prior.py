@@ -105,10 +105,6 @@ class PosteriorTable:
   mu: np.ndarray
   log_var: np.ndarray
 
-  @property
-  def nbytes(self) -> int:
-    return self.mu.nbytes + self.log_var.nbytes
-
   @staticmethod
   def nbytes_for(rows: int, latent_dim: int, flips: bool) -> int:
     return 2 * (2 if flips else 1) * rows * latent_dim * 4
