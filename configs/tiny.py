@@ -33,7 +33,9 @@ def get_config():
   c.eval.num_test = 16
   c.eval.num_samples = 16
   c.eval.batch_size = 8
-  c.eval.bpd_num_images = 4
+  # One image: the PF-ODE solve's exact divergence costs D JVPs per image per step,
+  # and tests check its wiring and agreement across meshes, not its value.
+  c.eval.bpd_num_images = 1
   c.eval.elbo_num_images = 0  # a few-step encoder's conditional ODE is stiff: slow to solve
   c.eval.mean_decodes = 2
   c.eval.mode_num_steps = 2
