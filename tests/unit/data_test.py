@@ -72,10 +72,106 @@ def test_npz_missing_file_and_key(tmp_path, tiny_config):
   with pytest.raises(DataError, match="does not exist"):
     sources.load_splits(_cfg(tiny_config, source="npz", path=str(tmp_path / "nope.npz")))
   np.savez(tmp_path / "k.npz", pictures=_pixels())
-  with pytest.raises(DataError, match="no `images`"):
+  with pytest.raises(DataError, match="no `image` array"):
     sources.load_splits(_cfg(tiny_config, source="npz", path=str(tmp_path / "k.npz")))
   with pytest.raises(ConfigError, match="data.path"):
     sources.load_splits(_cfg(tiny_config, source="npz", path=""))
+
+
+def _shapes_cfg(tiny_config, size=16, n_train=300, n_test=60):
+  return _cfg(
+    tiny_config, source="shapes", image_size=size, shapes_num_train=n_train, shapes_num_test=n_test
+  )
+
+
+def test_shapes_are_fixed_disjoint_and_carry_their_factors(tiny_config):
+  from vdae.data import shapes
+
+  s = sources.load_splits(_shapes_cfg(tiny_config))
+  tr, te = s["train"], s["test"]
+  assert (len(tr), len(te)) == (300, 60) and tr.image_shape == (16, 16, 3) and tr.has_labels
+  f = te.factors
+  assert f.names == shapes.NAMES and f.kinds == shapes.KINDS and f.values.shape == (60, 7)
+  a = te.arrays()
+  np.testing.assert_array_equal(a["label"], f.values[:, 0])  # the label is the shape class
+  # The test split does not depend on how many training images are drawn, and
+  # no test image is a training image.
+  more = sources.load_splits(_shapes_cfg(tiny_config, n_train=500))
+  np.testing.assert_array_equal(more["test"].arrays()["image"], a["image"])
+  flat = lambda x: {im.tobytes() for im in x}
+  assert not flat(a["image"]) & flat(more["train"].arrays()["image"])
+  v = tr.factors.values
+  assert set(np.unique(v[:, 0])) == {0, 1, 2}
+  for j in (1, 2, 6):  # angles in [0, 2 pi)
+    assert 0 <= v[:, j].min() and v[:, j].max() < 2 * np.pi
+  assert np.all((v[:, 3:5] > v[:, 5:6]) & (v[:, 3:5] < 1 - v[:, 5:6]))  # inside the frame
+  assert sources.load_splits(_shapes_cfg(tiny_config, size=32))["train"].image_shape == (32, 32, 3)
+
+
+def test_shapes_draw_each_factor_where_the_factor_says():
+  """Rendered objects sit at (x, y), grow with scale, take the object hue; the
+  edges are anti-aliased (values between background and object)."""
+  from vdae.data import shapes
+
+  size = 32
+  base = np.array([1, 0.0, np.pi, 0.3, 0.6, 0.2, 0.0], np.float32)  # a red disc
+  img = shapes.render(base[None], size)[0].astype(np.float64)
+  lum = img.sum(-1)
+  ys, xs = np.nonzero(lum > lum.mean())
+  assert abs(xs.mean() + 0.5 - 0.3 * size) < 1.0 and abs(ys.mean() + 0.5 - 0.6 * size) < 1.0
+  centre = img[int(0.6 * size), int(0.3 * size) - 1]
+  assert centre[0] > centre[1] and centre[0] > centre[2]  # hue 0: red
+  bigger = base.copy()
+  bigger[5] = 0.25
+  assert (shapes.render(bigger[None], size)[0].sum(-1) > lum.mean()).sum() > len(xs)
+  assert len(np.unique(lum)) > 10  # anti-aliased edges, stripes, outline: not two levels
+  # The disc shows its rotation through its stripes.
+  turned = base.copy()
+  turned[6] = np.pi  # a quarter turn (the angle is stored doubled)
+  assert not np.array_equal(shapes.render(turned[None], size)[0], img.astype(np.uint8))
+  half = base.copy()
+  half[6] = 2 * np.pi - 1e-6  # a half turn: the same picture
+  np.testing.assert_allclose(shapes.render(half[None], size)[0], img, atol=2)
+
+
+def test_npz_factors_follow_their_images(tmp_path, tiny_config):
+  ims = _pixels(n=30)
+  f = np.stack([np.arange(30) % 3, np.linspace(0, 6, 30), np.arange(30) * 0.5], 1)
+  names, kinds = np.array(["c", "a", "v"]), np.array(["categorical", "circular", "continuous"])
+  np.savez(tmp_path / "f.npz", image=ims, factors=f, factor_names=names, factor_kinds=kinds)
+  s = sources.load_splits(_cfg(tiny_config, source="npz", path=str(tmp_path / "f.npz")))
+  for split in s.values():
+    assert split.factors.names == ("c", "a", "v") and split.factors.kinds == tuple(kinds)
+    rows = split.arrays()["index"]
+    np.testing.assert_allclose(split.factors.values, f[rows], rtol=1e-6)
+
+
+@pytest.mark.parametrize(
+  "change,msg",
+  [
+    (dict(factors=np.zeros((29, 2))), r"shape \(29, 2\); expected \[30, K\]"),
+    (dict(factor_kinds=np.array(["continuous", "angle"])), "unknown factor kind 'angle'"),
+    (dict(factors=np.array([[0.0, np.nan]] * 30)), "factor 'b' holds non-finite values"),
+    (dict(factor_names=np.array(["a"])), "2 factor columns but 1 factor_names"),
+    (dict(factor_names=np.array(["a", "a"])), "must be unique"),
+    (
+      dict(factor_kinds=np.array(["categorical", "continuous"]), factors=np.full((30, 2), 0.5)),
+      "categorical factor 'a' must hold class indices",
+    ),
+    (dict(factor_names=None), "needs `factor_names` and `factor_kinds`"),
+  ],
+)
+def test_npz_bad_factors_are_named(tmp_path, tiny_config, change, msg):
+  arrays = dict(
+    image=_pixels(n=30),
+    factors=np.zeros((30, 2)),
+    factor_names=np.array(["a", "b"]),
+    factor_kinds=np.array(["continuous", "circular"]),
+  )
+  arrays.update(change)
+  np.savez(tmp_path / "b.npz", **{k: v for k, v in arrays.items() if v is not None})
+  with pytest.raises(DataError, match=msg):
+    sources.load_splits(_cfg(tiny_config, source="npz", path=str(tmp_path / "b.npz")))
 
 
 def test_unknown_source(tiny_config):

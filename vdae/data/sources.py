@@ -2,8 +2,14 @@
 
 Sources (config.data.source):
   digits        scikit-learn's 8x8 digits, embedded; a fixed seeded split.
-  npz           `images` [N, H, W(, C)] uint8 in [0, 255] or float in [0, 1],
-                optional `labels` [N]; a fixed seeded split.
+  shapes        generated colour images of one object with 7 known factors
+                (vdae/data/shapes.py), data.image_size square (0: 32); fixed
+                train and test splits of data.shapes_num_train / _num_test.
+  npz           `image` [N, H, W(, C)] uint8 in [0, 255] or float in [0, 1],
+                optional `label` [N], optional `factors` [N, K] with
+                `factor_names` [K] and `factor_kinds` [K] (continuous,
+                circular in radians, or categorical 0..C-1); a fixed seeded
+                split. (`images` / `labels` are read too.)
   folder        PNG/JPEG files under a folder (labels from sub-folder names
                 when every image sits in one); a fixed seeded split.
   array_record  ArrayRecord files of serialized tf.train.Example records with
@@ -11,8 +17,9 @@ Sources (config.data.source):
                 writes); `path` is a glob, the test split is `path` with
                 "train" replaced by "test" when such files exist.
 
-Every image is scaled to [-1, 1] float32 [H, W, C]. Batches are made by
-vdae/data/pipeline.py.
+Every image is scaled to [-1, 1] float32 [H, W, C] as it is read. Batches are
+made by vdae/data/pipeline.py; a split's factors (Factors) are read by the
+evaluation (vdae/evaluation/factors.py), not batched.
 """
 
 from __future__ import annotations
@@ -29,6 +36,20 @@ from vdae import schema
 from vdae.io.errors import ConfigError, DataError
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp")
+FACTOR_KINDS = ("continuous", "circular", "categorical")
+
+
+@dataclasses.dataclass(frozen=True)
+class Factors:
+  """What generated each image of a split: values [N, K] float32 aligned with the
+  split's items, one name and kind (FACTOR_KINDS) per column."""
+
+  names: tuple[str, ...]
+  kinds: tuple[str, ...]
+  values: np.ndarray
+
+  def take(self, idx: np.ndarray) -> Factors:
+    return Factors(self.names, self.kinds, self.values[idx])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,6 +66,7 @@ class Split:
   image_shape: tuple[int, int, int]
   has_labels: bool
   rows: np.ndarray | None = None  # None: the split is the whole source, in order
+  factors: Factors | None = None
 
   def __len__(self) -> int:
     return self.length
@@ -110,8 +132,65 @@ def _split_indices(n: int, test_fraction: float, seed: int) -> tuple[np.ndarray,
   return np.sort(perm[n_test:]), np.sort(perm[:n_test])
 
 
-def _in_memory_splits(images, labels, test_fraction, where) -> dict[str, Split]:
-  images = _to_unit_range(_as_nhwc(np.asarray(images), where), where)
+def _check_factors(f, names, kinds, n: int, where: str) -> Factors:
+  """Factors from an npz's arrays, or a DataError naming what is wrong."""
+  fix = "see README's `npz` section for the factor arrays"
+  if names is None or kinds is None:
+    raise DataError(f"{where}: `factors` needs `factor_names` and `factor_kinds` beside it; {fix}.")
+  f, names, kinds = np.asarray(f), [str(a) for a in names], [str(a) for a in kinds]
+  if f.ndim != 2 or f.shape[0] != n:
+    raise DataError(
+      f"{where}: `factors` has shape {f.shape}; expected [{n}, K] (one row per image)."
+    )
+  if not np.issubdtype(f.dtype, np.number):
+    raise DataError(f"{where}: `factors` has dtype {f.dtype}; expected numbers.")
+  if len(names) != f.shape[1] or len(kinds) != f.shape[1]:
+    raise DataError(
+      f"{where}: {f.shape[1]} factor columns but {len(names)} factor_names and "
+      f"{len(kinds)} factor_kinds; give one name and kind per column."
+    )
+  bad = [k for k in kinds if k not in FACTOR_KINDS]
+  if bad:
+    raise DataError(f"{where}: unknown factor kind {bad[0]!r}; each must be one of {FACTOR_KINDS}.")
+  if len(set(names)) != len(names) or any(not a or "/" in a for a in names):
+    raise DataError(f"{where}: factor_names {names} must be unique, non-empty, without '/'.")
+  f = f.astype(np.float64)
+  if not np.all(np.isfinite(f)):
+    col = int(np.argwhere(~np.isfinite(f))[0][1])
+    raise DataError(f"{where}: factor {names[col]!r} holds non-finite values (NaN/inf).")
+  for j, k in enumerate(kinds):
+    if k == "categorical" and (np.any(f[:, j] < 0) or np.any(f[:, j] != np.round(f[:, j]))):
+      raise DataError(f"{where}: categorical factor {names[j]!r} must hold class indices 0, 1, ...")
+  return Factors(tuple(names), tuple(kinds), f.astype(np.float32))
+
+
+def _to_images(images: np.ndarray, where: str) -> np.ndarray:
+  """Validated [N, H, W, C]: uint8 kept (converted as read), float made [-1, 1]."""
+  images = _as_nhwc(np.asarray(images), where)
+  return images if images.dtype == np.uint8 else _to_unit_range(images, where)
+
+
+def _split(name, images, labels, rows=None, factors=None) -> Split:
+  """A split over in-memory images (uint8, scaled as read, or float in [-1, 1])."""
+  if images.dtype == np.uint8:
+    read = lambda i: images[i].astype(np.float32) / 127.5 - 1.0
+  else:
+    read = lambda i: images[i]
+  has = labels is not None
+  lbs = labels.astype(np.int64) if has else np.full(len(images), -1)
+  return Split(
+    name,
+    len(images),
+    lambda i: (read(i), int(lbs[i])),
+    tuple(images.shape[1:]),
+    has,
+    rows=rows,
+    factors=factors,
+  )
+
+
+def _in_memory_splits(images, labels, test_fraction, where, factors=None) -> dict[str, Split]:
+  images = _to_images(images, where)
   if labels is not None:
     labels = np.asarray(labels).reshape(-1)
     if labels.shape[0] != images.shape[0]:
@@ -119,19 +198,16 @@ def _in_memory_splits(images, labels, test_fraction, where) -> dict[str, Split]:
   # The split's seed is fixed, not data.shuffle_seed: the held-out set must
   # not change when a user reshuffles training.
   tr, te = _split_indices(images.shape[0], test_fraction, seed=1234)
-  out = {}
-  for name, idx in (("train", tr), ("test", te)):
-    ims = images[idx]
-    lbs = labels[idx].astype(np.int64) if labels is not None else np.full(len(idx), -1)
-    out[name] = Split(
+  return {
+    name: _split(
       name,
-      len(idx),
-      lambda i, ims=ims, lbs=lbs: (ims[i], int(lbs[i])),
-      tuple(ims.shape[1:]),
-      labels is not None,
+      images[idx],
+      None if labels is None else labels[idx],
       rows=idx,
+      factors=None if factors is None else factors.take(idx),
     )
-  return out
+    for name, idx in (("train", tr), ("test", te))
+  }
 
 
 # --- sources ---------------------------------------------------------------------
@@ -143,17 +219,42 @@ def _digits(cfg) -> dict[str, Split]:
   return _in_memory_splits(images, d.target, cfg.test_fraction, "digits")
 
 
+def _shapes(cfg) -> dict[str, Split]:
+  from vdae.data import shapes
+
+  if cfg.shapes_num_train < 1 or cfg.shapes_num_test < 1:
+    raise ConfigError(
+      "data.shapes_num_train and data.shapes_num_test must be at least 1; got "
+      f"{cfg.shapes_num_train} and {cfg.shapes_num_test}."
+    )
+  size = cfg.image_size or 32
+  if size < 8:
+    raise ConfigError(f"data.image_size={size} is too small for shapes; use 16, 32 or 64.")
+  out = {}
+  generated = shapes.generate(cfg.shapes_num_train, cfg.shapes_num_test, size)
+  for name, (images, values) in zip(("train", "test"), generated):
+    factors = Factors(shapes.NAMES, shapes.KINDS, values)
+    out[name] = _split(name, images, values[:, 0].astype(np.int64), factors=factors)
+  return out
+
+
 def _npz(cfg) -> dict[str, Split]:
   path = _existing(cfg.path, "npz")
   try:
     with np.load(path, allow_pickle=False) as f:
-      if "images" not in f.files:
-        raise DataError(f"{path}: no `images` array (found {sorted(f.files)}).")
-      images = f["images"]
-      labels = f["labels"] if "labels" in f.files else None
+      get = lambda *keys: next((f[k] for k in keys if k in f.files), None)
+      images = get("image", "images")
+      if images is None:
+        raise DataError(f"{path}: no `image` array (found {sorted(f.files)}).")
+      labels = get("label", "labels")
+      values = get("factors")
+      factors = None
+      if values is not None:
+        names, kinds = get("factor_names"), get("factor_kinds")
+        factors = _check_factors(values, names, kinds, len(images), path)
   except (OSError, ValueError) as e:
     raise DataError(f"{path}: not a readable .npz file ({e}).") from e
-  return _in_memory_splits(images, labels, cfg.test_fraction, path)
+  return _in_memory_splits(images, labels, cfg.test_fraction, path, factors)
 
 
 def _decode_image(data: bytes | str, size: int, channels: int | None, where: str) -> np.ndarray:
@@ -278,7 +379,13 @@ def _existing(path: str, source: str) -> str:
   return path
 
 
-SOURCES = {"digits": _digits, "npz": _npz, "folder": _folder, "array_record": _array_record}
+SOURCES = {
+  "digits": _digits,
+  "shapes": _shapes,
+  "npz": _npz,
+  "folder": _folder,
+  "array_record": _array_record,
+}
 
 
 def load_splits(data_cfg) -> dict[str, Split]:
