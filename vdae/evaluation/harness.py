@@ -28,6 +28,10 @@ metrics.json, BUILD.md lists them):
                                 sample_fid_ci_low / _high and sample_fid_num.
   <model>/sample_fid_standard_normal  the same from z ~ N(0, I), where the
                                 prior is learned (its _ci_low / _high / _num).
+  <model>/factors/<name>/{r2,accuracy}, <model>/dci/{disentanglement,
+                                completeness,informativeness}, <model>/mig
+                                where the source has factors (shapes; npz
+                                with `factors`): vdae/evaluation/factors.py.
   <model>/...                   plus the model's own `extra_metrics`
                                 (neg_elbo_bits_per_dim, ...).
 
@@ -57,7 +61,7 @@ from vdae.autoencoders.base import Autoencoder
 from vdae.data import pipeline, sources
 from vdae.diffusion import likelihood, score
 from vdae.diffusion import sde as sde_lib
-from vdae.evaluation import classifier, metrics
+from vdae.evaluation import classifier, factors, metrics
 from vdae.parallel import sharding
 from vdae.training import preemption
 
@@ -256,12 +260,20 @@ def evaluate_autoencoder(
     plain, _ = decode_all(ae, z, ev.batch_size, seed + 2, "sample")
     out.update(judge.samples(plain, "sample_fid_standard_normal"))
   out.update(ae.extra_metrics(x, ev.batch_size, seed))
-  if judge.labelled:  # the probe is fit on all of train and scored on all of test
-    train_z, _, train_y, _ = _encode_split(ae, splits["train"], ev.batch_size)
+  train = splits["train"]
+  with_factors = train.factors is not None and test.factors is not None
+  if judge.labelled or with_factors:  # probes fit on all of train, scored on all of test
+    train_z, _, train_y, _ = _encode_split(ae, train, ev.batch_size)
     test_z, test_y = mu, labels
     if len(mu) < len(test):
       test_z, _, test_y, _ = _encode_split(ae, test, ev.batch_size)
     out.update(judge.probe(train_z, train_y, test_z, test_y))
+    if with_factors:
+      out.update(
+        factors.metrics(
+          train_z, train.factors, test_z, test.factors, ev.probe_max_iter, config.seed
+        )
+      )
   return Result({f"{ae.name}/{k}": float(v) for k, v in out.items()}, recs, samples)
 
 
