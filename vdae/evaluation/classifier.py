@@ -1,15 +1,21 @@
-"""The evaluation classifier: a small CNN trained once per workdir on the train split.
+"""The judge: a small CNN trained once per workdir on the train split.
 
 It serves two metrics: the class accuracy of reconstructions (does decoding
-keep the digit?) and the Fréchet distance in its penultimate feature space
-(FID-style, since Inception features mean nothing on 8x8 digits). Training is
-seeded and deterministic; the parameters are cached as WORKDIR/classifier/
-params.npz with a meta.json that says what they were trained on, and reused
-while that still matches.
+keep the digit, the shape?) and the Fréchet distance in its penultimate feature
+space (FID-style, since Inception features mean nothing on 8x8 digits; these
+FIDs are comparable between models judged by one judge, never with published
+Inception FIDs). Where the data has factors (shapes; npz with `factors`), the
+judge also predicts every factor from the same features (FactorCodec), so its
+feature space, and the FID measured in it, sees a wrong colour, position or
+angle and not only a wrong class; `make_factor_predict` reads factors back from
+images (edit specificity). Training is seeded and deterministic; the parameters
+are cached as WORKDIR/classifier/params.npz with a meta.json that says what
+they were trained on, and reused while that still matches.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -31,19 +37,82 @@ log = logging.getLogger(__name__)
 Params = dict
 
 
+@dataclasses.dataclass(frozen=True)
+class FactorCodec:
+  """Factors [N, K] <-> the judge's factor outputs: a continuous factor as one
+  standardised value, a circular one as (sin, cos), a categorical one as logits."""
+
+  kinds: tuple[str, ...]
+  mean: tuple[float, ...]  # per factor (continuous: its train mean; others 0)
+  sd: tuple[float, ...]
+  classes: tuple[int, ...]  # per factor (categorical: its class count; others 0)
+
+  @classmethod
+  def fit(cls, kinds, values: np.ndarray) -> FactorCodec:
+    cont = [k == "continuous" for k in kinds]
+    mean = [float(values[:, j].mean()) if c else 0.0 for j, c in enumerate(cont)]
+    sd = [float(values[:, j].std()) or 1.0 if c else 1.0 for j, c in enumerate(cont)]
+    classes = [
+      int(values[:, j].max()) + 1 if k == "categorical" else 0 for j, k in enumerate(kinds)
+    ]
+    return cls(tuple(kinds), tuple(mean), tuple(sd), tuple(classes))
+
+  def widths(self) -> list[int]:
+    return [{"continuous": 1, "circular": 2}.get(k, c) for k, c in zip(self.kinds, self.classes)]
+
+  @property
+  def width(self) -> int:
+    return sum(self.widths())
+
+  def _parts(self, out):
+    lo = 0
+    for w in self.widths():
+      yield out[:, lo : lo + w]
+      lo += w
+
+  def loss(self, out: jax.Array, values: jax.Array) -> jax.Array:
+    """Mean over factors: squared error (continuous, circular), cross-entropy (categorical)."""
+    terms = []
+    for j, (kind, part) in enumerate(zip(self.kinds, self._parts(out))):
+      v = values[:, j]
+      if kind == "categorical":
+        y = v.astype(jnp.int32)
+        terms.append(optax.softmax_cross_entropy_with_integer_labels(part, y).mean())
+      elif kind == "circular":
+        target = jnp.stack([jnp.sin(v), jnp.cos(v)], -1)
+        terms.append(jnp.mean(jnp.sum(jnp.square(part - target), -1)))
+      else:
+        terms.append(jnp.mean(jnp.square(part[:, 0] - (v - self.mean[j]) / self.sd[j])))
+    return sum(terms) / len(terms)
+
+  def decode(self, out: np.ndarray) -> np.ndarray:
+    """Outputs [N, width] -> factor values [N, K] in the data's own units."""
+    cols = []
+    for j, (kind, part) in enumerate(zip(self.kinds, self._parts(np.asarray(out)))):
+      if kind == "categorical":
+        cols.append(part.argmax(-1).astype(np.float32))
+      elif kind == "circular":
+        cols.append(np.mod(np.arctan2(part[:, 0], part[:, 1]), 2 * np.pi))
+      else:
+        cols.append(part[:, 0] * self.sd[j] + self.mean[j])
+    return np.stack(cols, 1).astype(np.float32)
+
+
 class Classifier(nn.Module):
-  """x [B, H, W, C] in [-1, 1] -> (logits [B, K], features [B, F]).
+  """x [B, H, W, C] in [-1, 1] -> (logits [B, K], features [B, F], factor outputs
+  [B, factor_width]; [B, 0] when the data has no factors).
 
   Convs with stride 2 until the side is <= 4, then flatten (keeps the layout,
-  which matters for digits), a dense feature layer and the logits.
+  which matters for digits), a dense feature layer, the logits and the factor head.
   """
 
   num_classes: int
   channels: int = 32
   features: int = 64
+  factor_width: int = 0
 
   @nn.compact
-  def __call__(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
+  def __call__(self, x: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
     h = nn.silu(nn.Conv(self.channels, (3, 3))(x))
     ch = self.channels
     while h.shape[1] > 4 and h.shape[1] % 2 == 0:
@@ -52,13 +121,19 @@ class Classifier(nn.Module):
       h = nn.silu(nn.Conv(ch, (3, 3))(h))
     h = h.reshape(h.shape[0], -1)
     feats = nn.silu(nn.Dense(self.features)(h))
-    return nn.Dense(self.num_classes)(feats), feats
+    if self.factor_width:
+      factor_out = nn.Dense(self.factor_width, name="factor_head")(feats)
+    else:
+      factor_out = jnp.zeros((x.shape[0], 0), feats.dtype)
+    return nn.Dense(self.num_classes)(feats), feats, factor_out
 
 
-def _meta(eval_cfg, data_cfg, image_shape, num_classes) -> dict:
+def _meta(eval_cfg, data_cfg, image_shape, num_classes, codec) -> dict:
   return {
     "image_shape": list(image_shape),
     "num_classes": int(num_classes),
+    # (through JSON, so that a cached meta.json compares equal)
+    "factor_codec": None if codec is None else json.loads(json.dumps(dataclasses.asdict(codec))),
     "channels": eval_cfg.classifier_channels,
     "features": eval_cfg.classifier_features,
     "steps": eval_cfg.classifier_steps,
@@ -77,11 +152,15 @@ def train_classifier(
   lr: float,
   seed: int,
   batch_size: int = 128,
+  factors: np.ndarray | None = None,
+  codec: FactorCodec | None = None,
 ) -> Params:
-  """Adam on cross-entropy over images [N, H, W, C] / labels [N]; seeded, deterministic.
+  """AdamW on cross-entropy over images [N, H, W, C] / labels [N], plus the codec's
+  loss on factors [N, K] when given; seeded, deterministic.
 
   Random +-1 pixel shifts (with edge padding) are the only augmentation: on
-  small sets they buy a point or two of test accuracy at no cost.
+  small sets they buy a point or two of test accuracy at no cost. Not with
+  factors: a shift would move the object away from its stored position.
   """
   key = jax.random.key(seed)
   k_init, k_data = jax.random.split(key)
@@ -89,6 +168,7 @@ def train_classifier(
   sched = optax.cosine_decay_schedule(lr, max(steps, 1), alpha=0.05)
   opt = optax.adamw(sched, weight_decay=1e-4)
   images_d, labels_d = jnp.asarray(images), jnp.asarray(labels)
+  factors_d = None if codec is None else jnp.asarray(factors, jnp.float32)
   n = images.shape[0]
   bs = min(batch_size, n)
 
@@ -101,12 +181,17 @@ def train_classifier(
   def step(params, opt_state, i):
     k_idx, k_shift = jax.random.split(jax.random.fold_in(k_data, i))
     idx = jax.random.randint(k_idx, (bs,), 0, n)
-    x = jax.vmap(shift)(images_d[idx], jax.random.split(k_shift, bs))
+    x = images_d[idx]
+    if codec is None:
+      x = jax.vmap(shift)(x, jax.random.split(k_shift, bs))
     y = labels_d[idx]
 
     def loss_fn(p):
-      logits, _ = model.apply({"params": p}, x)
-      return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+      logits, _, factor_out = model.apply({"params": p}, x)
+      loss = optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+      if codec is not None:
+        loss = loss + codec.loss(factor_out, factors_d[idx])
+      return loss
 
     grads = jax.grad(loss_fn)(params)
     updates, opt_state = opt.update(grads, opt_state, params)
@@ -122,13 +207,29 @@ def train_classifier(
 
 def make_predict(model: Classifier, params: Params, batch: int = 256) -> Callable:
   """predict(x [N, H, W, C]) -> (logits [N, K], features [N, F]) as numpy, in batches."""
-  fn = jax.jit(lambda x: model.apply({"params": params}, x))
+  fn = jax.jit(lambda x: model.apply({"params": params}, x)[:2])
 
   def predict(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     x = np.asarray(x, np.float32)
     return pipeline.map_batched(fn, x, min(batch, len(x)))
 
   return predict
+
+
+def make_factor_predict(model: Classifier, params: Params, codec: FactorCodec, batch=256):
+  """predict(x [N, H, W, C]) -> the factors the judge reads from the images [N, K]."""
+  fn = jax.jit(lambda x: model.apply({"params": params}, x)[2])
+
+  def predict(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x, np.float32)
+    return codec.decode(pipeline.map_batched(fn, x, min(batch, len(x))))
+
+  return predict
+
+
+def codec_from_meta(meta: dict) -> FactorCodec | None:
+  c = meta.get("factor_codec")
+  return None if c is None else FactorCodec(**{k: tuple(v) for k, v in c.items()})
 
 
 def _save(path: str, params: Params, meta: dict) -> None:
@@ -152,6 +253,21 @@ def _load(path: str, meta: dict) -> Params | None:
     return None
 
 
+def factor_errors(read: np.ndarray, truth) -> dict[str, float]:
+  """Per factor: error rate (categorical), mean angular error in radians
+  (circular), RMSE (continuous) of factors read [N, K] against Factors truth."""
+  out = {}
+  for j, (name, kind) in enumerate(zip(truth.names, truth.kinds)):
+    a, b = read[:, j], truth.values[: len(read), j]
+    if kind == "categorical":
+      out[name] = float(np.mean(a != b))
+    elif kind == "circular":
+      out[name] = float(np.mean(np.abs(np.angle(np.exp(1j * (a - b))))))
+    else:
+      out[name] = float(np.sqrt(np.mean(np.square(a - b))))
+  return out
+
+
 def load_or_train(config, workdir: str, splits) -> tuple[Classifier, Params, dict]:
   """The cached (or freshly trained) classifier for this workdir's data.
 
@@ -164,8 +280,12 @@ def load_or_train(config, workdir: str, splits) -> tuple[Classifier, Params, dic
   ev = config.eval
   tr = train.arrays()
   num_classes = int(tr["label"].max()) + 1
-  model = Classifier(num_classes, ev.classifier_channels, ev.classifier_features)
-  meta = _meta(ev, config.data, train.image_shape, num_classes)
+  codec = None
+  if train.factors is not None:
+    codec = FactorCodec.fit(train.factors.kinds, train.factors.values)
+  width = 0 if codec is None else codec.width
+  model = Classifier(num_classes, ev.classifier_channels, ev.classifier_features, width)
+  meta = _meta(ev, config.data, train.image_shape, num_classes, codec)
   path = os.path.join(workdir, "classifier")
   params = _load(path, meta)
   if params is None:
@@ -177,10 +297,15 @@ def load_or_train(config, workdir: str, splits) -> tuple[Classifier, Params, dic
       steps=ev.classifier_steps,
       lr=ev.classifier_lr,
       seed=ev.classifier_seed,
+      factors=None if codec is None else train.factors.values,
+      codec=codec,
     )
     te = test.arrays()
     logits, _ = make_predict(model, params)(te["image"])
     meta["test_accuracy"] = float(np.mean(logits.argmax(-1) == te["label"]))
+    if codec is not None:  # how well the judge itself reads each factor on real images
+      read = make_factor_predict(model, params, codec)(te["image"])
+      meta["factor_error"] = factor_errors(read, test.factors)
     if jax.process_index() == 0:
       _save(path, params, meta)
     log.info("classifier test accuracy %.4f (cached in %s)", meta["test_accuracy"], path)
