@@ -41,10 +41,12 @@ def get_config() -> ml_collections.ConfigDict:
   # Data: images are scaled to [-1, 1]; size and channels are read from the
   # data, and the networks are built for them.
   c.data = d = ml_collections.ConfigDict()
-  d.source = one_of("data.source", "digits", ("digits", "npz", "folder", "array_record"))
+  d.source = one_of("data.source", "digits", ("digits", "shapes", "npz", "folder", "array_record"))
   d.path = ""  # file, folder or glob for npz / folder / array_record
   d.test_fraction = 0.15  # held-out split for sources without one
-  d.image_size = 0  # folder / array_record: resize to this (0 = keep)
+  d.image_size = 0  # folder / array_record: resize to this (0 = keep); shapes: its size (0 = 32)
+  d.shapes_num_train = 20000  # shapes: generated training images (the test split never changes)
+  d.shapes_num_test = 2000
   d.random_flip = False
   d.shuffle_seed = 0
   d.worker_count = 0  # Grain worker processes (0 = in-process)
@@ -257,6 +259,14 @@ def get_config() -> ml_collections.ConfigDict:
   sw.seeds = (0,)
   sw.match_tolerance = 0.1  # rates within 10% count as matched
   sw.train_prior = True  # each VDAE point trains its latent prior (its sample_fid uses it)
+
+  # --mode=edit (vdae/commands/edit.py), for data with factors: test codes moved
+  # along each factor's probe direction, decoded, and read back by the judge.
+  c.edit = e = ml_collections.ConfigDict()
+  e.models = ("vdae", "vae")
+  e.num_images = 6  # test images, one row each per model
+  e.steps = (-2.0, -1.0, 0.0, 1.0, 2.0)  # in factor sds (categorical factors: each class)
+  e.num_train = 4000  # train codes the edit directions are fit on
 
   # Device mesh and parameter layout. An axis of size -1 takes the remaining
   # devices. Rules map a regex over the parameter path to a layout:

@@ -32,6 +32,7 @@ COMMANDS = {
   "evaluate": "evaluate:evaluate",
   "all": "run_all:run_all",
   "sweep": "sweep:sweep",
+  "edit": "edit:edit",
 }
 
 _CONFIG = config_flags.DEFINE_config_file(

@@ -47,8 +47,8 @@ def trained(cache, tmp_path_factory) -> str:
   return wd
 
 
-def _npz(path, images) -> str:
-  np.savez(path, images=images)
+def _npz(path, images, **arrays) -> str:
+  np.savez(path, images=images, **arrays)
   return str(path)
 
 
@@ -64,6 +64,20 @@ def _cases(d) -> dict[str, tuple[list[str], str]]:
     "wrong_dtype": (npz("int64.npz", np.zeros((20, 8, 8), np.int64)), "dtype int64"),
     "nan_pixels": (npz("nan.npz", nan), "non-finite pixel values"),
     "empty_dataset": (npz("empty.npz", np.zeros((0, 8, 8), np.uint8)), "empty"),
+    "unknown_factor_kind": (
+      [
+        "--config.data.source=npz",
+        "--config.data.path="
+        + _npz(
+          d / "factors.npz",
+          rng.integers(0, 256, (20, 8, 8), dtype=np.uint8),
+          factors=np.zeros((20, 1)),
+          factor_names=np.array(["size"]),
+          factor_kinds=np.array(["angle"]),
+        ),
+      ],
+      "unknown factor kind 'angle'",
+    ),
     # Well-formed images, but not those the checkpoints in the workdir were trained on.
     "images_unlike_the_checkpoint": (
       npz("rgb.npz", rng.integers(0, 256, (20, 6, 6, 3), dtype=np.uint8)),
@@ -103,6 +117,7 @@ def _cases(d) -> dict[str, tuple[list[str], str]]:
     "wrong_dtype",
     "nan_pixels",
     "empty_dataset",
+    "unknown_factor_kind",
     "images_unlike_the_checkpoint",
     "resume_with_another_model",
     "batch_not_divisible",

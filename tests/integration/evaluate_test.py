@@ -1,5 +1,7 @@
-"""--mode=evaluate end to end on the tiny config: every stage of the table trained for a
-few steps in a module-scoped workdir, then the harness over every autoencoder."""
+"""--mode=evaluate end to end on the tiny config over the shapes source (8x8 colour
+images with known factors): every stage of the table trained for a few steps in a
+module-scoped workdir, then the harness over every autoencoder, factor metrics
+included."""
 
 import json
 import os
@@ -51,7 +53,21 @@ KEYS = (
   | {"vdae/time_per_image_em", "vdae/time_per_image_pc", "vdae/time_per_image_ode"}
   | {"score_model/bits_per_dim", "score_model/bpd_solver_steps"}
   | {"classifier_test_accuracy", "fid_floor_train_vs_test"}
+  # shapes has factors: per-factor probes, DCI and MIG for every autoencoder.
+  | {
+    f"{ae}/{k}"
+    for ae in ("vdae", "vae", *REFINED)
+    for k in (
+      "factors/shape/accuracy",
+      *(f"factors/{f}/r2" for f in ("hue", "background", "x", "y", "scale", "rotation")),
+      "dci/disentanglement",
+      "dci/completeness",
+      "dci/informativeness",
+      "mig",
+    )
+  }
 )
+SHAPE = (8, 8, 3)
 
 
 @pytest.fixture(scope="module")
@@ -60,6 +76,8 @@ def tiny_run(tmp_path_factory):
   from configs import tiny
 
   config = tiny.get_config()
+  config.data.source, config.data.image_size = "shapes", SHAPE[0]
+  config.data.shapes_num_train, config.data.shapes_num_test = 512, 64
   # One level, no attention (procs.MINI's shape): cheaper to compile, same code paths.
   config.model.channel_mults = config.encoder.channel_mults = (1,)
   config.model.num_res_blocks, config.model.attn_resolutions = 1, ()
@@ -93,12 +111,58 @@ def test_evaluate_writes_every_metric(tiny_run):
   # The VAE's mean is its mode (exact); one draw of p(x | z) adds its noise.
   assert written["vae/mean/mse"] == written["vae/mode/mse"] < written["vae/sample/mse"]
   assert written["score_model/bits_per_dim"] > 0
+  for ae in ("vdae", "vae", *REFINED):
+    assert 0.0 <= written[f"{ae}/factors/shape/accuracy"] <= 1.0
+    for k in ("disentanglement", "completeness", "informativeness"):
+      assert 0.0 <= written[f"{ae}/dci/{k}"] <= 1.0
+  # The refined and SDEdit VAEs decode the VAE's code: the same codes, the same probes.
+  for ae in REFINED:
+    assert written[f"{ae}/dci/completeness"] == pytest.approx(written["vae/dci/completeness"])
   for ae in REFINED:  # the VAE's code, so the VAE's rate
     assert written[f"{ae}/rate_nats"] == pytest.approx(written["vae/rate_nats"])
   for png in ("comparison", "vdae_reconstructions", "vdae_samples", "vae_samples", "loss_curves"):
     assert os.path.exists(os.path.join(workdir, "eval", f"{png}.png")), png
   events = os.listdir(os.path.join(workdir, "tensorboard", "eval"))
   assert any(e.startswith("events.out.tfevents") for e in events)
+
+
+@pytest.mark.timeout(300)
+def test_edit_writes_a_labelled_grid_and_specificity_per_factor(tiny_run):
+  """--mode=edit on the shapes run: a grid per factor (the VDAE's rows, then the
+  VAE's: an original and its edits each), every key in edit/metrics.json and in
+  TensorBoard, specificity in [0, 1]."""
+  from PIL import Image
+
+  from tests.support import procs
+  from vdae.commands import edit
+  from vdae.data import shapes
+
+  config, workdir, _ = tiny_run
+  config = config.copy_and_resolve_references()
+  config.edit.num_images, config.edit.num_train = 2, 256
+  out = edit.edit(config, workdir)
+  with open(os.path.join(out, "metrics.json")) as f:
+    got = json.load(f)
+  want = {
+    f"{m}/edit/{n}/{k}"
+    for m in ("vdae", "vae")
+    for n in shapes.NAMES
+    for k in ("effect", "leakage", "specificity")
+  }
+  assert set(got) == want
+  assert all(0.0 <= got[k] <= 1.0 for k in want if k.endswith("specificity"))
+  x = stages.context(config, workdir).splits["test"].arrays(2)["image"]
+  for name in shapes.NAMES:
+    with np.load(os.path.join(out, f"{name}.npz")) as f:
+      images = f["images"]
+    columns = 1 + (len(shapes.SHAPES) if name == "shape" else len(config.edit.steps))
+    rows = images.reshape(4, columns, *SHAPE)  # 2 models x 2 images, one row each
+    for block in (rows[:2], rows[2:]):  # each model's rows start with the originals
+      np.testing.assert_array_equal(block[:, 0], x)
+    png = Image.open(os.path.join(out, f"{name}.png"))
+    assert png.size[0] >= columns * SHAPE[1] and png.size[1] > 4 * SHAPE[0]
+  tags = procs.read_scalars(os.path.join(workdir, "tensorboard", "edit"), "edit/vdae/edit/x/effect")
+  assert tags, "no edit scalars in TensorBoard"
 
 
 @pytest.mark.timeout(60)
@@ -136,7 +200,7 @@ def test_the_latent_prior_resumes_to_the_uninterrupted_runs_parameters(tiny_run,
   more.stage2.num_steps += 2
   stages.train("stage2", more, copy)
   with pytest.raises(CheckpointError, match="latent prior was trained on the codes"):
-    stages.load_prior(more, copy, sharding.make_mesh(more.mesh), (8, 8, 1))
+    stages.load_prior(more, copy, sharding.make_mesh(more.mesh), SHAPE)
 
 
 @pytest.mark.timeout(180)
@@ -152,9 +216,9 @@ def test_encode_with_invert_writes_each_images_x_T(tiny_run):
   config.sampling.invert = True
   with np.load(encode.encode(config, workdir)) as f:
     d = dict(f)
-  assert d["x_T"].shape == (len(d["mu"]), 8, 8, 1)
+  assert d["x_T"].shape == (len(d["mu"]), *SHAPE)
   ctx = stages.context(config, workdir)
-  ae = registry.load_vdae(config, workdir, sharding.make_mesh(config.mesh), (8, 8, 1))
+  ae = registry.load_vdae(config, workdir, sharding.make_mesh(config.mesh), SHAPE)
   # encode walks the split in order, in batches of stage2.batch_size (16): the first
   # batch again, at the same size, so the same compiled programs run.
   n = config.stage2.batch_size
@@ -178,7 +242,7 @@ def test_vae_checkpoint_with_another_decoder_fails_clearly(tiny_run):
   other = config.copy_and_resolve_references()
   other.vae.decoder_channels = 16
   with pytest.raises(CheckpointError, match="vae.decoder_channels"):
-    stages.load_stage("vae", other, workdir, sharding.make_mesh(other.mesh), (8, 8, 1))
+    stages.load_stage("vae", other, workdir, sharding.make_mesh(other.mesh), SHAPE)
 
 
 @pytest.mark.timeout(900)

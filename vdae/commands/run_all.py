@@ -1,5 +1,6 @@
-"""--mode=all: every stage in the stage table, the pictures, then the evaluation,
-ending with where the time went (vdae/io/timings.py).
+"""--mode=all: every stage in the stage table, the pictures, then the evaluation
+(and, where the data has factors, the latent edits of --mode=edit), ending with
+where the time went (vdae/io/timings.py).
 
 Each step resumes where a previous run stopped, so re-running `all` after an
 interruption finishes the job without redoing what is done. A SIGTERM between
@@ -8,7 +9,7 @@ steps exits 143 there (training steps save first; see training/preemption.py).
 
 from __future__ import annotations
 
-from vdae.commands import evaluate, interpolate, reconstruct, sample
+from vdae.commands import edit, evaluate, interpolate, reconstruct, sample
 from vdae.io import timings
 from vdae.training import preemption, stages
 
@@ -30,5 +31,9 @@ def run_all(config, workdir: str):
   preemption.exit_if_requested("before evaluate")
   with spent.phase("evaluate"):
     metrics = evaluate.evaluate(config, workdir)
+  if ctx.splits["train"].factors is not None:
+    preemption.exit_if_requested("before edit")
+    with spent.phase("edit"):
+      edit.edit(config, workdir)
   spent.write(workdir)
   return metrics
