@@ -5,17 +5,27 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from configs import cifar10, digits, mnist
+from configs import cifar10, digits, mnist, shapes
 from vdae.models import embedding, encoder, unet
+
+SHAPES_ACCELERATOR = lambda: shapes.get_config("accelerator")
 
 
 @pytest.mark.parametrize(
-  "cfg_mod,shape",
-  [(digits, (8, 8, 1)), (mnist, (28, 28, 1)), (cifar10, (32, 32, 3)), (cifar10, (64, 64, 3))],
+  "get_config,shape",
+  [
+    (digits.get_config, (8, 8, 1)),
+    (mnist.get_config, (28, 28, 1)),
+    (cifar10.get_config, (32, 32, 3)),
+    (cifar10.get_config, (64, 64, 3)),
+    (shapes.get_config, (16, 16, 3)),
+    (SHAPES_ACCELERATOR, (32, 32, 3)),
+    (SHAPES_ACCELERATOR, (64, 64, 3)),
+  ],
 )
-def test_unet_shapes_for_every_experiment_config(cfg_mod, shape):
+def test_unet_shapes_for_every_experiment_config(get_config, shape):
   """eval_shape: no FLOPs spent, but every level and skip must line up."""
-  c = cfg_mod.get_config()
+  c = get_config()
   model = unet.from_config(c.model, c.sde)
   x = jax.ShapeDtypeStruct((2, *shape), jnp.float32)
   t = jax.ShapeDtypeStruct((2,), jnp.float32)
@@ -26,6 +36,24 @@ def test_unet_shapes_for_every_experiment_config(cfg_mod, shape):
   ev = jax.eval_shape(lambda: enc.init(jax.random.key(0), jnp.zeros(x.shape), jnp.ones(2)))
   mu, lv = jax.eval_shape(lambda v, x, t: enc.apply(v, x, t), ev, x, t)
   assert mu.shape == lv.shape == (2, c.encoder.latent_dim)
+
+
+def test_the_shapes_accelerator_config_shards_over_4_devices():
+  """Its parameters get a layout on a (data=4) mesh and on a (data=2, fsdp=2) one (the
+  largest dims split, small leaves replicated), and its batches split over 4 devices."""
+  from vdae.parallel import sharding
+
+  c = SHAPES_ACCELERATOR()
+  model = unet.from_config(c.model, c.sde)
+  v = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)), jnp.ones(1)))
+  for data, fsdp in ((-1, 1), (2, 2)):
+    c.mesh.data, c.mesh.fsdp = data, fsdp
+    mesh = sharding.make_mesh(c.mesh)
+    sh = sharding.state_shardings(v, mesh, c.mesh.param_rules)
+    split = [s for s in jax.tree.leaves(sh) if any(a is not None for a in s.spec)]
+    assert bool(split) == (fsdp > 1)
+    for group in (c.stage1, c.stage2, c.vae, c.prior):
+      sharding.check_batch(group.batch_size, mesh)
 
 
 def test_cifar10_is_literature_scale():

@@ -2,7 +2,7 @@
 
 import pytest
 
-from configs import base, cifar10, digits, mnist, tiny
+from configs import base, cifar10, digits, mnist, shapes, tiny
 from vdae import schema
 from vdae.diffusion import sde as sde_lib
 from vdae.io.errors import ConfigError
@@ -14,9 +14,11 @@ def test_every_stage_group_has_the_same_fields():
     assert set(schema.STAGE_FIELDS) <= set(c[g]), g
 
 
-@pytest.mark.parametrize("mod", [base, digits, mnist, cifar10, tiny])
+@pytest.mark.parametrize("mod", [base, digits, mnist, cifar10, shapes, tiny])
 def test_shipped_configs_pass_the_check(mod):
   schema.check(mod.get_config())
+  if mod is shapes:
+    schema.check(shapes.get_config("accelerator"))
 
 
 def test_choices_are_read_by_the_check_and_by_the_code():
