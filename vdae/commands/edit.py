@@ -5,8 +5,10 @@ For each factor, a linear map from codes to the factor (least squares on the
 train split's codes: the value; (sin, cos) of an angle) gives the smallest code
 change that moves its prediction by k factor sds (k in edit.steps; an angle
 turns by k sds); a categorical factor moves instead by the difference of
-class-mean codes, to each class. Every code is decoded deterministically
-(protocol mode), so only the code changes along a row. The judge
+class-mean codes, to each class. Every code is decoded deterministically, so
+only the code changes along a row: the VDAE from each image's own x_1 (the PF
+ODE run forwards with the unedited code, as Diff-AE edits), the VAE by its
+decoder's mean. The judge
 (vdae/evaluation/classifier.py) reads every factor back from the decoded
 images; against the unedited decode:
 
@@ -138,18 +140,16 @@ def edit(config, workdir: str) -> str:
     m: (pipeline.map_batched(ae.encode, x_train, batch), pipeline.map_batched(ae.encode, x, batch))
     for m, ae in models.items()
   }
+  decoders = {m: _decoder(ae, x, codes[m][1], batch, config.seed) for m, ae in models.items()}
   for j, (fname, kind) in enumerate(zip(names, kinds)):
     blocks = []
-    for m, ae in models.items():
+    for m in models:
       train_z, z = codes[m]
       cols = edited_codes(z, train_z, f.values[:n_train, j], kind, ed.steps, sds[j], own[:, j])
-      key = jax.random.key(config.seed)
-      decode = lambda zb, ae=ae, key=key: ae.decode(zb, key, "mode")
-      flat = pipeline.map_batched(
-        decode, cols.reshape(-1, cols.shape[-1]).astype(np.float32), batch
-      )
-      images = flat.reshape(len(cols), len(x), *x.shape[1:])
-      base = pipeline.map_batched(decode, z.astype(np.float32), batch)
+      decode = decoders[m]
+      images = np.stack([decode(c) for c in cols.astype(np.float32)])
+      flat = images.reshape(-1, *x.shape[1:])
+      base = decode(z.astype(np.float32))
       read = read_factors(flat).reshape(len(cols), len(x), -1)
       scores = specificity(read, read_factors(base), j, kinds, sds)
       metrics.update({f"{m}/edit/{fname}/{k}": v for k, v in scores.items()})
@@ -172,6 +172,18 @@ def edit(config, workdir: str) -> str:
     files.write_json(os.path.join(out_dir, "metrics.json"), metrics)
   log.info("edit grids: %s", ", ".join(paths))
   return out_dir
+
+
+def _decoder(ae, x: np.ndarray, z: np.ndarray, batch: int, seed: int):
+  """codes [N, L] -> images [N, ...] for the rows of x, deterministic. A model that
+  can invert (the VDAE) decodes from each image's own x_1, found with its unedited
+  code (Diff-AE's manipulation), so what the code does not hold stays; the
+  others decode their mode (the VAE: its decoder's mean)."""
+  if not ae.invertible:
+    key = jax.random.key(seed)
+    return lambda zs: pipeline.map_batched(lambda zb: ae.decode(zb, key, "mode"), zs, batch)
+  x_1 = pipeline.map_batched(ae.invert, (x, z.astype(np.float32)), batch)
+  return lambda zs: pipeline.map_batched(ae.decode_inverted, (zs, x_1), batch)
 
 
 def _write_grid(out_dir, name, images, cols, header, steps) -> str:
