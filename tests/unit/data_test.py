@@ -158,7 +158,7 @@ def test_npz_factors_follow_their_images(tmp_path, tiny_config):
       dict(factor_kinds=np.array(["categorical", "continuous"]), factors=np.full((30, 2), 0.5)),
       "categorical factor 'a' must hold class indices",
     ),
-    (dict(factor_names=None), "needs `factor_names` and `factor_kinds`"),
+    (dict(factor_names=None), r"needs `factor_names` \[K\] and `factor_kinds`"),
   ],
 )
 def test_npz_bad_factors_are_named(tmp_path, tiny_config, change, msg):

@@ -8,9 +8,8 @@ turns by k sds); a categorical factor moves instead by the difference of
 class-mean codes, to each class. Every code is decoded deterministically, so
 only the code changes along a row: the VDAE from each image's own x_1 (the PF
 ODE run forwards with the unedited code, as Diff-AE edits), the VAE by its
-decoder's mean. The judge
-(vdae/evaluation/classifier.py) reads every factor back from the decoded
-images; against the unedited decode:
+decoder's mean. The judge (vdae/evaluation/classifier.py) reads every factor
+back from the decoded images; against the unedited decode:
 
   <model>/edit/<factor>/effect       mean change of the edited factor, in its sds
                                      (categorical: the share of images whose
@@ -34,13 +33,14 @@ import numpy as np
 from vdae.autoencoders import registry
 from vdae.data import pipeline
 from vdae.evaluation import classifier
+from vdae.evaluation.factors import angle_diff, circle
 from vdae.io import files, writer
-from vdae.io.errors import DataError
+from vdae.io.errors import ConfigError, DataError
 from vdae.training import stages
 
 log = logging.getLogger(__name__)
 
-MODELS = {"vdae": registry.load_vdae, "vae": registry.load_vae}
+MODELS = ("vdae", "vae")  # the autoencoders with codes of their own (registry.AUTOENCODERS)
 
 
 def _linear_map(z: np.ndarray, target: np.ndarray) -> np.ndarray:
@@ -50,10 +50,6 @@ def _linear_map(z: np.ndarray, target: np.ndarray) -> np.ndarray:
   return coef[:-1].T
 
 
-def _circle(a: np.ndarray) -> np.ndarray:
-  return np.stack([np.sin(a), np.cos(a)], -1)
-
-
 def factor_sd(values: np.ndarray, kind: str) -> float:
   """The unit of an edit step: the sd (circular: of the angle's deviation from its
   circular mean; categorical: 1)."""
@@ -61,7 +57,7 @@ def factor_sd(values: np.ndarray, kind: str) -> float:
     return 1.0
   if kind == "circular":
     mean = np.angle(np.mean(np.exp(1j * values)))
-    return float(np.std(np.angle(np.exp(1j * (values - mean)))))
+    return float(np.std(angle_diff(values, mean)))
   return float(np.std(values))
 
 
@@ -74,11 +70,11 @@ def edited_codes(z, train_z, train_values, kind: str, steps, sd: float, own=None
     means = np.stack([train_z[train_values == c].mean(0) for c in classes])
     return np.stack([z + means[c] - means[np.asarray(own, int)] for c in classes])
   if kind == "circular":
-    w = _linear_map(train_z, _circle(train_values))  # [2, L]
+    w = _linear_map(train_z, circle(train_values))  # [2, L]
     pred = z @ w.T  # the probe's (sin, cos) of each code, up to its intercept
     angle, radius = np.arctan2(pred[:, 0], pred[:, 1]), np.linalg.norm(pred, axis=1)
     pinv = np.linalg.pinv(w)  # [L, 2]: the smallest code change for a target change
-    turn = lambda k: radius[:, None] * _circle(angle + k * sd) - pred
+    turn = lambda k: radius[:, None] * circle(angle + k * sd) - pred
     return np.stack([z + turn(k) @ pinv.T for k in steps])
   w = _linear_map(train_z, train_values[:, None])  # [1, L]
   return np.stack([z + k * sd * np.linalg.pinv(w)[:, 0] for k in steps])
@@ -87,7 +83,7 @@ def edited_codes(z, train_z, train_values, kind: str, steps, sd: float, own=None
 def _change(a: np.ndarray, b: np.ndarray, kind: str, sd: float) -> np.ndarray:
   if kind == "categorical":
     return (a != b).astype(np.float64)
-  d = np.abs(np.angle(np.exp(1j * (a - b)))) if kind == "circular" else np.abs(a - b)
+  d = np.abs(angle_diff(a, b)) if kind == "circular" else np.abs(a - b)
   return d / max(sd, 1e-12)
 
 
@@ -104,6 +100,10 @@ def specificity(read: np.ndarray, base: np.ndarray, j: int, kinds, sds) -> dict[
 
 
 def edit(config, workdir: str) -> str:
+  ed, batch = config.edit, config.eval.batch_size
+  unknown = [m for m in ed.models if m not in MODELS]
+  if unknown:
+    raise ConfigError(f"edit.models: {unknown[0]!r} is not one of {', '.join(MODELS)}.")
   ctx = stages.context(config, workdir)
   train, test = ctx.splits["train"], ctx.splits["test"]
   if train.factors is None:
@@ -111,7 +111,6 @@ def edit(config, workdir: str) -> str:
       f"--mode=edit needs data with factors; data.source={config.data.source} has none "
       "(use data.source=shapes, or an npz with `factors`, `factor_names`, `factor_kinds`)."
     )
-  ed, batch = config.edit, config.eval.batch_size
   f = train.factors
   names, kinds = f.names, f.kinds
   sds = [factor_sd(f.values[:, j], k) for j, k in enumerate(kinds)]
@@ -124,13 +123,11 @@ def edit(config, workdir: str) -> str:
   own = test.factors.values[: len(x)]
   models = {}
   for name in ed.models:
-    if name not in MODELS:
-      raise DataError(f"edit.models: {name!r} is not one of {', '.join(MODELS)}.")
-    stage = "stage2" if name == "vdae" else "vae"
-    if not stages.is_trained(stage, config, workdir):
-      log.warning("no %s checkpoint in %s: no %s edits", stage, workdir, name)
+    entry = registry.AUTOENCODERS[name]
+    if not stages.is_trained(entry.stage, config, workdir):
+      log.warning("no %s checkpoint in %s: no %s edits", entry.stage, workdir, name)
       continue
-    models[name] = MODELS[name](config, workdir, ctx.mesh, ctx.image_shape)
+    models[name] = entry.load(config, workdir, ctx.mesh, ctx.image_shape)
   if not models:
     raise DataError(f"--mode=edit: neither the VDAE nor the VAE is trained in {workdir}.")
   out_dir = os.path.join(workdir, "edit")
@@ -141,17 +138,16 @@ def edit(config, workdir: str) -> str:
     for m, ae in models.items()
   }
   decoders = {m: _decoder(ae, x, codes[m][1], batch, config.seed) for m, ae in models.items()}
+  # What the judge reads from each model's unedited decodes: every edit is measured from it.
+  base = {m: read_factors(decode(codes[m][1].astype(np.float32))) for m, decode in decoders.items()}
   for j, (fname, kind) in enumerate(zip(names, kinds)):
     blocks = []
-    for m in models:
+    for m, decode in decoders.items():
       train_z, z = codes[m]
       cols = edited_codes(z, train_z, f.values[:n_train, j], kind, ed.steps, sds[j], own[:, j])
-      decode = decoders[m]
       images = np.stack([decode(c) for c in cols.astype(np.float32)])
-      flat = images.reshape(-1, *x.shape[1:])
-      base = decode(z.astype(np.float32))
-      read = read_factors(flat).reshape(len(cols), len(x), -1)
-      scores = specificity(read, read_factors(base), j, kinds, sds)
+      read = read_factors(images.reshape(-1, *x.shape[1:])).reshape(len(cols), len(x), -1)
+      scores = specificity(read, base[m], j, kinds, sds)
       metrics.update({f"{m}/edit/{fname}/{k}": v for k, v in scores.items()})
       # Rows: an image, its edits left to right; the model's block under the last.
       blocks.append(np.concatenate([x[:, None], images.transpose(1, 0, 2, 3, 4)], 1))

@@ -35,7 +35,7 @@ KINDS = (
 )
 SHAPES = ("square", "disc", "cross")
 SEED = 20261205  # the dataset, not a run: every run and seed sees the same images
-SCALE = (0.14, 0.26)  # half-size range; with the centre range it keeps objects inside
+SCALE = (0.14, 0.26)  # half-size range, fractions of the width
 STRIPE_PERIOD = 3.0  # pixels
 _CHUNK = 2048  # images rendered at once: bounds memory at 64x64
 
@@ -46,7 +46,9 @@ def factors(n: int, stream: int, seed: int = SEED) -> np.ndarray:
   rng = np.random.default_rng([seed, stream])
   u = rng.uniform(size=(n, 7))  # one row per image: a prefix does not depend on n
   scale = SCALE[0] + (SCALE[1] - SCALE[0]) * u[:, 5]
-  margin = scale * np.sqrt(2.0) * 0.85 + 1.5 / 64  # a rotated square's corner stays inside
+  # The centre keeps a rotated square's corner (0.85 sqrt 2 half-sizes out) and its
+  # anti-aliased outline (1.5 pixels at 64x64) inside the frame.
+  margin = scale * np.sqrt(2.0) * 0.85 + 1.5 / 64
   two_pi = 2.0 * np.pi
   out = np.stack(
     [

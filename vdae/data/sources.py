@@ -134,9 +134,11 @@ def _split_indices(n: int, test_fraction: float, seed: int) -> tuple[np.ndarray,
 
 def _check_factors(f, names, kinds, n: int, where: str) -> Factors:
   """Factors from an npz's arrays, or a DataError naming what is wrong."""
-  fix = "see README's `npz` section for the factor arrays"
   if names is None or kinds is None:
-    raise DataError(f"{where}: `factors` needs `factor_names` and `factor_kinds` beside it; {fix}.")
+    raise DataError(
+      f"{where}: `factors` needs `factor_names` [K] and `factor_kinds` [K] beside it "
+      f"(each kind one of {', '.join(FACTOR_KINDS)})."
+    )
   f, names, kinds = np.asarray(f), [str(a) for a in names], [str(a) for a in kinds]
   if f.ndim != 2 or f.shape[0] != n:
     raise DataError(

@@ -29,6 +29,7 @@ import optax
 from flax import traverse_util
 
 from vdae.data import pipeline
+from vdae.evaluation import factors
 from vdae.io import files
 from vdae.io.errors import DataError
 
@@ -205,26 +206,21 @@ def train_classifier(
   return jax.device_get(params)
 
 
+def _batched_apply(model: Classifier, params: Params, batch: int, pick) -> Callable:
+  """x [N, H, W, C] -> pick(the model's outputs) as numpy, in batches."""
+  fn = jax.jit(lambda x: pick(model.apply({"params": params}, x)))
+  return lambda x: pipeline.map_batched(fn, np.asarray(x, np.float32), min(batch, len(x)))
+
+
 def make_predict(model: Classifier, params: Params, batch: int = 256) -> Callable:
   """predict(x [N, H, W, C]) -> (logits [N, K], features [N, F]) as numpy, in batches."""
-  fn = jax.jit(lambda x: model.apply({"params": params}, x)[:2])
-
-  def predict(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    x = np.asarray(x, np.float32)
-    return pipeline.map_batched(fn, x, min(batch, len(x)))
-
-  return predict
+  return _batched_apply(model, params, batch, lambda out: out[:2])
 
 
 def make_factor_predict(model: Classifier, params: Params, codec: FactorCodec, batch=256):
   """predict(x [N, H, W, C]) -> the factors the judge reads from the images [N, K]."""
-  fn = jax.jit(lambda x: model.apply({"params": params}, x)[2])
-
-  def predict(x: np.ndarray) -> np.ndarray:
-    x = np.asarray(x, np.float32)
-    return codec.decode(pipeline.map_batched(fn, x, min(batch, len(x))))
-
-  return predict
+  outputs = _batched_apply(model, params, batch, lambda out: out[2])
+  return lambda x: codec.decode(outputs(x))
 
 
 def codec_from_meta(meta: dict) -> FactorCodec | None:
@@ -262,7 +258,7 @@ def factor_errors(read: np.ndarray, truth) -> dict[str, float]:
     if kind == "categorical":
       out[name] = float(np.mean(a != b))
     elif kind == "circular":
-      out[name] = float(np.mean(np.abs(np.angle(np.exp(1j * (a - b))))))
+      out[name] = float(np.mean(np.abs(factors.angle_diff(a, b))))
     else:
       out[name] = float(np.sqrt(np.mean(np.square(a - b))))
   return out

@@ -36,8 +36,14 @@ def _standardise(train: np.ndarray, test: np.ndarray) -> tuple[np.ndarray, np.nd
   return (train - mu) / sd, (test - mu) / sd
 
 
-def _circle(angle: np.ndarray) -> np.ndarray:
-  return np.stack([np.sin(angle), np.cos(angle)], axis=1)
+def circle(angle: np.ndarray) -> np.ndarray:
+  """Angles [...] in radians -> (sin, cos) [..., 2]: how a circular factor is regressed."""
+  return np.stack([np.sin(angle), np.cos(angle)], axis=-1)
+
+
+def angle_diff(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+  """a - b wrapped to (-pi, pi]."""
+  return np.angle(np.exp(1j * (np.asarray(a) - np.asarray(b))))
 
 
 def probe(
@@ -70,7 +76,7 @@ def probe(
       importance[:, j] = np.abs(model.coef_).sum(0)
       continue
     if kind == "circular":
-      ytr, yte = _circle(ytr), _circle(yte)
+      ytr, yte = circle(ytr), circle(yte)
     model = LinearRegression().fit(ztr, ytr)
     scores[j] = chance_free[j] = float(r2_score(yte, model.predict(zte)))
     importance[:, j] = np.abs(model.coef_).reshape(-1, ztr.shape[1]).sum(0)
