@@ -105,8 +105,11 @@ def get_config() -> ml_collections.ConfigDict:
   # uniform | stratified (low-discrepancy)
   s2.time_sampling = one_of("stage2.time_sampling", "uniform", ("uniform", "stratified"))
   # none: the official unweighted eps loss; likelihood: times g^2 / sigma^2 with
-  # importance-sampled t, an ELBO in nats whose beta_kl means what the VAE's does.
-  s2.weighting = one_of("stage2.weighting", "none", ("none", "likelihood"))
+  # importance-sampled t, an ELBO in nats whose beta_kl means what the VAE's does;
+  # truncated_snr: times min(max(1, sigma^2 / alpha^2), weight_cap), the residual in
+  # pixels wherever noise outweighs signal (vdae.diffusion.losses).
+  s2.weighting = one_of("stage2.weighting", "none", ("none", "likelihood", "truncated_snr"))
+  s2.weight_cap = 100.0
   s2.encode_split = one_of("stage2.encode_split", "test", ("train", "test"))  # encode/reconstruct
 
   # The learned latent prior (--mode=train_prior, vdae/latent/prior.py): a residual MLP

@@ -136,6 +136,10 @@ def check(config) -> None:
   for key in ("stage2.beta_kl", "vae.beta_kl"):
     if _get(config, key) < 0:
       problems.append(f"{key}={_get(config, key)} must be >= 0")
+  if config.stage2.weight_cap < 1.0:
+    problems.append(
+      f"stage2.weight_cap={config.stage2.weight_cap} must be >= 1 (it caps a weight >= 1)"
+    )
   methods = CHOICES["sampling.method"]
   bad = [m for m in config.eval.timing_methods if m and m not in methods]
   if bad:

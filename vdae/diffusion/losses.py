@@ -33,6 +33,16 @@ def likelihood_weight(sde: sde_lib.SDE, t: Array) -> Array:
   return g2 / sde.marginal(t)[1] ** 2
 
 
+def truncated_snr_weight(sde: sde_lib.SDE, t: Array, cap: float) -> Array:
+  """min(max(1, sigma^2 / alpha^2), cap): the weight on 1/2 ||eps - n||^2 that makes it
+  the pixel-space residual 1/2 ||x0 - x0_hat||^2 wherever the noise outweighs the
+  signal (Salimans and Ho's truncated-SNR weighting), and leaves it as it is where
+  the signal wins. The cap keeps t near 1 (where a VP SDE's alpha is ~0.007 and the
+  frozen score model's x0 estimate is poorest) from swamping the batch."""
+  alpha, sigma = sde.marginal(t)
+  return jnp.clip((sigma / alpha) ** 2, 1.0, cap)
+
+
 _GRID = 2048  # cells of the importance-sampling table (log-spaced in t)
 
 

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 
 from vdae import schema
 from vdae.diffusion import sde as sde_lib
-from vdae.diffusion.losses import importance_time, sample_time
+from vdae.diffusion.losses import importance_time, sample_time, truncated_snr_weight
 from vdae.diffusion.score import eps_to_score
 from vdae.kernels import fused_step
 from vdae.latent import correction
@@ -27,6 +27,7 @@ def vdae_loss(
   logvar_term: bool = True,
   time_sampling: str = "uniform",
   weighting: str = "none",
+  weight_cap: float = 100.0,
   kernel: str = "auto",
   correction_impl: str = "reverse",
 ) -> tuple[Array, dict[str, Array]]:
@@ -46,13 +47,19 @@ def vdae_loss(
   diffusion ELBO's reconstruction term, -log p(x0 | z) up to a constant that
   depends on neither network, in nats. With beta_kl = 1 the loss is then a
   negative ELBO in the VAE's units. "none": t uniform (or stratified), no weight.
+  "truncated_snr": t as for "none", the residual times min(max(1, sigma^2/alpha^2),
+  weight_cap) (losses.truncated_snr_weight): where noise outweighs signal the code
+  is paid in pixels, as a VAE's reconstruction is, not in noise.
   """
   b = x0.shape[0]
   kt, kn, kz = jax.random.split(key, 3)
-  if schema.require("stage2.weighting", weighting) == "likelihood":
+  weighting = schema.require("stage2.weighting", weighting)
+  if weighting == "likelihood":
     t, w = importance_time(kt, b, sde, time_sampling)
   else:
     t, w = sample_time(kt, b, sde.eps, time_sampling), None
+    if weighting == "truncated_snr":
+      w = truncated_snr_weight(sde, t, weight_cap)
   n = jax.random.normal(kn, x0.shape, jnp.float32)
   xt = sde.perturb(x0, t, n)
 

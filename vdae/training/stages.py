@@ -164,6 +164,7 @@ def make_encoder_loss(config, correction_impl: str = "reverse", kernel: str | No
       logvar_term=config.encoder.logvar_term,
       time_sampling=s2.time_sampling,
       weighting=s2.weighting,
+      weight_cap=s2.weight_cap,
       kernel=config.sampling.kernel if kernel is None else kernel,
       correction_impl=correction_impl,
     )
