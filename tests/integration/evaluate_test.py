@@ -165,6 +165,34 @@ def test_edit_writes_a_labelled_grid_and_specificity_per_factor(tiny_run):
   assert tags, "no edit scalars in TensorBoard"
 
 
+@pytest.mark.timeout(300)
+def test_stage2_gain_reads_the_losses_and_the_factors_of_the_run(tiny_run):
+  """benchmarks.stage2_gain on the shapes run: the losses with and without the code
+  per t (finite, and not equal: the correction reaches them); the factors' probes
+  from x_t read nothing at t = 1, where x_t is noise, and the background (a global
+  colour) well at t = eps."""
+  from vdae.autoencoders import registry
+  from vdae.benchmarks import stage2_gain
+  from vdae.data import shapes
+  from vdae.parallel import sharding
+
+  config, workdir, _ = tiny_run
+  ctx = stages.context(config, workdir)
+  train = ctx.splits["train"]
+  x0 = np.asarray(train.arrays(512)["image"], np.float32)
+  ae = registry.load_vdae(config, workdir, sharding.make_mesh(config.mesh), SHAPE)
+  ts = np.array([config.sde.eps, 0.5, 1.0])
+  rows = stage2_gain.per_t_losses(ae, config, x0[:64], ts, seed=0, batch=32)
+  assert np.all(np.isfinite(rows["uncond"])) and np.all(np.isfinite(rows["cond"]))
+  assert rows["uncond"] != rows["cond"]  # the code's correction reaches the loss
+  read = stage2_gain.readable_from_xt(config, x0, train.factors.take(np.arange(512)), ts, seed=0)
+  assert set(read) == set(shapes.NAMES)
+  for name, kind in zip(shapes.NAMES, shapes.KINDS):
+    if kind != "categorical":
+      assert read[name][2] < 0.15, (name, read[name])  # x_1 is noise: nothing to read
+  assert read["background"][0] > 0.8, read["background"]
+
+
 @pytest.mark.timeout(60)
 def test_evaluate_event_file_has_eval_scalars(tiny_run):
   from tensorboard.backend.event_processing.event_accumulator import EventAccumulator

@@ -1,0 +1,230 @@
+"""What the stage-2 objective pays the encoder for, noise level by noise level: why a
+VDAE's code carries some factors and leaves others out.
+
+  python -m vdae.benchmarks.stage2_gain --config=configs/shapes.py --workdir=W \
+      [--set stage2.weighting=... ...] [--num 2048] [--json OUT] [--plot PNG]
+
+On W's trained stages 1 and 2, for each t of a grid over [sde.eps, 1], on --num
+train images with one fixed noise draw:
+
+  uncond  1/2 E||eps_theta(x_t, t) - n||^2            the frozen score model alone
+  cond    1/2 E||eps_theta - sigma c(x_t, t, z) - n||^2  with z ~ q(z | x_0), as stage 2
+  gain    uncond - cond: what the code is worth at t. With stage2.weighting=none the
+          objective is the mean over t ~ U[eps, 1] of cond, so the encoder is paid
+          for a factor only through the gain where that factor is still unknown.
+  x0_gain (sigma / alpha)^2 * gain: the same gain in pixels, 1/2 E||x0 - x0_hat||^2
+          (the units of a VAE's reconstruction term), which the eps-space objective
+          weighs by (alpha / sigma)^2.
+
+Then the rate (KL of q(z | x_0) to N(0, I), nats) and, for data with factors, each
+factor's linear-probe score from the code (posterior means) and from the noisy image
+x_t itself (its pixels and per-channel mean and mean square, standardised; ridge
+fitted on the first half of the images, scored on the second; R^2, sin/cos R^2 for
+angles, accuracy for classes): up to which t the
+factor can be read off x_t without any code. A factor readable from x_t wherever
+gain is weighed is one the objective never asks the encoder to carry. Only the
+train split is read: nothing here can tune on the test split.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from vdae.autoencoders import registry
+from vdae.benchmarks import bench_pipeline, common, time_to_quality
+from vdae.data.sources import Factors
+from vdae.diffusion import score
+from vdae.diffusion import sde as sde_lib
+from vdae.evaluation import factors as factor_metrics
+from vdae.io.errors import ConfigError
+from vdae.latent import correction
+from vdae.training import stages
+
+
+def per_t_losses(ae, config, x0: np.ndarray, ts: np.ndarray, seed: int, batch: int = 128):
+  """{uncond, cond, alpha, sigma} [len(ts)] on images x0 [N, ...], one noise draw per t."""
+  sde = sde_lib.from_config(config.sde)
+  eps_fn = score.eps_fn_for(ae.score_model, ae.score_params, config)
+  lv = config.encoder.logvar_term
+
+  @jax.jit
+  def losses(enc_params, x, t, key):
+    kn, kz = jax.random.split(key)
+    tb = jnp.full((x.shape[0],), t, jnp.float32)
+    n = jax.random.normal(kn, x.shape, jnp.float32)
+    xt = sde.perturb(x, tb, n)
+    encode = lambda xx, tt: ae.encoder.apply({"params": enc_params}, xx, tt)
+    mu, logvar = encode(x, jnp.zeros_like(tb))
+    z = mu + jnp.exp(0.5 * logvar) * jax.random.normal(kz, mu.shape)
+    eps = eps_fn(xt, tb)
+    _, sigma = sde.marginal(tb)
+    c = correction.correction_score(encode, xt, tb, z, lv)
+    sq = lambda r: 0.5 * jnp.sum(r.reshape(x.shape[0], -1) ** 2, -1)
+    return sq(eps - n), sq(eps - sigma[:, None, None, None] * c - n)
+
+  rows = {"uncond": [], "cond": []}
+  key = jax.random.PRNGKey(seed)
+  for i, t in enumerate(ts):
+    u, c = [], []
+    for s in range(0, len(x0), batch):
+      a, b = losses(
+        ae.enc_params, jnp.asarray(x0[s : s + batch]), t, jax.random.fold_in(key, i * 7919 + s)
+      )
+      u.append(np.asarray(a))
+      c.append(np.asarray(b))
+    rows["uncond"].append(float(np.mean(np.concatenate(u))))
+    rows["cond"].append(float(np.mean(np.concatenate(c))))
+  alpha, sigma = sde.marginal(jnp.asarray(ts, jnp.float32))
+  rows["alpha"], rows["sigma"] = np.asarray(alpha).tolist(), np.asarray(sigma).tolist()
+  return rows
+
+
+def _features(xt: np.ndarray) -> np.ndarray:
+  """Pixels plus each channel's spatial mean and mean square: a linear reader of
+  global colour that noise averaged over the image cannot hide."""
+  flat = xt.reshape(len(xt), -1, xt.shape[-1])
+  return np.concatenate([flat.reshape(len(xt), -1), flat.mean(1), (flat**2).mean(1)], 1)
+
+
+def _probe_scores(train_x, train_f: Factors, test_x, test_f: Factors) -> list[float]:
+  """Per factor: ridge R^2 (sin/cos for angles; the penalty chosen by leave-one-out
+  on the fitting half) or L2-penalised logistic accuracy for classes."""
+  from sklearn.linear_model import LogisticRegression, RidgeCV
+  from sklearn.preprocessing import StandardScaler
+
+  scaler = StandardScaler().fit(train_x)
+  a, b = scaler.transform(train_x), scaler.transform(test_x)
+  out = []
+  for j, kind in enumerate(train_f.kinds):
+    ytr, yte = train_f.values[:, j], test_f.values[:, j]
+    if kind == "categorical":
+      model = LogisticRegression(C=0.01, max_iter=2000).fit(a, ytr.astype(int))
+      out.append(float(np.mean(model.predict(b) == yte.astype(int))))
+      continue
+    if kind == "circular":
+      ytr, yte = factor_metrics.circle(ytr), factor_metrics.circle(yte)
+    else:
+      ytr, yte = ytr[:, None], yte[:, None]
+    pred = RidgeCV(alphas=np.logspace(-1, 5, 13)).fit(a, ytr).predict(b).reshape(yte.shape)
+    resid = np.sum((yte - pred) ** 2)
+    out.append(float(1.0 - resid / np.sum((yte - yte.mean(0)) ** 2)))
+  return out
+
+
+def readable_from_xt(config, x0: np.ndarray, f: Factors, ts: np.ndarray, seed: int):
+  """{factor: [score per t]}: each factor's linear probe from x_t (first half of the
+  images fits, second half scores)."""
+  sde = sde_lib.from_config(config.sde)
+  half = len(x0) // 2
+  out = {name: [] for name in f.names}
+  rng = np.random.default_rng(seed)
+  first, second = f.take(np.arange(half)), f.take(np.arange(half, len(x0)))
+  for t in ts:
+    n = rng.standard_normal(x0.shape).astype(np.float32)
+    tb = jnp.full((len(x0),), t, jnp.float32)
+    feats = _features(np.asarray(sde.perturb(jnp.asarray(x0), tb, jnp.asarray(n))))
+    for name, s in zip(f.names, _probe_scores(feats[:half], first, feats[half:], second)):
+      out[name].append(s)
+  return out
+
+
+def main():
+  ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  ap.add_argument("--config", default="configs/shapes.py")
+  ap.add_argument("--workdir", required=True)
+  ap.add_argument("--set", nargs="*", default=[], help="config overrides group.field=value")
+  ap.add_argument(
+    "--num", type=int, default=2048, help="train images (half fit the probes, half score them)"
+  )
+  ap.add_argument("--json", default="")
+  ap.add_argument("--plot", default="")
+  args = ap.parse_args()
+  config = bench_pipeline.load_config(args.config)
+  try:
+    time_to_quality.apply_overrides(config, args.set)
+  except ConfigError as e:
+    ap.error(str(e))
+  peak = common.matmul_peak_flops()
+  print(f"measured f32 matmul peak {peak / 1e9:.1f} GFLOP/s", flush=True)
+  ctx = stages.context(config, args.workdir)
+  train = ctx.splits["train"]
+  x0 = np.asarray(train.arrays(args.num)["image"], np.float32)
+  ae = registry.AUTOENCODERS["vdae"].load(config, args.workdir, ctx.mesh, ctx.image_shape)
+  sde = sde_lib.from_config(config.sde)
+  ts = np.concatenate([np.geomspace(sde.eps, 0.1, 5, endpoint=False), np.linspace(0.1, 1.0, 10)])
+  rows = per_t_losses(ae, config, x0, ts, config.seed)
+  rows["t"] = ts.tolist()
+  rows["rate_nats"] = float(np.mean(ae.rate(x0)))
+  print(f"rate {rows['rate_nats']:.2f} nats (stage2.weighting={config.stage2.weighting})")
+  if train.factors is not None:
+    f = train.factors.take(np.arange(len(x0)))
+    rows["readable_from_xt"] = readable_from_xt(config, x0, f, ts, config.seed)
+    half, z = len(x0) // 2, ae.encode(x0)
+    scores = _probe_scores(
+      z[:half], f.take(np.arange(half)), z[half:], f.take(np.arange(half, len(x0)))
+    )
+    rows["readable_from_code"] = dict(zip(f.names, scores))
+    print(
+      "from the code:", ", ".join(f"{n} {v:.3f}" for n, v in rows["readable_from_code"].items())
+    )
+  names = list(rows.get("readable_from_xt", {}))
+  head = (
+    f"{'t':>6} {'alpha/sig':>9} {'uncond':>9} {'cond':>9} {'gain':>8} {'x0_gain':>9}  "
+    + " ".join(f"{n[:7]:>7}" for n in names)
+  )
+  print(head)
+  for i, t in enumerate(ts):
+    a, s = rows["alpha"][i], rows["sigma"][i]
+    gain = rows["uncond"][i] - rows["cond"][i]
+    x0_gain = gain * (s / a) ** 2
+    probes = " ".join(f"{rows['readable_from_xt'][n][i]:7.3f}" for n in names)
+    losses = f"{rows['uncond'][i]:9.3f} {rows['cond'][i]:9.3f} {gain:8.3f} {x0_gain:9.2f}"
+    print(f"{t:6.3f} {a / s:9.3f} {losses}  {probes}")
+  # The objective's weight on each interval of the grid (t uniform): the gain's integral.
+  total = float(np.trapezoid(np.subtract(rows["uncond"], rows["cond"]), ts))
+  print(f"gain integrated over t in [{ts[0]:.3g}, 1]: {total:.3f} nats-equivalent per image")
+  out = {
+    "config": args.config,
+    "overrides": args.set,
+    "workdir": args.workdir,
+    "num": args.num,
+    "matmul_peak_gflops": peak / 1e9,
+    **rows,
+  }
+  if args.json:
+    with open(args.json, "w") as fh:
+      json.dump(out, fh, indent=1)
+  if args.plot:
+    plot(rows, args.plot)
+
+
+def plot(rows, path: str) -> None:
+  import matplotlib
+
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  ts = np.asarray(rows["t"])
+  fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 3.6))
+  a1.plot(ts, np.subtract(rows["uncond"], rows["cond"]), "k.-", label="gain (uncond - cond)")
+  a1.set_xlabel("t")
+  a1.set_ylabel("eps-space loss per image")
+  a1.set_title("what the code is worth at t")
+  a1.legend()
+  for name, s in rows.get("readable_from_xt", {}).items():
+    a2.plot(ts, s, ".-", label=name)
+  a2.set_xlabel("t")
+  a2.set_ylabel("probe score from x_t")
+  a2.set_title("factors readable from x_t without a code")
+  a2.legend(fontsize=7)
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+
+
+if __name__ == "__main__":
+  main()
