@@ -1,10 +1,14 @@
-"""Forces 4 CPU devices before JAX loads, so sharding tests run anywhere."""
+"""Forces 4 CPU devices before JAX loads, so sharding tests run anywhere, with XLA:CPU's
+backend optimisations off (tests/support/procs.py: tiny configs are compile-bound)."""
 
 import os
 import sys
 import tempfile
 
-os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=4")
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from tests.support.procs import FAST_COMPILE  # noqa: E402 (imports no JAX)
+
+os.environ.setdefault("XLA_FLAGS", f"--xla_force_host_platform_device_count=4 {FAST_COMPILE}")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # Many tests compile the same tiny-config steps (and subprocesses inherit the
 # env): a persistent compilation cache for the session turns repeats into hits.
@@ -17,7 +21,6 @@ else:
   _cache = tempfile.mkdtemp(prefix="vdae_jax_cache_")
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", _cache)
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 # The CPU kernels the product runs (runtime.cpu_ynnpack's default), set before any
 # backend starts: in-process tests then compute what the commands compute, and
