@@ -211,7 +211,8 @@ def test_stage2_gain_reads_the_losses_and_the_factors_of_the_run(tiny_run):
   """benchmarks.stage2_gain on the shapes run: the losses with and without the code
   per t (finite, and not equal: the correction reaches them); the factors' probes
   from x_t read nothing at t = 1, where x_t is noise, and the background (a global
-  colour) well at t = eps."""
+  colour) well at t = eps; the judge's errors on x0_hat(x_t), with and without the code.
+  """
   from vdae.autoencoders import registry
   from vdae.benchmarks import stage2_gain
   from vdae.data import shapes
@@ -232,6 +233,17 @@ def test_stage2_gain_reads_the_losses_and_the_factors_of_the_run(tiny_run):
     if kind != "categorical":
       assert read[name][2] < 0.15, (name, read[name])  # x_1 is noise: nothing to read
   assert read["background"][0] > 0.8, read["background"]
+  from vdae.evaluation import classifier
+
+  model, params, meta = classifier.load_or_train(config, workdir, ctx.splits)
+  judge = classifier.make_factor_predict(model, params, classifier.codec_from_meta(meta))
+  f = train.factors.take(np.arange(32))
+  judged = stage2_gain.judge_reads(ae, config, x0[:32], f, ts, judge, seed=0, batch=16)
+  for which in ("uncond", "cond"):
+    assert set(judged[which]) == set(shapes.NAMES)
+    assert all(
+      len(v) == len(ts) and np.all(np.isfinite(v)) and min(v) >= 0 for v in judged[which].values()
+    )
 
 
 @pytest.mark.timeout(60)

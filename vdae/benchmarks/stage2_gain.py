@@ -16,6 +16,9 @@ train images with one fixed noise draw:
           (the units of a VAE's reconstruction term), which the eps-space objective
           weighs by (alpha / sigma)^2.
 
+With --judge, also the judge CNN's error on each factor of the denoised estimate
+x0_hat(x_t), from the score model alone and with the code (up to 512 images).
+
 Then the rate (KL of q(z | x_0) to N(0, I), nats) and, for data with factors, each
 factor's linear-probe score from the code (posterior means) and from the noisy image
 x_t itself (its pixels and per-channel mean and mean square, standardised; ridge
@@ -40,6 +43,7 @@ from vdae.benchmarks import bench_pipeline, common, time_to_quality
 from vdae.data.sources import Factors
 from vdae.diffusion import score
 from vdae.diffusion import sde as sde_lib
+from vdae.evaluation import classifier
 from vdae.evaluation import factors as factor_metrics
 from vdae.io.errors import ConfigError
 from vdae.latent import correction
@@ -82,6 +86,45 @@ def per_t_losses(ae, config, x0: np.ndarray, ts: np.ndarray, seed: int, batch: i
   alpha, sigma = sde.marginal(jnp.asarray(ts, jnp.float32))
   rows["alpha"], rows["sigma"] = np.asarray(alpha).tolist(), np.asarray(sigma).tolist()
   return rows
+
+
+def judge_reads(ae, config, x0: np.ndarray, f: Factors, ts, read, seed: int, batch: int = 128):
+  """{"uncond"|"cond": {factor: [judge error per t]}}: the judge's error (error rate,
+  mean angular error in radians, RMSE) on the denoised estimates x0_hat(x_t) of the
+  score model alone and with the code: what each factor's code adds at each t, read
+  by a nonlinear reader (a linear probe reads hue poorly even from x_0)."""
+  sde = sde_lib.from_config(config.sde)
+  eps_fn = score.eps_fn_for(ae.score_model, ae.score_params, config)
+  lv = config.encoder.logvar_term
+
+  @jax.jit
+  def x0_hats(enc_params, x, t, key):
+    kn, kz = jax.random.split(key)
+    tb = jnp.full((x.shape[0],), t, jnp.float32)
+    n = jax.random.normal(kn, x.shape, jnp.float32)
+    xt = sde.perturb(x, tb, n)
+    encode = lambda xx, tt: ae.encoder.apply({"params": enc_params}, xx, tt)
+    mu, logvar = encode(x, jnp.zeros_like(tb))
+    z = mu + jnp.exp(0.5 * logvar) * jax.random.normal(kz, mu.shape)
+    alpha, sigma = (a[:, None, None, None] for a in sde.marginal(tb))
+    eps = eps_fn(xt, tb)
+    eps_c = eps - sigma * correction.correction_score(encode, xt, tb, z, lv)
+    hat = lambda e: jnp.clip((xt - sigma * e) / alpha, -1.0, 1.0)
+    return hat(eps), hat(eps_c)
+
+  out = {"uncond": {n: [] for n in f.names}, "cond": {n: [] for n in f.names}}
+  key = jax.random.PRNGKey(seed + 1)
+  for i, t in enumerate(ts):
+    hats = [[], []]
+    for s in range(0, len(x0), batch):
+      k = jax.random.fold_in(key, i * 7919 + s)
+      for h, a in zip(hats, x0_hats(ae.enc_params, jnp.asarray(x0[s : s + batch]), t, k)):
+        h.append(np.asarray(a))
+    for which, h in zip(("uncond", "cond"), hats):
+      errors = classifier.factor_errors(read(np.concatenate(h)), f)
+      for name in f.names:
+        out[which][name].append(errors[name])
+  return out
 
 
 def _features(xt: np.ndarray) -> np.ndarray:
@@ -141,6 +184,9 @@ def main():
   ap.add_argument(
     "--num", type=int, default=2048, help="train images (half fit the probes, half score them)"
   )
+  ap.add_argument(
+    "--judge", action="store_true", help="also the judge's errors on x0_hat(x_t), per t"
+  )
   ap.add_argument("--json", default="")
   ap.add_argument("--plot", default="")
   args = ap.parse_args()
@@ -172,6 +218,17 @@ def main():
     print(
       "from the code:", ", ".join(f"{n} {v:.3f}" for n, v in rows["readable_from_code"].items())
     )
+    if args.judge:
+      model, params, meta = classifier.load_or_train(config, args.workdir, ctx.splits)
+      read = classifier.make_factor_predict(model, params, classifier.codec_from_meta(meta))
+      n = min(len(x0), 512)
+      judged = judge_reads(ae, config, x0[:n], f.take(np.arange(n)), ts, read, config.seed)
+      rows["judge_error_on_x0_hat"] = judged
+      print("judge's error on x0_hat(x_t), without / with the code:")
+      print(f"{'t':>6}  " + " ".join(f"{m[:13]:>13}" for m in f.names))
+      for i, t in enumerate(ts):
+        cells = (f"{judged['uncond'][m][i]:6.3f}/{judged['cond'][m][i]:6.3f}" for m in f.names)
+        print(f"{t:6.3f}  " + " ".join(cells))
   names = list(rows.get("readable_from_xt", {}))
   head = (
     f"{'t':>6} {'alpha/sig':>9} {'uncond':>9} {'cond':>9} {'gain':>8} {'x0_gain':>9}  "
