@@ -45,60 +45,21 @@ from vdae.diffusion import score
 from vdae.diffusion import sde as sde_lib
 from vdae.evaluation import classifier
 from vdae.evaluation import factors as factor_metrics
-from vdae.io.errors import ConfigError
+from vdae.io.errors import ConfigError, VdaeError
 from vdae.latent import correction
 from vdae.training import stages
 
 
-def per_t_losses(ae, config, x0: np.ndarray, ts: np.ndarray, seed: int, batch: int = 128):
-  """{uncond, cond, alpha, sigma} [len(ts)] on images x0 [N, ...], one noise draw per t."""
+def _noised(ae, config):
+  """jit(enc_params, x0 [B, ...], t, key) -> (x_t, n, eps, eps_c, alpha, sigma): one noise
+  draw n at time t, the score model's noise prediction alone (eps) and corrected by the
+  code z ~ q(z | x_0) as stage 2 trains it (eps_c = eps - sigma c)."""
   sde = sde_lib.from_config(config.sde)
   eps_fn = score.eps_fn_for(ae.score_model, ae.score_params, config)
   lv = config.encoder.logvar_term
 
   @jax.jit
-  def losses(enc_params, x, t, key):
-    kn, kz = jax.random.split(key)
-    tb = jnp.full((x.shape[0],), t, jnp.float32)
-    n = jax.random.normal(kn, x.shape, jnp.float32)
-    xt = sde.perturb(x, tb, n)
-    encode = lambda xx, tt: ae.encoder.apply({"params": enc_params}, xx, tt)
-    mu, logvar = encode(x, jnp.zeros_like(tb))
-    z = mu + jnp.exp(0.5 * logvar) * jax.random.normal(kz, mu.shape)
-    eps = eps_fn(xt, tb)
-    _, sigma = sde.marginal(tb)
-    c = correction.correction_score(encode, xt, tb, z, lv)
-    sq = lambda r: 0.5 * jnp.sum(r.reshape(x.shape[0], -1) ** 2, -1)
-    return sq(eps - n), sq(eps - sigma[:, None, None, None] * c - n)
-
-  rows = {"uncond": [], "cond": []}
-  key = jax.random.PRNGKey(seed)
-  for i, t in enumerate(ts):
-    u, c = [], []
-    for s in range(0, len(x0), batch):
-      a, b = losses(
-        ae.enc_params, jnp.asarray(x0[s : s + batch]), t, jax.random.fold_in(key, i * 7919 + s)
-      )
-      u.append(np.asarray(a))
-      c.append(np.asarray(b))
-    rows["uncond"].append(float(np.mean(np.concatenate(u))))
-    rows["cond"].append(float(np.mean(np.concatenate(c))))
-  alpha, sigma = sde.marginal(jnp.asarray(ts, jnp.float32))
-  rows["alpha"], rows["sigma"] = np.asarray(alpha).tolist(), np.asarray(sigma).tolist()
-  return rows
-
-
-def judge_reads(ae, config, x0: np.ndarray, f: Factors, ts, read, seed: int, batch: int = 128):
-  """{"uncond"|"cond": {factor: [judge error per t]}}: the judge's error (error rate,
-  mean angular error in radians, RMSE) on the denoised estimates x0_hat(x_t) of the
-  score model alone and with the code: what each factor's code adds at each t, read
-  by a nonlinear reader (a linear probe reads hue poorly even from x_0)."""
-  sde = sde_lib.from_config(config.sde)
-  eps_fn = score.eps_fn_for(ae.score_model, ae.score_params, config)
-  lv = config.encoder.logvar_term
-
-  @jax.jit
-  def x0_hats(enc_params, x, t, key):
+  def run(enc_params, x, t, key):
     kn, kz = jax.random.split(key)
     tb = jnp.full((x.shape[0],), t, jnp.float32)
     n = jax.random.normal(kn, x.shape, jnp.float32)
@@ -109,19 +70,46 @@ def judge_reads(ae, config, x0: np.ndarray, f: Factors, ts, read, seed: int, bat
     alpha, sigma = (a[:, None, None, None] for a in sde.marginal(tb))
     eps = eps_fn(xt, tb)
     eps_c = eps - sigma * correction.correction_score(encode, xt, tb, z, lv)
-    hat = lambda e: jnp.clip((xt - sigma * e) / alpha, -1.0, 1.0)
-    return hat(eps), hat(eps_c)
+    return xt, n, eps, eps_c, alpha, sigma
 
-  out = {"uncond": {n: [] for n in f.names}, "cond": {n: [] for n in f.names}}
-  key = jax.random.PRNGKey(seed + 1)
+  return run
+
+
+def _per_t(ae, config, x0: np.ndarray, ts, seed: int, batch: int, reduce):
+  """[reduce(x_t, n, eps, eps_c, alpha, sigma) per batch, concatenated] for each t."""
+  run, key = _noised(ae, config), jax.random.PRNGKey(seed)
   for i, t in enumerate(ts):
-    hats = [[], []]
+    parts = []
     for s in range(0, len(x0), batch):
       k = jax.random.fold_in(key, i * 7919 + s)
-      for h, a in zip(hats, x0_hats(ae.enc_params, jnp.asarray(x0[s : s + batch]), t, k)):
-        h.append(np.asarray(a))
+      parts.append(reduce(*run(ae.enc_params, jnp.asarray(x0[s : s + batch]), t, k)))
+    yield [np.concatenate([np.asarray(p[m]) for p in parts]) for m in range(len(parts[0]))]
+
+
+def per_t_losses(ae, config, x0: np.ndarray, ts: np.ndarray, seed: int, batch: int = 128):
+  """{uncond, cond, alpha, sigma} [len(ts)] on images x0 [N, ...], one noise draw per t."""
+  sq = lambda r: 0.5 * jnp.sum(r.reshape(r.shape[0], -1) ** 2, -1)
+  reduce = lambda xt, n, eps, eps_c, alpha, sigma: (sq(eps - n), sq(eps_c - n))
+  rows = {"uncond": [], "cond": []}
+  for u, c in _per_t(ae, config, x0, ts, seed, batch, reduce):
+    rows["uncond"].append(float(np.mean(u)))
+    rows["cond"].append(float(np.mean(c)))
+  alpha, sigma = sde_lib.from_config(config.sde).marginal(jnp.asarray(ts, jnp.float32))
+  rows["alpha"], rows["sigma"] = np.asarray(alpha).tolist(), np.asarray(sigma).tolist()
+  return rows
+
+
+def judge_reads(ae, config, x0: np.ndarray, f: Factors, ts, read, seed: int, batch: int = 128):
+  """{"uncond"|"cond": {factor: [judge error per t]}}: the judge's error (error rate,
+  mean angular error in radians, RMSE) on the denoised estimates x0_hat(x_t) of the
+  score model alone and with the code: what each factor's code adds at each t, read
+  by a nonlinear reader (a linear probe reads hue poorly even from x_0)."""
+  hat = lambda xt, e, alpha, sigma: jnp.clip((xt - sigma * e) / alpha, -1.0, 1.0)
+  reduce = lambda xt, n, eps, eps_c, a, s: (hat(xt, eps, a, s), hat(xt, eps_c, a, s))
+  out = {"uncond": {n: [] for n in f.names}, "cond": {n: [] for n in f.names}}
+  for hats in _per_t(ae, config, x0, ts, seed + 1, batch, reduce):
     for which, h in zip(("uncond", "cond"), hats):
-      errors = classifier.factor_errors(read(np.concatenate(h)), f)
+      errors = classifier.factor_errors(read(h), f)
       for name in f.names:
         out[which][name].append(errors[name])
   return out
@@ -138,6 +126,7 @@ def _probe_scores(train_x, train_f: Factors, test_x, test_f: Factors) -> list[fl
   """Per factor: ridge R^2 (sin/cos for angles; the penalty chosen by leave-one-out
   on the fitting half) or L2-penalised logistic accuracy for classes."""
   from sklearn.linear_model import LogisticRegression, RidgeCV
+  from sklearn.metrics import r2_score
   from sklearn.preprocessing import StandardScaler
 
   scaler = StandardScaler().fit(train_x)
@@ -154,8 +143,7 @@ def _probe_scores(train_x, train_f: Factors, test_x, test_f: Factors) -> list[fl
     else:
       ytr, yte = ytr[:, None], yte[:, None]
     pred = RidgeCV(alphas=np.logspace(-1, 5, 13)).fit(a, ytr).predict(b).reshape(yte.shape)
-    resid = np.sum((yte - pred) ** 2)
-    out.append(float(1.0 - resid / np.sum((yte - yte.mean(0)) ** 2)))
+    out.append(float(r2_score(yte, pred, multioutput="variance_weighted")))
   return out
 
 
@@ -197,10 +185,13 @@ def main():
     ap.error(str(e))
   peak = common.matmul_peak_flops()
   print(f"measured f32 matmul peak {peak / 1e9:.1f} GFLOP/s", flush=True)
-  ctx = stages.context(config, args.workdir)
-  train = ctx.splits["train"]
-  x0 = np.asarray(train.arrays(args.num)["image"], np.float32)
-  ae = registry.AUTOENCODERS["vdae"].load(config, args.workdir, ctx.mesh, ctx.image_shape)
+  try:  # a workdir without stages 1 and 2, or trained on another config: one line, exit 2
+    ctx = stages.context(config, args.workdir)
+    train = ctx.splits["train"]
+    x0 = np.asarray(train.arrays(args.num)["image"], np.float32)
+    ae = registry.AUTOENCODERS["vdae"].load(config, args.workdir, ctx.mesh, ctx.image_shape)
+  except VdaeError as e:
+    ap.error(str(e))
   sde = sde_lib.from_config(config.sde)
   ts = np.concatenate([np.geomspace(sde.eps, 0.1, 5, endpoint=False), np.linspace(0.1, 1.0, 10)])
   rows = per_t_losses(ae, config, x0, ts, config.seed)
