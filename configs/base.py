@@ -252,9 +252,10 @@ def get_config() -> ml_collections.ConfigDict:
   ev.probe_max_iter = 2000  # logistic-regression linear probe on encoder means
 
   # --mode=sweep (vdae/commands/sweep.py): each model trained and evaluated at
-  # each beta_kl and seed; stage 1 is shared.
+  # each beta_kl and seed; stage 1 is shared. SDEdit and the refiner decode the
+  # VAE's code: they sweep vae_betas, in the VAE point's directory.
   c.sweep = sw = ml_collections.ConfigDict()
-  sw.models = ("vdae", "vae")
+  sw.models = ("vdae", "vae", "sdedit_vae", "refined_vae")
   # Separate grids: the same beta buys different rates from a diffusion decoder
   # and a Gaussian one; the comparison is between points at matched rate.
   sw.vdae_betas = (0.1, 0.3, 1.0)

@@ -341,12 +341,10 @@ def test_sweep_trains_and_evaluates_each_point_and_resumes(tiny_run):
   # The sweep's wiring, not the harness's numbers (test_evaluate_writes_every_metric has
   # every key): no stiff ELBO solve and no timing decodes at each point.
   config.eval.elbo_num_images, config.eval.timing_methods = 0, ("",)
+  config.sweep.models = ("vdae", "vae", "sdedit_vae", "refined_vae")
   points = sweep.sweep(config, workdir)
   assert [(p["model"], p["beta"]) for p in points] == [
-    ("vdae", 0.5),
-    ("vdae", 2.0),
-    ("vae", 0.5),
-    ("vae", 2.0),
+    (m, b) for m in config.sweep.models for b in (0.5, 2.0)
   ]
   for p in points:
     assert p["rate_nats"] > 0 and np.isfinite(p["mode/l2"]) and "sample/l2" not in p
@@ -358,6 +356,15 @@ def test_sweep_trains_and_evaluates_each_point_and_resumes(tiny_run):
   for model in ("vdae", "vae"):
     a, b = (p["rate_nats"] for p in points if p["model"] == model)
     assert a != b, (model, a, b)
+  # The enhancements decode the code of the VAE point they share a directory with.
+  for model in ("sdedit_vae", "refined_vae"):
+    for beta in (0.5, 2.0):
+      rate = [p["rate_nats"] for p in points if p["beta"] == beta and p["model"] in (model, "vae")]
+      assert rate[0] == rate[1], (model, beta, rate)
+  vae_point = os.path.join(workdir, "sweep", "vae_beta2_seed0")
+  assert os.path.exists(os.path.join(vae_point, "refiner", "checkpoints"))
+  kept = json.load(open(os.path.join(vae_point, "eval", "metrics.json")))
+  assert {k.split("/")[0] for k in kept} >= {"vae", "sdedit_vae", "refined_vae"}
   out = os.path.join(workdir, "sweep")
   for name in ("points.json", "judge.json", "table.md", "rate_distortion.png"):
     assert os.path.exists(os.path.join(out, name)), name

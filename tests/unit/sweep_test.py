@@ -26,3 +26,8 @@ def test_point_config_sets_beta_seed_and_the_shared_score_model(tiny_config, tmp
   assert cfg.vae.beta_kl == 2.0 and cfg.seed == 3 and cfg.stage2.stage1_workdir == str(tmp_path)
   assert tiny_config.vae.beta_kl != 2.0  # the run's own config is untouched
   assert sweep.point_dir("/w", "vdae", 0.3, 1) == "/w/sweep/vdae_beta0.3_seed1"
+  # SDEdit and the refiner decode the VAE's code: its beta, its directory.
+  cfg = sweep.point_config(tiny_config, str(tmp_path), "refined_vae", 2.0, 3)
+  assert cfg.vae.beta_kl == 2.0 and cfg.stage2.beta_kl == tiny_config.stage2.beta_kl
+  assert sweep.point_dir("/w", "sdedit_vae", 0.3, 1) == "/w/sweep/vae_beta0.3_seed1"
+  assert sweep._stages_to_train("refined_vae") == ["vae", "refiner"]

@@ -1,10 +1,13 @@
-"""--mode=sweep: the rate-distortion-perception sweep of the VDAE and the VAE over a beta grid.
+"""--mode=sweep: the rate-distortion-perception sweep of every autoencoder over a beta grid.
 
 Stage 1 is trained once in WORKDIR (or found there). Each point (model, beta,
 seed) trains its own stage in WORKDIR/sweep/<model>_beta<beta>_seed<seed>/
 (the VDAE's encoder against WORKDIR's score model) and is evaluated through
-the one harness with the classifier of WORKDIR. A finished point is not
-redone, so a stopped sweep resumes. Written:
+the one harness with the classifier of WORKDIR. The VAE's diffusion
+enhancements decode the VAE's code, so they sweep sweep.vae_betas and live in
+the VAE point's directory: SDEdit with WORKDIR's score model, the refiner
+trained there on that VAE. A finished point is not redone, so a stopped sweep
+resumes. Written:
 
   WORKDIR/sweep/points.json         one record per point: model, beta, seed and
                                     every metric of the harness (unprefixed)
@@ -32,6 +35,8 @@ from vdae.training import preemption, stages
 
 log = logging.getLogger(__name__)
 
+# The model whose code each autoencoder decodes: its beta grid and point directory.
+CODE_OF = {"vdae": "vdae", "vae": "vae", "sdedit_vae": "vae", "refined_vae": "vae"}
 BETA_KEY = {"vdae": "stage2", "vae": "vae"}  # the group whose beta_kl the sweep sets
 
 
@@ -40,21 +45,28 @@ def point_config(config, workdir: str, model: str, beta: float, seed: int):
   cfg = config.copy_and_resolve_references()
   with cfg.unlocked():
     cfg.seed = seed
-    cfg[BETA_KEY[model]].beta_kl = float(beta)
+    cfg[BETA_KEY[CODE_OF[model]]].beta_kl = float(beta)
     cfg.stage2.stage1_workdir = os.path.abspath(config.stage2.stage1_workdir or workdir)
   return cfg
 
 
 def point_dir(workdir: str, model: str, beta: float, seed: int) -> str:
-  return os.path.join(workdir, "sweep", f"{model}_beta{beta:g}_seed{seed}")
+  return os.path.join(workdir, "sweep", f"{CODE_OF[model]}_beta{beta:g}_seed{seed}")
 
 
 def _points(config):
   sw = config.sweep
   for model in sw.models:
-    for beta in sw[f"{model}_betas"]:
+    for beta in sw[f"{CODE_OF[model]}_betas"]:
       for seed in sw.seeds:
         yield model, float(beta), int(seed)
+
+
+def _stages_to_train(model: str) -> list[str]:
+  """What a point trains in its directory: the VAE under each of its enhancements."""
+  entry = AUTOENCODERS[model]
+  code = AUTOENCODERS[CODE_OF[model]].stage
+  return list(dict.fromkeys((code, entry.stage)))
 
 
 def matched_pairs(points: list[dict], tolerance: float) -> list[tuple[dict, dict]]:
@@ -135,11 +147,13 @@ def plot(points: list[dict], protocols, path: str) -> str:
 def sweep(config, workdir: str) -> list[dict]:
   """Trains and evaluates every point of the sweep (resuming); returns the points."""
   sw = config.sweep
-  bad = [m for m in sw.models if m not in BETA_KEY]
-  if bad or any(not sw[f"{m}_betas"] or min(sw[f"{m}_betas"]) < 0 for m in sw.models):
+  bad = [m for m in sw.models if m not in CODE_OF]
+  if bad or any(
+    not sw[f"{CODE_OF[m]}_betas"] or min(sw[f"{CODE_OF[m]}_betas"]) < 0 for m in sw.models
+  ):
     raise ConfigError(
-      f"sweep.models={tuple(sw.models)}: models are some of {', '.join(BETA_KEY)}, each "
-      "with a non-empty sweep.<model>_betas of values >= 0"
+      f"sweep.models={tuple(sw.models)}: models are some of {', '.join(CODE_OF)}, each "
+      "with a non-empty sweep.vdae_betas or sweep.vae_betas of values >= 0"
     )
   ctx = stages.context(config, workdir)
   stages.check_shapes(["stage1", "stage2", "vae"], config, ctx.image_shape)
@@ -154,23 +168,25 @@ def sweep(config, workdir: str) -> list[dict]:
       point_config(config, workdir, model, beta, seed),
       point_dir(workdir, model, beta, seed),
     )
-    entry = AUTOENCODERS[model]
+    entry, prefix = AUTOENCODERS[model], f"{model}/"
+    # One metrics file per directory, holding every model evaluated there.
     done = os.path.join(sub, "eval", "metrics.json")
-    if (
-      files.exists(done)
-      and stages.trained_step(entry.stage, cfg, sub) >= cfg[entry.stage].num_steps
+    metrics = files.read_json(done) if files.exists(done) else {}
+    if any(k.startswith(prefix) for k in metrics) and all(
+      stages.trained_step(s, cfg, sub) >= cfg[s].num_steps for s in _stages_to_train(model)
     ):
-      metrics = files.read_json(done)
       log.info("sweep: %s beta %g seed %d already evaluated", model, beta, seed)
     else:
-      stages.train(entry.stage, cfg, sub, ctx.mesh, ctx.splits)
+      for stage in _stages_to_train(model):
+        stages.train(stage, cfg, sub, ctx.mesh, ctx.splits)
       if model == "vdae" and sw.train_prior:  # its sample_fid from its own latent prior
         stages.train("prior", cfg, sub, ctx.mesh, ctx.splits)
       with harness.Timer(f"sweep point {model} beta {beta:g} seed {seed}"):
         ae = entry.load(cfg, sub, ctx.mesh, ctx.image_shape)
-        metrics = harness.evaluate_autoencoder(ae, cfg, judge, ctx.splits).metrics
+        new = harness.evaluate_autoencoder(ae, cfg, judge, ctx.splits).metrics
+      metrics = {k: v for k, v in metrics.items() if not k.startswith(prefix)}
+      metrics.update({k: float(v) for k, v in new.items()})
       evaluate.write_metrics(sub, metrics, stages.trained_step(entry.stage, cfg, sub))
-    prefix = f"{model}/"
     record = {k[len(prefix) :]: v for k, v in metrics.items() if k.startswith(prefix)}
     points.append({"model": model, "beta": beta, "seed": seed, **record})
   if jax.process_index() == 0:
