@@ -65,9 +65,28 @@ def tables(summary: dict, models: Sequence[str], protocols: Sequence[str]) -> st
     cells = [summary.get(f"{m}/{k}") for k in MODEL_METRICS]
     if any(cells):
       lines.append(f"| {m} | " + " | ".join(_cell(c, 3) for c in cells) + " |")
+  lines += _factor_table(summary, models)
   n = max((s["n"] for s in summary.values()), default=0)
   lines += ["", f"mean ± sd over n = {n} runs"]
   return "\n".join(lines)
+
+
+def _factor_table(summary: dict, models: Sequence[str]) -> list[str]:
+  """Per-factor probe scores (R², or accuracy for categorical factors), DCI and MIG, for
+  data with factors (vdae/evaluation/factors.py): nothing for data without."""
+  probes = sorted({k.split("/", 1)[1] for k in summary if k.split("/")[1:2] == ["factors"]})
+  names = [k.split("/")[1] + (" (acc.)" if k.endswith("accuracy") else "") for k in probes]
+  if not probes:
+    return []
+  cols = probes + [f"dci/{d}" for d in ("disentanglement", "completeness", "informativeness")]
+  cols.append("mig")
+  heads = names + ["D", "C", "I", "MIG"]
+  lines = ["", "| model | " + " | ".join(heads) + " |", "|---" * (len(heads) + 1) + "|"]
+  for m in models:
+    cells = [summary.get(f"{m}/{k}") for k in cols]
+    if any(cells):
+      lines.append(f"| {m} | " + " | ".join(_cell(c, 2) for c in cells) + " |")
+  return lines
 
 
 def main():
