@@ -366,7 +366,7 @@ def test_sweep_trains_and_evaluates_each_point_and_resumes(tiny_run):
   kept = json.load(open(os.path.join(vae_point, "eval", "metrics.json")))
   assert {k.split("/")[0] for k in kept} >= {"vae", "sdedit_vae", "refined_vae"}
   out = os.path.join(workdir, "sweep")
-  for name in ("points.json", "judge.json", "table.md", "rate_distortion.png"):
+  for name in ("points.json", "judge.json", "table.md", "rate_distortion.png", "factors_rate.png"):
     assert os.path.exists(os.path.join(out, name)), name
   assert os.path.exists(os.path.join(out, "vdae_beta0.5_seed0", "stage2", "checkpoints"))
   again = sweep.sweep(config, workdir)

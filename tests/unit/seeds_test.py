@@ -37,6 +37,9 @@ def test_factor_scores_get_their_own_table_only_where_the_data_have_factors(tmp_
   dirs = [_run(tmp_path, "a", factors), _run(tmp_path, "b", {**factors, "vdae/mig": 0.3})]
   table = seeds.tables(seeds.summarise(seeds.read(dirs)), ["vae", "vdae"], ["mean"])
   assert "| model | shape (acc.) | x | D | C | I | MIG |" in table
-  assert "| vdae | 0.50 ± 0.00 | 0.90 ± 0.00 | 0.20 ± 0.00 | 0.20 ± 0.00 | 0.20 ± 0.00 | 0.20 ± 0.14 |" in table
+  assert (
+    "| vdae | 0.50 ± 0.00 | 0.90 ± 0.00 | 0.20 ± 0.00 | 0.20 ± 0.00 | 0.20 ± 0.00 | 0.20 ± 0.14 |"
+    in table
+  )
   plain = seeds.tables(seeds.summarise([{"vae/mean/l2": 1.0}]), ["vae"], ["mean"])
   assert "MIG" not in plain

@@ -1,5 +1,7 @@
 """The sweep's bookkeeping: which points count as matched in rate, and the table."""
 
+import os
+
 import pytest
 
 from vdae.commands import sweep
@@ -31,3 +33,12 @@ def test_point_config_sets_beta_seed_and_the_shared_score_model(tiny_config, tmp
   assert cfg.vae.beta_kl == 2.0 and cfg.stage2.beta_kl == tiny_config.stage2.beta_kl
   assert sweep.point_dir("/w", "sdedit_vae", 0.3, 1) == "/w/sweep/vae_beta0.3_seed1"
   assert sweep._stages_to_train("refined_vae") == ["vae", "refiner"]
+
+
+def test_the_factor_figure_is_drawn_only_for_data_with_factors(tmp_path):
+  pts = [_p("vdae", 0.1, 21.0) | {"factors/hue/r2": 0.2, "mig": 0.1}, _p("vae", 1.0, 20.0)]
+  pts += [_p("sdedit_vae", 1.0, 20.0) | {"factors/hue/r2": 0.5}]
+  path = sweep.plot_factors(pts, str(tmp_path / "f.png"))
+  assert path and os.path.getsize(path) > 0
+  assert sweep.plot_factors([_p("vdae", 0.1, 21.0)], str(tmp_path / "g.png")) is None
+  assert not os.path.exists(tmp_path / "g.png")

@@ -14,7 +14,9 @@ resumes. Written:
   WORKDIR/sweep/judge.json          classifier_test_accuracy, fid_floor_train_vs_test
   WORKDIR/sweep/rate_distortion.png distortion (per-image L2, each protocol),
                                     perception (recon FID) and recon class
-                                    accuracy against rate (KL nats), both models
+                                    accuracy against rate (KL nats), every model
+  WORKDIR/sweep/factors_rate.png    data with factors: each factor's probe score,
+                                    DCI disentanglement and MIG against rate
   WORKDIR/sweep/table.md            the points, and the pairs at matched rate
                                     (KL within sweep.match_tolerance)
 """
@@ -144,6 +146,45 @@ def plot(points: list[dict], protocols, path: str) -> str:
   return path
 
 
+def plot_factors(points: list[dict], path: str) -> str | None:
+  """Each factor's probe score, DCI disentanglement and MIG against rate, one panel each,
+  for the models with codes of their own (the VAE's enhancements share the VAE's): data
+  with factors only (else None)."""
+  probes = sorted({k for p in points for k in p if k.startswith("factors/")})
+  if not probes:
+    return None
+  import matplotlib
+
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  keys = probes + [k for k in ("dci/disentanglement", "mig") if any(k in p for p in points)]
+  models = sorted(
+    {p["model"] for p in points if CODE_OF.get(p["model"]) == p["model"]}, key=lambda m: m != "vdae"
+  )  # the colours of rate_distortion.png
+  cols = min(len(keys), 5)
+  rows = -(-len(keys) // cols)
+  fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.8 * rows), squeeze=False)
+  for ax, key in zip(axes.flat, keys, strict=False):
+    for i, model in enumerate(models):
+      pts = sorted((p["rate_nats"], p[key]) for p in points if p["model"] == model and key in p)
+      if pts:
+        ax.plot(*zip(*pts, strict=True), "-o", color=f"C{i}", label=model)
+    ax.set_title(key.removeprefix("factors/").replace("/", " "), fontsize=9)
+    ax.set_ylim(min(0.0, ax.get_ylim()[0]), 1.02)
+    ax.grid(alpha=0.3)
+  for ax in axes.flat[len(keys) :]:
+    ax.axis("off")
+  for ax in axes[-1]:
+    ax.set_xlabel("rate (nats)")
+  axes.flat[0].legend(fontsize=8)
+  fig.tight_layout()
+  files.ensure_writable_dir(os.path.dirname(path))
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+  return path
+
+
 def sweep(config, workdir: str) -> list[dict]:
   """Trains and evaluates every point of the sweep (resuming); returns the points."""
   sw = config.sweep
@@ -196,5 +237,6 @@ def sweep(config, workdir: str) -> list[dict]:
     text = table(points, config.eval.protocols, config.sweep.match_tolerance)
     files.write_bytes(os.path.join(out, "table.md"), text.encode())
     plot(points, config.eval.protocols, os.path.join(out, "rate_distortion.png"))
+    plot_factors(points, os.path.join(out, "factors_rate.png"))
     log.info("sweep -> %s\n%s", out, text)
   return points
