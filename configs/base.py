@@ -222,7 +222,7 @@ def get_config() -> ml_collections.ConfigDict:
   # WORKDIR/eval/metrics.json and TensorBoard. Sizes keep digits at ~2 min on CPU.
   c.eval = ev = ml_collections.ConfigDict()
   ev.num_test = 64  # test images for the reconstruction metrics (0 = whole split)
-  ev.num_samples = 1000  # prior samples z ~ N(0, I) decoded for sample_fid
+  ev.num_samples = 1000  # prior samples decoded for sample_fid (sampling.latent_prior's codes)
   ev.batch_size = 64  # decoding batch (the timings are per image at this batch)
   # Decode protocols (vdae/evaluation/harness.py): sample = one stochastic decode,
   # mode = the deterministic decode, mean = the average of mean_decodes samples.

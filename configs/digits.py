@@ -29,7 +29,7 @@ def get_config():
   c.stage2.lr = 2e-3
   # 4000, not 1500: on one fixed stage 1/2, three prior seeds each trained 1500 and 4000
   # steps gave prior-sample FID 23.0 +- 3.9 against 20.1 +- 5.1, 4000 better on every
-  # seed (by 1.7, 2.2, 4.9; vdae/results/digits/prior_steps_check.json), for ~1.5 min.
+  # seed (by 1.7, 2.2, 4.9; docs/results/digits/prior_steps_check.json), for ~1.5 min.
   c.prior.num_steps = 4000
   c.vae.num_steps = 1500
   # The rate the stage-2 encoder above carries (65.1 nats, seed 0), so that the main

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# One process on this machine: the whole pipeline (stage 1, stage 2, evaluation).
+# One process on this machine: the whole pipeline (score model, encoder, latent prior,
+# VAE, refiner, pictures, evaluation).
 set -euo pipefail
 
 usage() {
@@ -13,7 +14,8 @@ any vdae.main flags; a later --mode=... replaces --mode=all.
 
   -c CONFIG   config file (default: the repository's configs/digits.py)
   -w WORKDIR  run directory (default runs/<config name>)
-  PYTHON      environment variable: the interpreter (default: python3)
+  PYTHON      environment variable: the interpreter (default: the repository's
+              .venv/bin/python, which README's install makes, else python3)
 
 example:
   launch/local.sh -c configs/tiny.py -w /tmp/tiny -- --config.stage1.num_steps=20
@@ -39,4 +41,5 @@ export PYTHONPATH="$root${PYTHONPATH:+:$PYTHONPATH}"
 config="${config:-$root/configs/digits.py}"
 name="$(basename "$config" .py)"
 workdir="${workdir:-runs/$name}"
-exec "${PYTHON:-python3}" -m vdae.main --config="$config" --workdir="$workdir" --mode=all "$@"
+[[ -x "$root/.venv/bin/python" ]] && default_python="$root/.venv/bin/python" || default_python=python3
+exec "${PYTHON:-$default_python}" -m vdae.main --config="$config" --workdir="$workdir" --mode=all "$@"

@@ -21,7 +21,8 @@ command (as every host of a pod must).
               process 0 also prints to this terminal
   -e ENTRY    a Python module (vdae.main) or script path (tests/x.py) to run
               instead of vdae.main; takes the same FLAGS
-  PYTHON      environment variable: the interpreter (default: python3)
+  PYTHON      environment variable: the interpreter (default: the repository's
+              .venv/bin/python, which README's install makes, else python3)
 
 Waits for all processes. If one fails, the others are killed at once (they
 would otherwise wait in a collective until the heartbeat timeout) and the exit
@@ -58,11 +59,12 @@ if [[ $# -eq 0 ]]; then
   usage >&2
   exit 2
 fi
-python="${PYTHON:-python3}"
 grace="${PREEMPT_GRACE:-300}"
 # Relative paths stay relative to the caller's directory; the repository
 # root goes on PYTHONPATH so vdae and configs import from anywhere.
 root="$(cd "$(dirname "$0")/.." && pwd)"
+[[ -x "$root/.venv/bin/python" ]] && python="$root/.venv/bin/python" || python=python3
+python="${PYTHON:-$python}"
 export PYTHONPATH="$root${PYTHONPATH:+:$PYTHONPATH}"
 
 if [[ -z "$port" ]]; then

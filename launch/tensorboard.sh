@@ -14,7 +14,8 @@ Runs locally: it is not sent to the TPU workers.
 
   -w WORKDIR  the run's --workdir
   -P PORT     default 6006
-  PYTHON      environment variable: interpreter whose tensorboard to use (default: python3)
+  PYTHON      environment variable: interpreter whose tensorboard to use (default: the
+              repository's .venv/bin/python, which README's install makes, else python3)
 
 example:
   launch/tensorboard.sh -w gs://my-bucket/vdae/cifar10
@@ -39,4 +40,6 @@ logdir="${workdir%/}/tensorboard"
 extra=()
 # The Rust data server reads gs:// without TensorFlow.
 [[ "$logdir" == gs://* ]] && extra+=(--load_fast=true)
-exec "${PYTHON:-python3}" -m tensorboard.main --logdir="$logdir" --port="$port" "${extra[@]}"
+root="$(cd "$(dirname "$0")/.." && pwd)"
+[[ -x "$root/.venv/bin/python" ]] && default_python="$root/.venv/bin/python" || default_python=python3
+exec "${PYTHON:-$default_python}" -m tensorboard.main --logdir="$logdir" --port="$port" "${extra[@]}"

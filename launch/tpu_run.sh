@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Runs stage 1, stage 2 and evaluation on every worker of a TPU VM, with the
+# Runs every stage (score model, encoder, latent prior, VAE, refiner) and the
+# evaluation on every worker of a TPU VM, with the
 # workdir (checkpoints, TensorBoard, outputs) in a gs:// bucket.
 set -euo pipefail
 
@@ -20,7 +21,8 @@ checkpoint (a finished stage is restored and skipped).
   -c CONFIG   config path inside the checkout, e.g. configs/cifar10.py
   -w WORKDIR  gs://BUCKET/RUN: every host must see the same directory
   -p PROJECT  GCP project (default: gcloud's configured one)
-  -m MODES    comma-separated vdae.main modes (default pretrain,train_encoder,train_prior,evaluate)
+  -m MODES    comma-separated vdae.main modes (default pretrain,train_encoder,train_prior,train_vae,
+              train_refiner,evaluate)
   FLAGS       more vdae.main flags for every mode, e.g. --config.stage1.num_steps=20000
 
 example:
@@ -29,7 +31,7 @@ example:
 EOF2
 }
 
-name="" zone="" config="" workdir="" project="" modes="pretrain,train_encoder,train_prior,evaluate"
+name="" zone="" config="" workdir="" project="" modes="pretrain,train_encoder,train_prior,train_vae,train_refiner,evaluate"
 while getopts ":n:z:c:w:p:m:h" opt; do
   case "$opt" in
     n) name="$OPTARG" ;;

@@ -311,8 +311,9 @@ def test_tpu_scripts_send_every_worker_command_to_all_workers(tmp_path):
     "--config.stage1.num_steps=3",
   )
   runs = _calls(tmp_path)
-  assert [c[:4] for c in runs] == [["compute", "tpus", "tpu-vm", "ssh"]] * 4
-  for c, mode in zip(runs, ("pretrain", "train_encoder", "train_prior", "evaluate")):
+  modes = ("pretrain", "train_encoder", "train_prior", "train_vae", "train_refiner", "evaluate")
+  assert [c[:4] for c in runs] == [["compute", "tpus", "tpu-vm", "ssh"]] * len(modes)
+  for c, mode in zip(runs, modes, strict=True):
     cmd = next(a for a in c if a.startswith("--command="))
     assert "VDAE_AUTO_DISTRIBUTED=1" in cmd and f"--mode={mode}" in cmd
     assert "--workdir=gs://b/run" in cmd and "--config.stage1.num_steps=3" in cmd
