@@ -111,7 +111,7 @@ def plot(points: list[dict], protocols, path: str) -> str:
   panels = [("l2", "per-image L2 ([0, 1] images)"), ("recon_fid", "recon FID")]
   panels.append(("class_accuracy", "recon class accuracy"))
   fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4))
-  styles = {"sample": ":", "mode": "--", "mean": "-"}
+  styles = {"sample": ":", "mode": "--", "mean": "-", "inverted": "-."}
   models = sorted({p["model"] for p in points}, key=lambda m: (m != "vdae", m != "vae", m))
   colours = {m: f"C{i}" for i, m in enumerate(models)}  # one colour per model, styles per protocol
   for ax, (metric, title) in zip(axes, panels, strict=True):
