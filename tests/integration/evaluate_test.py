@@ -365,6 +365,13 @@ def test_sweep_trains_and_evaluates_each_point_and_resumes(tiny_run):
   assert os.path.exists(os.path.join(vae_point, "refiner", "checkpoints"))
   kept = json.load(open(os.path.join(vae_point, "eval", "metrics.json")))
   assert {k.split("/")[0] for k in kept} >= {"vae", "sdedit_vae", "refined_vae"}
+  at = json.load(open(os.path.join(vae_point, "eval", "evaluated_at.json")))
+  steps = config.vae.num_steps
+  assert at == {
+    "vae": {"vae": steps},
+    "sdedit_vae": {"vae": steps},
+    "refined_vae": {"vae": steps, "refiner": config.refiner.num_steps},
+  }
   out = os.path.join(workdir, "sweep")
   for name in ("points.json", "judge.json", "table.md", "rate_distortion.png", "factors_rate.png"):
     assert os.path.exists(os.path.join(out, name)), name

@@ -6,8 +6,9 @@ seed) trains its own stage in WORKDIR/sweep/<model>_beta<beta>_seed<seed>/
 the one harness with the classifier of WORKDIR. The VAE's diffusion
 enhancements decode the VAE's code, so they sweep sweep.vae_betas and live in
 the VAE point's directory: SDEdit with WORKDIR's score model, the refiner
-trained there on that VAE. A finished point is not redone, so a stopped sweep
-resumes. Written:
+trained there on that VAE. A point whose stages are trained and were evaluated
+at their current steps (<point>/eval/evaluated_at.json) is not redone, so a
+stopped sweep resumes. Written:
 
   WORKDIR/sweep/points.json         one record per point: model, beta, seed and
                                     every metric of the harness (unprefixed)
@@ -102,6 +103,12 @@ def table(points: list[dict], protocols, tolerance: float) -> str:
   return "\n".join(lines) + "\n"
 
 
+def _colours(points: list[dict]) -> dict[str, str]:
+  """Each model's colour in both figures: the VDAE, the VAE, then the rest by name."""
+  models = sorted({p["model"] for p in points}, key=lambda m: (m != "vdae", m != "vae", m))
+  return {m: f"C{i}" for i, m in enumerate(models)}
+
+
 def plot(points: list[dict], protocols, path: str) -> str:
   import matplotlib
 
@@ -112,10 +119,9 @@ def plot(points: list[dict], protocols, path: str) -> str:
   panels.append(("class_accuracy", "recon class accuracy"))
   fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4))
   styles = {"sample": ":", "mode": "--", "mean": "-", "inverted": "-."}
-  models = sorted({p["model"] for p in points}, key=lambda m: (m != "vdae", m != "vae", m))
-  colours = {m: f"C{i}" for i, m in enumerate(models)}  # one colour per model, styles per protocol
+  colours = _colours(points)  # one colour per model, styles per protocol
   for ax, (metric, title) in zip(axes, panels, strict=True):
-    for model in models:
+    for model in colours:
       for protocol in protocols:
         pts = sorted(
           (p["rate_nats"], p[f"{protocol}/{metric}"])
@@ -159,17 +165,15 @@ def plot_factors(points: list[dict], path: str) -> str | None:
   import matplotlib.pyplot as plt
 
   keys = probes + [k for k in ("dci/disentanglement", "mig") if any(k in p for p in points)]
-  models = sorted(
-    {p["model"] for p in points if CODE_OF.get(p["model"]) == p["model"]}, key=lambda m: m != "vdae"
-  )  # the colours of rate_distortion.png
+  colours = {m: c for m, c in _colours(points).items() if CODE_OF.get(m) == m}
   cols = min(len(keys), 5)
   rows = -(-len(keys) // cols)
   fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.8 * rows), squeeze=False)
   for ax, key in zip(axes.flat, keys, strict=False):
-    for i, model in enumerate(models):
+    for model, colour in colours.items():
       pts = sorted((p["rate_nats"], p[key]) for p in points if p["model"] == model and key in p)
       if pts:
-        ax.plot(*zip(*pts, strict=True), "-o", color=f"C{i}", label=model)
+        ax.plot(*zip(*pts, strict=True), "-o", color=colour, label=model)
     ax.set_title(key.removeprefix("factors/").replace("/", " "), fontsize=9)
     ax.set_ylim(min(0.0, ax.get_ylim()[0]), 1.02)
     ax.grid(alpha=0.3)
@@ -210,24 +214,31 @@ def sweep(config, workdir: str) -> list[dict]:
       point_dir(workdir, model, beta, seed),
     )
     entry, prefix = AUTOENCODERS[model], f"{model}/"
-    # One metrics file per directory, holding every model evaluated there.
+    trains = _stages_to_train(model)
+    if model == "vdae" and sw.train_prior:  # its sample_fid from its own latent prior
+      trains.append("prior")
+    # One metrics file per directory, holding every model evaluated there, and the steps
+    # of the stages each was evaluated at: a VAE trained further since its SDEdit or
+    # refiner was evaluated makes theirs stale too.
     done = os.path.join(sub, "eval", "metrics.json")
+    at_path = os.path.join(sub, "eval", "evaluated_at.json")
     metrics = files.read_json(done) if files.exists(done) else {}
-    if any(k.startswith(prefix) for k in metrics) and all(
-      stages.trained_step(s, cfg, sub) >= cfg[s].num_steps for s in _stages_to_train(model)
-    ):
+    evaluated_at = files.read_json(at_path) if files.exists(at_path) else {}
+    steps = {s: stages.trained_step(s, cfg, sub) for s in trains}
+    if evaluated_at.get(model) == steps and all(steps[s] >= cfg[s].num_steps for s in trains):
       log.info("sweep: %s beta %g seed %d already evaluated", model, beta, seed)
     else:
-      for stage in _stages_to_train(model):
+      for stage in trains:
         stages.train(stage, cfg, sub, ctx.mesh, ctx.splits)
-      if model == "vdae" and sw.train_prior:  # its sample_fid from its own latent prior
-        stages.train("prior", cfg, sub, ctx.mesh, ctx.splits)
       with harness.Timer(f"sweep point {model} beta {beta:g} seed {seed}"):
         ae = entry.load(cfg, sub, ctx.mesh, ctx.image_shape)
         new = harness.evaluate_autoencoder(ae, cfg, judge, ctx.splits).metrics
       metrics = {k: v for k, v in metrics.items() if not k.startswith(prefix)}
       metrics.update({k: float(v) for k, v in new.items()})
       evaluate.write_metrics(sub, metrics, stages.trained_step(entry.stage, cfg, sub))
+      evaluated_at[model] = {s: stages.trained_step(s, cfg, sub) for s in trains}
+      if jax.process_index() == 0:
+        files.write_json(at_path, evaluated_at)
     record = {k[len(prefix) :]: v for k, v in metrics.items() if k.startswith(prefix)}
     points.append({"model": model, "beta": beta, "seed": seed, **record})
   if jax.process_index() == 0:
