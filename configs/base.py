@@ -299,7 +299,8 @@ def get_config() -> ml_collections.ConfigDict:
   r.compile_cache_min_seconds = 0.2  # programs that compile faster are not worth a file
   # XLA:CPU's YNNPACK fusions for dots and convolutions (jaxlib >= 0.10's default). Off:
   # XLA's own kernels, which train the digits U-Net's small convolutions 1.2-1.8x faster
-  # (BUILD.md, "CPU kernels"). XLA_FLAGS naming xla_cpu_experimental_ynn_fusion_type wins.
+  # (docs/performance.md, "CPU kernels"). XLA_FLAGS naming
+  # xla_cpu_experimental_ynn_fusion_type wins.
   r.cpu_ynnpack = False
 
   return c

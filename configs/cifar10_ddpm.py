@@ -1,11 +1,11 @@
 """CIFAR-10 with the pretrained google/ddpm-cifar10-32 (Ho et al. 2020) as the score model.
 
 vdae trains only what the paper trains: the encoder on the frozen, pretrained
-DDPM (35.7M parameters), then its latent prior, the VAE baseline and the
-evaluation. Download the checkpoint once (nothing downloads at run time; the
-hub's copy has safetensors weights):
+DDPM (35.7M parameters), then its latent prior, the VAE baseline, its refiner and
+the evaluation (300 000 encoder steps: a GPU or TPU job). Download the checkpoint
+once (nothing downloads at run time; the hub's copy has safetensors weights):
 
-  pip install huggingface_hub && huggingface-cli download google/ddpm-cifar10-32 \
+  pip install huggingface_hub && hf download google/ddpm-cifar10-32 \
       --local-dir checkpoints/ddpm-cifar10-32
 
 then, with CIFAR-10 in any of vdae's sources (here ArrayRecord, as configs/cifar10.py):
@@ -15,7 +15,7 @@ then, with CIFAR-10 in any of vdae's sources (here ArrayRecord, as configs/cifar
       --config.data.path='/data/cifar10/cifar10-train.array_record*'
 
 The checkpoint's scheduler (linear betas 1e-4..0.02 over 1000 steps, epsilon
-prediction) sets the sde group; see README "Use a pretrained diffusion model".
+prediction) sets the sde group; see docs/pretrained.md.
 """
 
 from configs import cifar10

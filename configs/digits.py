@@ -20,7 +20,7 @@ def get_config():
   c.stage1.batch_size = 128
   c.stage1.num_steps = 1500
   c.stage2.num_steps = 1500
-  # The official unweighted stage-2 loss. Measured on digits (README, one seed): at
+  # The official unweighted stage-2 loss. Measured on digits (docs/results/digits.md, one seed): at
   # beta 1e-3 it carries 65 nats with VAE-level reconstructions; the ELBO-weighted loss
   # (stage2.weighting=likelihood, beta in the VAE's units) loses to the VAE at matched
   # rate and collapses (0.005 nats) from beta 0.3 up.
@@ -41,7 +41,8 @@ def get_config():
   # Decoding by the reverse-SDE DPM-Solver++(2M), 30 steps (31 network calls): on the
   # digits checkpoints it matches predictor-corrector with 200 steps (401 calls) in recon
   # L2 (0.714 [0.689, 0.749] vs 0.704 [0.675, 0.739]) and recon FID (3.36 vs 3.64) at
-  # 0.07x its time (bench_decode, README). The PF-ODE solvers converge to a worse 0.88.
+  # 0.07x its time (bench_decode, docs/results/digits.md). The PF-ODE solvers converge to
+  # a worse 0.88.
   c.sampling.method = "dpmpp_2m_sde"
   c.sampling.num_steps = 30
   return c

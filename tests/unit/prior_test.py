@@ -38,7 +38,7 @@ def test_prior_trained_on_gaussian_codes_recovers_their_mean_and_covariance(tiny
   c.encoder.latent_dim = 3
   c.prior.width, c.prior.depth = 64, 2
   # The reverse SDE (pc): the learned model's PF ODE (any solver: ode, heun,
-  # dpmpp_2m agree) sends ~0.1% of draws 15-150 std out (BUILD.md).
+  # dpmpp_2m agree) sends ~0.1% of draws 15-150 std out (docs/design.md).
   c.prior.sample_method, c.prior.sample_num_steps = "pc", 200
   rng = np.random.default_rng(1)
   images = (rng.normal(size=(50000, 3)) @ np.linalg.cholesky(COV_MU).T + MEAN).astype(np.float32)

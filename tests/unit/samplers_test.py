@@ -299,7 +299,7 @@ def _pushforward(method, steps, kind="vp", d=4):
 def test_dpm_solver_at_20_calls_beats_euler_at_200(kind):
   """DPM-Solver++(2M) at 20 calls reproduces the data's mean and variances (within
   3% for VP / VE, 6% for sub-VP; the ≤ 2% asked for takes 24 calls on VP, see
-  BUILD.md) and is nearer than Euler with 10x the calls, which at 20 calls is off
+  docs/design.md) and is nearer than Euler with 10x the calls, which at 20 calls is off
   by a third or more in the smallest variance."""
   mean_err, var_err = _pushforward("dpmpp_2m", 20, kind)
   assert mean_err < 0.02 and var_err < (0.06 if kind == "subvp" else 0.03), (mean_err, var_err)

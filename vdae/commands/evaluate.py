@@ -3,7 +3,7 @@ likelihood, and the pictures; WORKDIR/eval/metrics.json and `eval/...` TensorBoa
 
 metrics.json has flat keys and float values: `<model>/<protocol>/<metric>` and
 `<model>/<metric>` for each autoencoder in autoencoders/registry.py whose stage
-is trained (the schema is in vdae/evaluation/harness.py and BUILD.md),
+is trained (the schema is in vdae/evaluation/harness.py and docs/evaluation.md),
 score_model/bits_per_dim and score_model/bpd_solver_steps,
 classifier_test_accuracy and fid_floor_train_vs_test. Pictures:
 eval/<model>_reconstructions.png (originals, then each protocol's rows),

@@ -2,7 +2,7 @@
 
 `evaluate_autoencoder` gives every autoencoder the same keys (the schema
 users and scripts rely on; vdae/commands/evaluate.py writes them to
-metrics.json, BUILD.md lists them):
+metrics.json, docs/evaluation.md lists them):
 
   <model>/<protocol>/<metric>   for each decode protocol in eval.protocols:
       sample   one stochastic decode of the posterior-mean code;

@@ -26,7 +26,7 @@ def cpu_kernels(ynnpack: bool) -> None:
 
   jaxlib >= 0.10 hands them to YNNPACK fusions by default. On vdae's U-Nets (3x3
   convolutions over 8x8 and 4x4 maps, 16-64 channels) XLA's own kernels train 1.2-1.8x
-  faster (BUILD.md, "CPU kernels"), so unless asked for, the fusions are turned off. XLA
+  faster (docs/performance.md, "CPU kernels"), so unless asked for, the fusions are turned off. XLA
   reads XLA_FLAGS once, when the first backend starts: call this before anything runs
   on a device (later, it only reaches child processes). XLA_FLAGS naming the flag
   itself wins. jaxlib before 0.10 is left alone: an XLA flag it does not know aborts
