@@ -14,7 +14,6 @@ written by process 0; every process runs the same computation.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -24,7 +23,7 @@ import numpy as np
 
 from vdae.autoencoders.registry import AUTOENCODERS
 from vdae.commands import common
-from vdae.evaluation import harness
+from vdae.evaluation import harness, report
 from vdae.io import curves, files, writer
 from vdae.training import preemption, stages
 
@@ -112,5 +111,6 @@ def evaluate(config, workdir: str) -> dict[str, float]:
       rows = [("original", originals)]
       rows += [(f"{name} ({shown})", res.reconstructions[shown]) for name, res in results.items()]
       curves.plot_labelled_rows(os.path.join(workdir, "eval", "comparison.png"), rows)
-  log.info("evaluation metrics -> %s\n%s", path, json.dumps(metrics, indent=1, sort_keys=True))
+  table = report.run_tables(metrics, list(AUTOENCODERS), list(ev.protocols))
+  log.info("evaluation metrics -> %s\n%s", path, table)
   return metrics

@@ -16,16 +16,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from vdae.evaluation import report
 from vdae.io import files
-
-PROTOCOL_METRICS = ("l2", "mse", "psnr", "class_accuracy", "recon_fid")
-MODEL_METRICS = (
-  "rate_nats",
-  "linear_probe_accuracy",
-  "sample_fid",
-  "sample_fid_standard_normal",
-  "neg_elbo_bits_per_dim",
-)
 
 
 def read(workdirs: Sequence[str]) -> list[dict[str, float]]:
@@ -44,49 +36,16 @@ def summarise(runs: Sequence[dict[str, float]]) -> dict[str, dict[str, float]]:
   return out
 
 
-def _cell(s: dict | None, digits: int) -> str:
-  return "—" if s is None else f"{s['mean']:.{digits}f} ± {s['sd']:.{digits}f}"
-
-
 def tables(summary: dict, models: Sequence[str], protocols: Sequence[str]) -> str:
-  """Markdown: per-protocol metrics by model and protocol, then per-model metrics."""
-  digits = {"l2": 3, "mse": 4, "psnr": 2, "class_accuracy": 3, "recon_fid": 2}
-  lines = ["| model / protocol | " + " | ".join(PROTOCOL_METRICS) + " |"]
-  lines.append("|---" * (len(PROTOCOL_METRICS) + 1) + "|")
-  for m in models:
-    for p in protocols:
-      cells = [summary.get(f"{m}/{p}/{k}") for k in PROTOCOL_METRICS]
-      if any(cells):
-        row = [_cell(c, digits[k]) for c, k in zip(cells, PROTOCOL_METRICS, strict=True)]
-        lines.append(f"| {m} / {p} | " + " | ".join(row) + " |")
-  lines += ["", "| model | " + " | ".join(MODEL_METRICS) + " |"]
-  lines.append("|---" * (len(MODEL_METRICS) + 1) + "|")
-  for m in models:
-    cells = [summary.get(f"{m}/{k}") for k in MODEL_METRICS]
-    if any(cells):
-      lines.append(f"| {m} | " + " | ".join(_cell(c, 3) for c in cells) + " |")
-  lines += _factor_table(summary, models)
+  """Markdown: per-protocol metrics by model and protocol, per-model metrics, factors."""
+
+  def cell(key: str, digits: int) -> str | None:
+    s = summary.get(key)
+    return None if s is None else f"{s['mean']:.{digits}f} ± {s['sd']:.{digits}f}"
+
   n = max((s["n"] for s in summary.values()), default=0)
-  lines += ["", f"mean ± sd over n = {n} runs"]
-  return "\n".join(lines)
-
-
-def _factor_table(summary: dict, models: Sequence[str]) -> list[str]:
-  """Per-factor probe scores (R², or accuracy for categorical factors), DCI and MIG, for
-  data with factors (vdae/evaluation/factors.py): nothing for data without."""
-  probes = sorted({k.split("/", 1)[1] for k in summary if k.split("/")[1:2] == ["factors"]})
-  names = [k.split("/")[1] + (" (acc.)" if k.endswith("accuracy") else "") for k in probes]
-  if not probes:
-    return []
-  cols = probes + [f"dci/{d}" for d in ("disentanglement", "completeness", "informativeness")]
-  cols.append("mig")
-  heads = names + ["D", "C", "I", "MIG"]
-  lines = ["", "| model | " + " | ".join(heads) + " |", "|---" * (len(heads) + 1) + "|"]
-  for m in models:
-    cells = [summary.get(f"{m}/{k}") for k in cols]
-    if any(cells):
-      lines.append(f"| {m} | " + " | ".join(_cell(c, 2) for c in cells) + " |")
-  return lines
+  body = report.tables(cell, list(summary), models, protocols)
+  return body + f"\n\nmean ± sd over n = {n} runs"
 
 
 def main():
