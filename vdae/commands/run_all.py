@@ -11,7 +11,16 @@ from __future__ import annotations
 
 from vdae.commands import edit, evaluate, interpolate, reconstruct, sample
 from vdae.io import timings
-from vdae.training import preemption, stages
+from vdae.training import eta, preemption, stages
+
+
+def _steps_to_run(config, workdir: str) -> dict[str, int]:
+  """The steps each stage still has to run, in the order they run (0: imported or done)."""
+  out = {}
+  for name, stage in stages.STAGES.items():
+    done = stages.trained_step(name, config, workdir)
+    out[name] = 0 if stage.imported(config) else max(config[name].num_steps - done, 0)
+  return out
 
 
 def run_all(config, workdir: str):
@@ -20,10 +29,14 @@ def run_all(config, workdir: str):
   with spent.phase("setup"):
     ctx = stages.context(config, workdir)
     stages.check_shapes(stages.STAGES, config, ctx.image_shape)  # all, before the first trains
-  for name in stages.STAGES:
-    preemption.exit_if_requested(f"before {name}")
-    with spent.phase(name):
-      stages.train(name, config, workdir, ctx.mesh, ctx.splits)
+  eta.plan_all(_steps_to_run(config, workdir))
+  try:
+    for name in stages.STAGES:
+      preemption.exit_if_requested(f"before {name}")
+      with spent.phase(name):
+        stages.train(name, config, workdir, ctx.mesh, ctx.splits)
+  finally:
+    eta.clear_plan()
   for picture in (reconstruct.reconstruct, sample.vdae_samples, interpolate.interpolate):
     preemption.exit_if_requested(f"before {picture.__name__}")
     with spent.phase("pictures"):

@@ -23,7 +23,7 @@ from vdae.data import pipeline
 from vdae.io import files, writer
 from vdae.io.errors import NonFiniteError
 from vdae.parallel import sharding
-from vdae.training import checkpoint, restore
+from vdae.training import checkpoint, eta, restore
 from vdae.training import state as state_lib
 from vdae.training import step as step_lib
 from vdae.training.preemption import Preemption
@@ -101,6 +101,26 @@ class ProgressHook(Hook):
 
   def close(self):
     self.bar.close()
+
+
+class EtaHook(Hook):
+  """Logs the stage's expected wall time once, after its first steps past the compile.
+  `clock()` is the seconds since the step was compiled; reading the rate blocks once on
+  the step's outputs, so what is timed is computed, not only dispatched."""
+
+  def __init__(self, name: str, start: int, num_steps: int, clock: Callable[[], float]):
+    self.name, self.start, self.num_steps, self.clock = name, start, num_steps, clock
+    todo = num_steps - start
+    self.at = start + min(eta.TIMED_STEPS, max(2, todo // 4)) if todo >= 4 else None
+
+  def after_step(self, step, state, metrics, last) -> None:
+    if step != self.at or last:
+      return
+    jax.block_until_ready(metrics)
+    for level, line in eta.estimate_lines(
+      self.name, step - self.start, self.clock(), self.num_steps - step
+    ):
+      log.log(level, line)
 
 
 class ScalarsHook(Hook):
@@ -306,6 +326,7 @@ class Trainer:
           progress,
           lambda: time.perf_counter() - compiled["t_loop"],
         ),
+        EtaHook(spec.name, start, spec.num_steps, lambda: time.perf_counter() - compiled["t_loop"]),
         ImagesHook(spec.image_every, tb, spec.images),
         ProfileHook(lp.profile_steps, tb_dir, start),
         ckpt_hook,
