@@ -18,7 +18,8 @@ Run the same command again to resume: every stage continues from its newest
 checkpoint (a finished stage is restored and skipped).
 
   -n NAME     TPU VM name            -z ZONE    its zone
-  -c CONFIG   config path inside the checkout, e.g. configs/cifar10.py
+  -c CONFIG   config path inside the checkout, e.g. configs/cifar10.py (as shipped by
+              tpu_setup.sh: rerun it after editing a config)
   -w WORKDIR  gs://BUCKET/RUN: every host must see the same directory
   -p PROJECT  GCP project (default: gcloud's configured one)
   -m MODES    comma-separated vdae.main modes (default pretrain,train_encoder,train_prior,train_vae,
@@ -53,6 +54,14 @@ if [[ -z "$name" || -z "$zone" || -z "$config" || -z "$workdir" ]]; then
 fi
 if [[ "$workdir" != gs://* ]]; then
   echo "tpu_run.sh: WORKDIR must be a gs:// path that every worker shares; got $workdir" >&2
+  exit 2
+fi
+# The workers run the copy launch/tpu_setup.sh shipped: files git ignores never reach them.
+root="$(cd "$(dirname "$0")/.." && pwd)"
+config_file="${config%%:*}"
+if [[ ! -f "$root/$config_file" ]] || git -C "$root" check-ignore -q "$config_file"; then
+  echo "tpu_run.sh: -c $config_file is not a file of this checkout that tpu_setup.sh ships" \
+    "(paths are relative to the checkout; git-ignored files are not shipped)" >&2
   exit 2
 fi
 common=(--zone="$zone" --worker=all)

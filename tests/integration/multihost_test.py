@@ -340,6 +340,53 @@ def test_tpu_scripts_send_every_worker_command_to_all_workers(tmp_path):
   assert len(_calls(tmp_path)) == 2 and "Run the same command again" in out
 
 
+@pytest.mark.timeout(60)
+def test_tpu_setup_ships_new_configs_and_copies_data_to_every_worker(tmp_path):
+  """A config not yet committed reaches the workers, an ignored file does not, tpu_run
+  refuses a config that was not shipped, and -d copies bucket data to local disk on all
+  workers (the readers open local files)."""
+  import tarfile
+
+  repo = tmp_path / "repo"
+  (repo / "configs").mkdir(parents=True)
+  shutil.copytree(procs.LAUNCH, repo / "launch")
+  (repo / "configs" / "base.py").write_text("# committed\n")
+  (repo / ".gitignore").write_text("secret.py\n")
+  git = ["git", "-c", "user.name=t", "-c", "user.email=t@t", "-C", str(repo)]
+  for cmd in (["init", "-q"], ["add", "-A"], ["commit", "-q", "-m", "c"]):
+    subprocess.run([*git, *cmd], check=True, capture_output=True, timeout=30)
+  (repo / "configs" / "new.py").write_text("# not committed yet\n")
+  (repo / "configs" / "secret.py").write_text("# ignored\n")
+  bin_dir = tmp_path / "bin"
+  bin_dir.mkdir()
+  (bin_dir / "gcloud").write_text(_FAKE_GCLOUD)
+  (bin_dir / "gcloud").chmod(0o755)
+  env = dict(os.environ, PATH=f"{bin_dir}:{os.environ['PATH']}", FAKE_GCLOUD_DIR=str(tmp_path))
+
+  def sh(name, *args, rc=0):
+    r = subprocess.run(
+      [str(repo / "launch" / name), *args], env=env, capture_output=True, text=True, timeout=30
+    )
+    assert r.returncode == rc, r.stdout + r.stderr
+    return r.stdout + r.stderr
+
+  assert "-d takes gs://SRC=/ABSOLUTE/DIR" in sh(
+    "tpu_setup.sh", "-n", "t", "-z", "z", "-d", "gs://b/x=relative", rc=2
+  )
+  sh("tpu_setup.sh", "-n", "t", "-z", "z", "-d", "gs://b/cifar10/*=/tmp/vdae-data/cifar10")
+  with tarfile.open(tmp_path / "archive.tar.gz") as tar:
+    shipped = set(tar.getnames())
+  assert {"configs/base.py", "configs/new.py", "launch/tpu_run.sh"} <= shipped
+  assert "configs/secret.py" not in shipped
+  copy = _calls(tmp_path)[-1]
+  cmd = next(a for a in copy if a.startswith("--command="))
+  assert "--worker=all" in copy
+  assert "gcloud storage cp -r gs://b/cifar10/\\* /tmp/vdae-data/cifar10/" in cmd
+  for config in ("configs/secret.py", "configs/missing.py:variant"):
+    out = sh("tpu_run.sh", "-n", "t", "-z", "z", "-c", config, "-w", "gs://b/r", rc=2)
+    assert "not a file of this checkout that tpu_setup.sh ships" in out
+
+
 @pytest.mark.timeout(90)
 def test_tensorboard_script_serves_the_run(tmp_path):
   import urllib.request

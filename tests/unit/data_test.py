@@ -78,6 +78,15 @@ def test_npz_missing_file_and_key(tmp_path, tiny_config):
     sources.load_splits(_cfg(tiny_config, source="npz", path=""))
 
 
+@pytest.mark.parametrize("source", ["npz", "folder", "array_record"])
+def test_bucket_paths_are_refused_with_the_copy_to_make(tiny_config, source):
+  """Every reader opens local files: a gs:// path would fail deep in a reader, or on a
+  worker that lacks it, so it is refused up front with the command that copies it."""
+  path = "gs://bucket/cifar10/cifar10-train.array_record*"
+  with pytest.raises(ConfigError, match=r"remote path.*launch/tpu_setup.sh -d"):
+    sources.load_splits(_cfg(tiny_config, source=source, path=path))
+
+
 def _shapes_cfg(tiny_config, size=16, n_train=300, n_test=60):
   return _cfg(
     tiny_config, source="shapes", image_size=size, shapes_num_train=n_train, shapes_num_test=n_test

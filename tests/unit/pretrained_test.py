@@ -20,7 +20,7 @@ import pytest
 from vdae.diffusion import score
 from vdae.diffusion import sde as sde_lib
 from vdae.io import pretrained
-from vdae.io.errors import CheckpointError
+from vdae.io.errors import CheckpointError, ConfigError
 
 FIXTURES = os.path.join(os.path.dirname(os.path.dirname(__file__)), "fixtures", "diffusers")
 M, S = 0.3, 0.5  # the Gaussian data's mean and std
@@ -151,3 +151,5 @@ def test_layouts_and_missing_weights(tmp_path):
     pretrained.find_layout(str(tmp_path))
   with pytest.raises(CheckpointError, match="no such directory"):
     pretrained.find_layout(str(tmp_path / "nope"))
+  with pytest.raises(ConfigError, match=r"model.path='gs://b/ddpm' is a remote path"):
+    pretrained.find_layout("gs://b/ddpm")

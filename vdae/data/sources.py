@@ -33,7 +33,7 @@ import grain
 import numpy as np
 
 from vdae import schema
-from vdae.io.errors import ConfigError, DataError
+from vdae.io.errors import ConfigError, DataError, require_local
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp")
 FACTOR_KINDS = ("continuous", "circular", "categorical")
@@ -340,6 +340,7 @@ def _array_record(cfg) -> dict[str, Split]:
     raise ConfigError(
       "data.source=array_record needs --config.data.path=GLOB of .array_record files."
     )
+  require_local("data.path", cfg.path)
   train_files = sorted(glob.glob(cfg.path))
   if not train_files:
     raise DataError(f"data.path={cfg.path!r} matches no files.")
@@ -376,6 +377,7 @@ def _array_record(cfg) -> dict[str, Split]:
 def _existing(path: str, source: str) -> str:
   if not path:
     raise ConfigError(f"data.source={source} needs --config.data.path=...")
+  require_local("data.path", path)
   if not os.path.exists(path):
     raise DataError(f"data.path={path!r} does not exist.")
   return path

@@ -27,3 +27,13 @@ class WorkdirError(VdaeError):
 
 class NonFiniteError(VdaeError):
   """Training produced a non-finite loss or gradient."""
+
+
+def require_local(key: str, path: str) -> None:
+  """Data and imported weights are read from local disk (the ArrayRecord reader, numpy
+  and safetensors open plain files): a bucket path is refused with what to do instead."""
+  if "://" in path:
+    raise ConfigError(
+      f"{key}={path!r} is a remote path, but it is read from local disk: copy it to every "
+      f"host first (on a TPU VM: launch/tpu_setup.sh -d '{path}=DIR') and set {key} to DIR."
+    )

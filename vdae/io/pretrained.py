@@ -33,7 +33,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from vdae.io.errors import CheckpointError, ConfigError, DataError
+from vdae.io.errors import CheckpointError, ConfigError, DataError, require_local
 from vdae.models import diffusers_unet
 from vdae.parallel import sharding
 
@@ -59,6 +59,7 @@ def find_layout(path: str) -> Layout:
       "model.source=diffusers needs model.path: a directory written by save_pretrained "
       "or a downloaded hub snapshot"
     )
+  require_local("model.path", path)
   if not os.path.isdir(path):
     raise CheckpointError(f"model.path={path}: no such directory")
   unet = os.path.join(path, "unet")
