@@ -198,7 +198,7 @@ def get_config() -> ml_collections.ConfigDict:
   sp.corrector_steps = 1
   sp.num_samples = 64
   # What --mode=sample draws: "score" = the score model alone (stage 1),
-  # "encoder" = z ~ N(0, I) decoded with the latent correction (stage 2),
+  # "encoder" = prior codes (sampling.latent_prior) decoded with the latent correction,
   # "auto" = the encoder's when stage 2 has a checkpoint.
   sp.source = one_of("sampling.source", "auto", ("auto", "score", "encoder"))
   # Where the VDAE's prior codes come from (--mode=sample, evaluation's sample_fid):

@@ -1,6 +1,6 @@
 """scikit-learn digits (8x8 grey, embedded): the CPU default.
 
-Whole pipeline (stage 1, stage 2, the latent prior, the VAE, evaluation) on 2 CPU cores:
+Whole pipeline (stage 1, stage 2, the latent prior, the VAE, its refiner, evaluation) on a CPU:
   python -m vdae.main --config=configs/digits.py --workdir=runs/digits --mode=all
 Stage 1 only, then samples:
   python -m vdae.main --config=configs/digits.py --workdir=runs/digits --mode=pretrain
