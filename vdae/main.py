@@ -64,17 +64,6 @@ def main(argv):
     sys.exit(2)
 
 
-def _unknown_field_message(detail: str, argv: list[str]) -> str:
-  from vdae import schema
-
-  for arg in argv:
-    if arg.startswith("--config."):
-      hint = schema.renamed_hint(arg[2:].split("=")[0])
-      if hint:
-        return f"{hint} (see configs/base.py)."
-  return f"a --config.* flag names a field the config does not have: {detail}"
-
-
 def _parse_flags(argv: list[str]) -> list[str]:
   """absl's flag parser, but a --config.<field> the config lacks is one line, exit 2.
 
@@ -87,7 +76,8 @@ def _parse_flags(argv: list[str]) -> list[str]:
     detail = str(e.args[0] if e.args else e).replace("\\n", " ").replace("\n", " ")
     detail = detail.replace("\\'", "").replace("'", "")  # KeyError's nested reprs
     detail = detail.replace(" Did you mean", ". Did you mean")
-    print(f"vdae: error: {_unknown_field_message(detail, argv)}", file=sys.stderr)
+    msg = f"a --config.* flag names a field the config does not have: {detail}"
+    print(f"vdae: error: {msg}", file=sys.stderr)
     sys.exit(2)
 
 

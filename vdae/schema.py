@@ -1,12 +1,11 @@
-"""The config's schema: valid choices, renamed keys, and the up-front check.
+"""The config's schema: valid choices and the up-front check.
 
 Every enumerated field declares its choices where configs/base.py declares the
 field (`one_of`); the up-front check and the code that dispatches on the
 field (`require`) both read that one declaration. ml_collections already
 rejects unknown keys and wrong types; `check` rejects values the code would
 only trip over later (a misspelt sampler after an hour of training) and lists
-every problem at once. `RENAMED` maps override names of earlier versions to
-the fields that replaced them, for the command line's error message.
+every problem at once.
 """
 
 from __future__ import annotations
@@ -16,24 +15,6 @@ from collections.abc import Sequence
 from vdae.io.errors import ConfigError
 
 CHOICES: dict[str, tuple[str, ...]] = {}
-
-# Old dotted key -> new dotted key (None: the field is gone).
-RENAMED: dict[str, str | None] = {
-  "training.batch_size": "stage1.batch_size",
-  "training.num_steps": "stage1.num_steps",
-  "training.likelihood_weighting": "stage1.likelihood_weighting",
-  "training.log_every": "stage1.log_every",
-  "training.sample_every": "stage1.image_every",
-  "training.checkpoint_every": "stage1.checkpoint_every",
-  "training.ema_decay": "loop.ema_decay",
-  "training.keep_checkpoints": "loop.keep_checkpoints",
-  "training.async_checkpointing": "loop.async_checkpointing",
-  "training.on_nonfinite": "loop.on_nonfinite",
-  "optim.lr": "stage1.lr",
-  "optim.warmup_steps": "stage1.warmup_steps",
-  "stage2.recon_every": "stage2.image_every",
-  "vae.recon_every": "vae.image_every",
-}
 
 # Every trained stage's config group has these fields (training/stages.py).
 STAGE_FIELDS = (
@@ -88,19 +69,6 @@ def require(key: str, value: str) -> str:
   if value not in allowed:
     raise ConfigError(f"{key}={value!r} is not one of {', '.join(allowed)}.")
   return value
-
-
-def renamed_hint(dotted: str) -> str | None:
-  """For an override of a field that no longer exists, the message naming its successor."""
-  key = dotted.removeprefix("config.")
-  if key in RENAMED:
-    new = RENAMED[key]
-    return f"--config.{key} is now --config.{new}" if new else f"--config.{key} was removed"
-  group = key.split(".")[0]
-  moved = sorted({v.split(".")[0] for k, v in RENAMED.items() if k.startswith(group + ".") and v})
-  if group == "training" and moved:
-    return f"the `training` group was split into {', '.join(moved)}; see configs/base.py"
-  return None
 
 
 def _get(config, dotted: str):

@@ -15,7 +15,7 @@ from vdae.training import stages
 
 pytestmark = pytest.mark.slow
 
-# Every autoencoder gets the same keys from the one harness.
+# Every autoencoder gets the same keys from the harness.
 PER_PROTOCOL = (
   "l2",
   "l2_ci_low",

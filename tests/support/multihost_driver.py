@@ -6,7 +6,7 @@ of `python -m vdae.main` once per stage: one process start and one
 lands between the stages is still honoured. Flags and exit codes are those of
 `vdae.main` (VdaeError -> 2, preemption -> 143):
 
-  python tests/multihost_driver.py --config=configs/tiny.py --workdir=/tmp/w \
+  python tests/support/multihost_driver.py --config=configs/tiny.py --workdir=/tmp/w \
       --stages=pretrain,train_encoder --config.runtime.num_processes=2 ...
 """
 

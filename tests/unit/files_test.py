@@ -1,4 +1,4 @@
-"""vdae/files.py: outputs are written whole or not at all."""
+"""vdae/io/files.py: outputs are written whole or not at all."""
 
 from __future__ import annotations
 

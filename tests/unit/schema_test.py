@@ -1,4 +1,4 @@
-"""The config schema: choices declared once, read by the check and the code; renamed keys."""
+"""The config schema: choices declared once, read by the check and the code."""
 
 import pytest
 
@@ -32,19 +32,6 @@ def test_choices_are_read_by_the_check_and_by_the_code():
     schema.check(c)
   with pytest.raises(ConfigError, match="sde.kind='vpp' is not one of vp, subvp, ve, vp_cosine"):
     sde_lib.SDE(kind="vpp")
-
-
-def test_renamed_keys_name_their_successor():
-  assert schema.renamed_hint("config.training.num_steps") == (
-    "--config.training.num_steps is now --config.stage1.num_steps"
-  )
-  assert "split into loop, stage1" in schema.renamed_hint("config.training.nope")
-  assert schema.renamed_hint("config.stage1.nope") is None
-  c = base.get_config()
-  for old, new in schema.RENAMED.items():
-    group, field = new.split(".")
-    assert field in c[group], new  # every successor exists
-    assert old.split(".")[1] not in c.get(old.split(".")[0], {}) or old.split(".")[0] != "training"
 
 
 def test_check_lists_every_problem():

@@ -1,4 +1,4 @@
-"""The `Autoencoder` interface every compared model implements (owned here).
+"""The `Autoencoder` interface every compared model implements.
 
 The evaluation harness (vdae/evaluation/harness.py) knows only this: encode a
 batch of images to codes, decode codes back under a named protocol (`sample`:

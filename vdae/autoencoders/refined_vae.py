@@ -1,4 +1,4 @@
-"""The VAE whose output a mean-reverting diffusion refines (owned here): the refiner's
+"""The VAE whose output a mean-reverting diffusion refines: the refiner's
 network and loss, and the `RefinedVAE` autoencoder.
 
 A VAE's reconstruction x_bar is a lossy x. IR-SDE's mean-reverting SDE

@@ -1,4 +1,4 @@
-"""The autoencoders the harness compares, and how each is loaded from a workdir (owned here).
+"""The autoencoders the harness compares, and how each is loaded from a workdir.
 
 One entry per autoencoder: the stage whose checkpoint says it is trained,
 and a loader that restores it (through `stages.load_stage`) as an

@@ -1,4 +1,4 @@
-"""SDEdit on a VAE's output (owned here): the baseline that refines x_bar without training.
+"""SDEdit on a VAE's output: the baseline that refines x_bar without training.
 
 Meng et al.'s SDEdit: perturb the VAE's reconstruction x_bar with the stage-1 score
 model's own SDE to a time t0 (`sdedit.t0`) and run the reverse process with the

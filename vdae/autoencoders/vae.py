@@ -1,4 +1,4 @@
-"""The VAE baseline: its networks and ELBO (`VAEModel`) and its `Autoencoder` (owned here).
+"""The VAE baseline: its networks and ELBO (`VAEModel`) and its `Autoencoder`.
 
 Encoder: the stage-2 `Encoder` architecture called at t = 0 (so the only
 difference from the VDAE's encoder is how it is trained). Decoder: a mirrored

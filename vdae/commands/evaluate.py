@@ -1,4 +1,4 @@
-"""--mode=evaluate: every trained autoencoder through the one harness, the score model's
+"""--mode=evaluate: every trained autoencoder through the harness, the score model's
 likelihood, and the pictures; WORKDIR/eval/metrics.json and `eval/...` TensorBoard scalars.
 
 metrics.json has flat keys and float values: `<model>/<protocol>/<metric>` and

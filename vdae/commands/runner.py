@@ -1,4 +1,4 @@
-"""How every command runs (owned here): config check, multi-host start-up, the workdir
+"""How every command runs: config check, multi-host start-up, the workdir
 lock, preemption notices, then the command; `vdae.main` and the test driver both use it."""
 
 from __future__ import annotations

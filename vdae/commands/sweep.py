@@ -3,7 +3,7 @@
 Stage 1 is trained once in WORKDIR (or found there). Each point (model, beta,
 seed) trains its own stage in WORKDIR/sweep/<model>_beta<beta>_seed<seed>/
 (the VDAE's encoder against WORKDIR's score model) and is evaluated through
-the one harness with the classifier of WORKDIR. The VAE's diffusion
+the harness with the classifier of WORKDIR. The VAE's diffusion
 enhancements decode the VAE's code, so they sweep sweep.vae_betas and live in
 the VAE point's directory: SDEdit with WORKDIR's score model, the refiner
 trained there on that VAE. A point whose stages are trained and were evaluated

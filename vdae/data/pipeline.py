@@ -1,4 +1,4 @@
-"""Batches through Grain, for training and for evaluation (owned here).
+"""Batches through Grain, for training and for evaluation.
 
 Training: an endless stream that visits every item of the split once per
 epoch, each epoch in a fresh seeded permutation; the global batch at step k
@@ -14,7 +14,7 @@ Evaluation: the split (or its first `limit` items) in order, in batches of one
 fixed size, the last one padded by `pad_batch` with a `valid` mask, so every
 batch runs through one compiled program and metrics drop the padding.
 `map_batched` applies a function to arrays that do not come from a split
-(decoded images, codes) the same way. This is the one padding helper.
+(decoded images, codes) the same way. Every padded batch goes through it.
 """
 
 from __future__ import annotations

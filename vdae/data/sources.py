@@ -1,4 +1,4 @@
-"""Data sources: random-access train/test splits of images in [-1, 1] (owned here).
+"""Data sources: random-access train/test splits of images in [-1, 1].
 
 Sources (config.data.source):
   digits        scikit-learn's 8x8 digits, embedded; a fixed seeded split.

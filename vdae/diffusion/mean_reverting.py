@@ -1,4 +1,4 @@
-"""The mean-reverting SDE of IR-SDE (Luo et al., ICML 2023, arXiv 2301.11699) (owned here).
+"""The mean-reverting SDE of IR-SDE (Luo et al., ICML 2023, arXiv 2301.11699).
 
   dx = theta(t) (mu - x) dt + sigma(t) dw,   sigma(t)^2 / theta(t) = 2 lam^2 fixed,
 

@@ -1,4 +1,4 @@
-"""The score model as the rest of the package sees it (owned here).
+"""The score model as the rest of the package sees it.
 
 The one place that builds the score network from the config (vdae's own U-Net,
 or an imported diffusers UNet2DModel: `model.source`), initialises its

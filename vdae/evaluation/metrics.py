@@ -1,4 +1,4 @@
-"""The metrics of an evaluation (owned here): Fréchet distance, PSNR, per-image L2,
+"""The metrics of an evaluation: Fréchet distance, PSNR, per-image L2,
 bootstrap intervals, the linear probe.
 
 Fréchet distance between two sets of features (FID when the features are a

@@ -1,4 +1,4 @@
-"""User-facing errors (owned here): each names the problem and what to do about it.
+"""User-facing errors: each names the problem and what to do about it.
 
 `vdae.main` turns any `VdaeError` into a one-paragraph message and exit code 2,
 with nothing already written touched.

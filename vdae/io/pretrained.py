@@ -1,4 +1,4 @@
-"""A diffusers DDPM directory -> Flax parameters + vdae's SDE (owned here).
+"""A diffusers DDPM directory -> Flax parameters + vdae's SDE.
 
 The score-model stage's second source (`model.source=diffusers`, `model.path=DIR`;
 training/stages.py): no second loader, the stage table asks this module for the

@@ -1,4 +1,4 @@
-"""Where a run's wall time goes (owned here), with the machine's speed beside it.
+"""Where a run's wall time goes, with the machine's speed beside it.
 
 `--mode=all` times each phase (every stage, the pictures, the evaluation) and
 ends with a table in the log and WORKDIR/timings.json. A time means little

@@ -1,4 +1,4 @@
-"""One run per workdir (owned here): a lock file taken before anything is written.
+"""One run per workdir: a lock file taken before anything is written.
 
 WORKDIR/.vdae.lock holds the holder's host, pid, start time, a heartbeat (rewritten
 every `lock_stale_seconds / 4` by a daemon thread) and a random token. It is

@@ -1,4 +1,4 @@
-"""TensorBoard writer (process 0 only), image grids and the PNG/.npz picture writer (owned here).
+"""TensorBoard writer (process 0 only), image grids and the PNG/.npz picture writer.
 
 tensorboardX writes event files without TensorFlow; `tensorboard --logdir
 WORKDIR/tensorboard` shows one run per stage.

@@ -1,4 +1,4 @@
-"""Dispatch of the fused step (owned here): the Pallas kernel or the reference.
+"""Dispatch of the fused step: the Pallas kernel or the reference.
 
 Callers use `reverse_step` / `stage2_residual`, which dispatch on `impl`
 (`sampling.kernel`):

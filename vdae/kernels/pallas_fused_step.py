@@ -22,7 +22,7 @@ of two >= 128, written once per batch block (at D block 0).
 Portability. Only `pl.pallas_call`, `BlockSpec`, `pl.program_id`, `pl.when`
 and `jnp`/`lax` elementwise ops are used, so the same kernel lowers through
 Mosaic (TPU) and Triton (GPU; selected explicitly, see `_compiler_params`) and
-runs under `interpret=True` on CPU. tests/test_kernels.py checks both
+runs under `interpret=True` on CPU. tests/unit/kernels_test.py checks both
 lowerings with `jax.export` on CPU; neither has been run on hardware yet. Mosaic
 has no `expm1` lowering, so `_expm1` below is Kahan's exp/log formulation,
 accurate to a few ulp where the naive exp(x) - 1 would lose ~4 digits at the
@@ -144,7 +144,7 @@ def _compiler_params(target: str):
   return pl_triton.CompilerParams(num_warps=4)
 
 
-# --- in-kernel math (must track vdae/sde.py and vdae/models/embedding.py) -----
+# --- in-kernel math (must track vdae/diffusion/sde.py and vdae/models/embedding.py) -----
 
 
 def _expm1(x: Array) -> Array:

@@ -1,4 +1,4 @@
-"""The learned latent prior: a small diffusion model over the encoder's codes (owned here).
+"""The learned latent prior: a small diffusion model over the encoder's codes.
 
 z ~ N(0, I) decoded gives poor samples because the encoder's aggregate posterior
 q(z) = E_x q(z | x) is not N(0, I). Like Diff-AE's and PDAE's "latent DDIM", a

@@ -1,4 +1,4 @@
-"""Which image sizes each network can take (owned here), checked before any work starts.
+"""Which image sizes each network can take, checked before any work starts.
 
 Every level of the U-Net and of the encoder after the first halves the side
 (a stride-2 conv, rounding up), so a side below 2^(levels - 1) would be

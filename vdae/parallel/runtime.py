@@ -1,4 +1,4 @@
-"""Process runtime: multi-host initialisation (owned here).
+"""Process runtime: multi-host initialisation.
 
 Multi-process when the config (runtime.*) or the environment says so:
   - runtime.coordinator_address / num_processes / process_id set explicitly

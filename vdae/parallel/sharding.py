@@ -1,4 +1,4 @@
-"""Device mesh, parameter layout rules, and global batches from per-process data (owned here).
+"""Device mesh, parameter layout rules, and global batches from per-process data.
 
 The mesh has two axes, `data` and `fsdp`. Batches are split over both (every
 device sees a distinct slice); parameters, optimizer state and EMA follow the

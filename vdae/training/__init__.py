@@ -1,1 +1,1 @@
-"""Training: the stage table, the one loop and its hooks, the step, state, checkpoints, restore."""
+"""Training: the stage table, the loop and its hooks, the step, state, checkpoints, restore."""

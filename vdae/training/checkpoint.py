@@ -1,4 +1,4 @@
-"""Orbax checkpointing: train state + Grain iterator state + run metadata (owned here).
+"""Orbax checkpointing: train state + Grain iterator state + run metadata.
 
 One `CheckpointManager` per stage directory (`WORKDIR/<stage>/checkpoints`).
 Saves are async by default; a step directory appears only once complete (Orbax

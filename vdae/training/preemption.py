@@ -1,4 +1,4 @@
-"""Preemption notices (owned here): SIGTERM becomes "save at the next safe point, then exit 143".
+"""Preemption notices: SIGTERM becomes "save at the next safe point, then exit 143".
 
 Single process: `notices()` (entered by the command runner for the whole
 command) turns SIGTERM into a flag. Training loops check it at every step

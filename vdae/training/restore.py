@@ -1,4 +1,4 @@
-"""Reading a checkpoint for another stage: the checks first, then a sharded restore (owned here).
+"""Reading a checkpoint for another stage: the checks first, then a sharded restore.
 
 Every reader of a trained stage goes through `restore_params` (via
 `stages.load_stage`), so a missing checkpoint, or one trained with another

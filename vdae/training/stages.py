@@ -1,18 +1,15 @@
-"""The stage table: every trained stage declared once (owned here).
+"""The stage table: every trained stage declared once.
 
 A `Stage` names its directory (WORKDIR/<name>/, also its TensorBoard run and
 its config group, whose fields are schema.STAGE_FIELDS), the config keys
 that must match to resume or to load it, how to initialise its parameters,
 and how to build its loss, frozen inputs and pictures. From the table:
 
-  stage_spec(name, ...)   the StageSpec the one Trainer runs;
+  stage_spec(name, ...)   the StageSpec the Trainer runs;
   train(name, config, workdir)   --mode=pretrain / train_encoder / train_prior / train_vae /
                                  train_refiner;
-  load_stage(name, ...)   the one loader every reader uses (same checks, same
-                          messages); is_trained(name, ...) the one "is it there?".
-
-Directory names (stage1, stage2, vae; prior is new) are those of earlier versions, so
-existing workdirs resume.
+  load_stage(name, ...)   the loader every reader uses (same checks, same
+                          messages); is_trained(name, ...) the "is it there?" check.
 
 A stage can also be imported instead of trained (`Stage.imported`): the score
 model with model.source=diffusers comes from a pretrained DDPM directory

@@ -1,4 +1,4 @@
-"""The training state (a typed pytree), the optimizer, and the state's one builder (owned here)."""
+"""The training state (a typed pytree), the optimizer, and the state's builder."""
 
 from __future__ import annotations
 
@@ -50,7 +50,7 @@ def make_optimizer(
 def state_init(
   init_params: Callable[[jax.Array], Any], opt: optax.GradientTransformation
 ) -> Callable[[jax.Array], TrainState]:
-  """key -> a fresh TrainState: the one place a state is put together."""
+  """key -> a fresh TrainState: where every state is put together."""
 
   def init(key):
     k_init, k_state = jax.random.split(key)
