@@ -56,6 +56,7 @@ from vdae.benchmarks import bench_imported, common  # noqa: E402
 from vdae.diffusion import sde as sde_lib  # noqa: E402
 from vdae.io import timings  # noqa: E402
 from vdae.kernels import reference  # noqa: E402
+from vdae.parallel import runtime  # noqa: E402
 from vdae.training import loop, stages  # noqa: E402
 
 # Datasheet figures by device kind (substring, lower case): HBM GB/s and dense bf16
@@ -498,4 +499,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+  runtime.default_cpu_kernels()  # the product's CPU kernels, before a backend starts
   sys.exit(main())

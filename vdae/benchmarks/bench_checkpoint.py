@@ -34,7 +34,10 @@ import numpy as np  # noqa: E402
 from configs import cifar10, digits  # noqa: E402
 from vdae.benchmarks import common  # noqa: E402
 from vdae.data import pipeline  # noqa: E402
-from vdae.parallel import sharding  # noqa: E402
+from vdae.parallel import (
+  runtime,
+  sharding,  # noqa: E402
+)
 from vdae.training import checkpoint, stages  # noqa: E402
 from vdae.training import state as state_lib  # noqa: E402
 
@@ -121,4 +124,5 @@ def main():
 
 
 if __name__ == "__main__":
+  runtime.default_cpu_kernels()  # the product's CPU kernels, before a backend starts
   main()

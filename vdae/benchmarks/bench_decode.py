@@ -40,6 +40,7 @@ from vdae.diffusion import sde as sde_lib  # noqa: E402
 from vdae.evaluation import harness  # noqa: E402
 from vdae.io import files  # noqa: E402
 from vdae.latent import correction  # noqa: E402
+from vdae.parallel import runtime
 from vdae.training import stages  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.")
@@ -244,4 +245,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  runtime.default_cpu_kernels()  # the product's CPU kernels, before a backend starts
   app.run(main)

@@ -35,6 +35,7 @@ from configs import cifar10_ddpm  # noqa: E402
 from vdae.benchmarks import common  # noqa: E402
 from vdae.io import pretrained  # noqa: E402
 from vdae.models import diffusers_unet  # noqa: E402
+from vdae.parallel import runtime
 from vdae.training import stages  # noqa: E402
 
 # google/ddpm-cifar10-32's UNet (its config.json, as committed in the fixtures).
@@ -106,4 +107,5 @@ def main():
 
 
 if __name__ == "__main__":
+  runtime.default_cpu_kernels()  # the product's CPU kernels, before a backend starts
   main()

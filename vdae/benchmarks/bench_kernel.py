@@ -41,6 +41,7 @@ except ImportError:  # run as a script from a checkout without installing the pa
 from vdae.diffusion import sde as sde_lib  # noqa: E402
 from vdae.kernels import reference as fs  # noqa: E402
 from vdae.models.embedding import sinusoidal  # noqa: E402
+from vdae.parallel import runtime
 
 DEFAULT_SHAPES = "256x64,256x784,256x3072,256x12288"
 
@@ -201,4 +202,5 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
+  runtime.default_cpu_kernels()  # the product's CPU kernels, before a backend starts
   main()

@@ -42,6 +42,7 @@ import jax  # noqa: E402
 
 from vdae.benchmarks import common  # noqa: E402
 from vdae.io import pretrained  # noqa: E402
+from vdae.parallel import runtime  # noqa: E402
 from vdae.training import stages  # noqa: E402
 
 
@@ -162,4 +163,5 @@ def main():
 
 
 if __name__ == "__main__":
+  runtime.default_cpu_kernels()  # the product's CPU kernels, before a backend starts
   main()

@@ -24,6 +24,7 @@ import jax  # noqa: E402
 
 from configs import digits  # noqa: E402
 from vdae.benchmarks import common  # noqa: E402
+from vdae.parallel import runtime
 from vdae.training import stages  # noqa: E402
 
 
@@ -72,4 +73,5 @@ def main():
 
 
 if __name__ == "__main__":
+  runtime.default_cpu_kernels()  # the product's CPU kernels, before a backend starts
   main()

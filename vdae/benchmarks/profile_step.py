@@ -26,6 +26,7 @@ import re
 import tempfile
 
 from vdae.benchmarks import bench_pipeline, common
+from vdae.parallel import runtime
 from vdae.training import stages
 
 
@@ -122,4 +123,5 @@ def main():
 
 
 if __name__ == "__main__":
+  runtime.default_cpu_kernels()  # the product's CPU kernels, before a backend starts
   main()

@@ -47,6 +47,7 @@ from vdae.evaluation import classifier
 from vdae.evaluation import factors as factor_metrics
 from vdae.io.errors import ConfigError, VdaeError
 from vdae.latent import correction
+from vdae.parallel import runtime
 from vdae.training import stages
 
 
@@ -275,4 +276,5 @@ def plot(rows, path: str) -> None:
 
 
 if __name__ == "__main__":
+  runtime.default_cpu_kernels()  # the product's CPU kernels, before a backend starts
   main()

@@ -41,7 +41,7 @@ from vdae.data import pipeline
 from vdae.evaluation import harness
 from vdae.io import curves
 from vdae.io.errors import ConfigError
-from vdae.parallel import sharding
+from vdae.parallel import runtime, sharding
 from vdae.training import stages
 
 QUALITY = {
@@ -252,4 +252,5 @@ def main():
 
 
 if __name__ == "__main__":
+  runtime.default_cpu_kernels()  # the product's CPU kernels, before a backend starts
   main()
