@@ -32,6 +32,7 @@ from typing import Any
 
 import jax
 import numpy as np
+from flax import traverse_util
 
 from vdae.io.errors import CheckpointError, ConfigError, DataError, require_local
 from vdae.models import diffusers_unet
@@ -324,10 +325,7 @@ def to_flax_tree(tensors: dict[str, np.ndarray], spec, where: str) -> dict:
   CheckpointError names what is missing, left over or of the wrong shape.
   """
   abstract = diffusers_unet.init_abstract(spec)
-  flat = {
-    tuple(str(getattr(k, "key", k)) for k in path): leaf
-    for path, leaf in jax.tree_util.tree_flatten_with_path(abstract)[0]
-  }
+  flat = traverse_util.flatten_dict(abstract)
   filled: dict[tuple[str, ...], np.ndarray] = {}
   unused = []
   for name in sorted(tensors):
@@ -384,8 +382,7 @@ def export_tensors(tree: dict) -> dict[str, np.ndarray]:
   """The inverse of `to_flax_tree`: a Flax UNet2DModel tree as diffusers-named torch
   layouts, so tests and benchmarks can write checkpoints without torch."""
   out = {}
-  for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
-    keys = [str(getattr(k, "key", k)) for k in path]
+  for keys, leaf in traverse_util.flatten_dict(tree).items():
     parts = []
     for k in keys[:-1]:
       head, _, num = k.rpartition("_")

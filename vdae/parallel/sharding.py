@@ -54,10 +54,6 @@ def make_mesh(mesh_cfg, devices: Sequence[jax.Device] | None = None) -> Mesh:
   return jax.make_mesh((data, fsdp), BATCH_AXES, axis_types=(AxisType.Auto,) * 2, devices=devices)
 
 
-def _path_str(path) -> str:
-  return "/".join(str(getattr(k, "key", getattr(k, "idx", getattr(k, "name", k)))) for k in path)
-
-
 def _leaf_spec(shape: tuple[int, ...], layout: str, fsdp_size: int) -> P:
   if layout == "replicate" or fsdp_size == 1 or not shape:
     return P()
@@ -79,7 +75,7 @@ def state_shardings(abstract_state, mesh: Mesh, rules: Sequence[tuple[str, str]]
   fsdp_size = mesh.shape["fsdp"]
 
   def one(path, leaf):
-    name = _path_str(path)
+    name = jax.tree_util.keystr(path, simple=True, separator="/")
     layout = next((lay for rx, lay in compiled if rx.search(name)), "replicate")
     if name.split("/")[0] in ALWAYS_REPLICATED:
       layout = "replicate"
