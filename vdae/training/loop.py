@@ -280,6 +280,17 @@ class Trainer:
     log.info("%s: resumed from step %d", self.spec.name, step0)
     return state
 
+  def _compile(self, step_fn, state, batch, watch, tb, step):
+    """The train step compiled for this state's and batch's shapes and shardings, before
+    the loop runs it; returns it with XLA's FLOPs a step."""
+    t0 = time.perf_counter()
+    fn = step_fn.lower(state, batch, self.spec.frozen, watch.arrays).compile()
+    seconds = time.perf_counter() - t0  # small when the persistent cache had it
+    log.info("%s: train step compiled in %.1f s", self.spec.name, seconds)
+    tb.scalars(step, {"perf/compile_seconds": seconds})
+    self.stats = {"compile_seconds": seconds}
+    return fn, step_lib.compiled_flops(fn)
+
   def train(self):
     spec, cfg, lp = self.spec, self.config, self.config.loop
     sharding.check_batch(spec.batch_size, self.mesh)
@@ -311,39 +322,28 @@ class Trainer:
         tb.text(0, "config", "```\n" + cfg.to_json_best_effort(indent=2) + "\n```")
       watch = step_lib.NonFiniteWatch(self.mesh)
       guard = FiniteGuard(spec.name, lp.on_nonfinite, watch, ckpt)
-      compiled = {}
+      fn, flops, first, t_loop = None, None, None, time.perf_counter()
+      if start < spec.num_steps:
+        first = sharding.global_batch(next(it), self.mesh)
+        fn, flops = self._compile(step_fn, state, first, watch, tb, start + 1)
+        t_loop = time.perf_counter()
       progress = ProgressHook(start, spec.num_steps, spec.name)
       ckpt_hook = CheckpointHook(spec.checkpoint_every, ckpt, guard, it, self.meta())
-      hooks = [progress]
-      hooks += [
+      clock = lambda: time.perf_counter() - t_loop
+      hooks = [
+        progress,
         ScalarsHook(
-          spec.log_every,
-          tb,
-          guard,
-          spec.batch_size,
-          lambda: compiled.get("flops"),
-          start,
-          progress,
-          lambda: time.perf_counter() - compiled["t_loop"],
+          spec.log_every, tb, guard, spec.batch_size, lambda: flops, start, progress, clock
         ),
-        EtaHook(spec.name, start, spec.num_steps, lambda: time.perf_counter() - compiled["t_loop"]),
+        EtaHook(spec.name, start, spec.num_steps, clock),
         ImagesHook(spec.image_every, tb, spec.images),
         ProfileHook(lp.profile_steps, tb_dir, start),
         ckpt_hook,
         PreemptionHook(spec.name, ckpt_hook, start),
       ]
       for step in range(start + 1, spec.num_steps + 1):
-        batch = sharding.global_batch(next(it), self.mesh)
-        if "fn" not in compiled:
-          t0 = time.perf_counter()
-          compiled["fn"] = step_fn.lower(state, batch, spec.frozen, watch.arrays).compile()
-          compiled["flops"] = step_lib.compiled_flops(compiled["fn"])
-          seconds = time.perf_counter() - t0  # small when the persistent cache had it
-          log.info("%s: train step compiled in %.1f s", spec.name, seconds)
-          tb.scalars(step, {"perf/compile_seconds": seconds})
-          self.stats = {"compile_seconds": seconds}
-          t_loop = compiled["t_loop"] = time.perf_counter()
-        state, metrics, watch.arrays = compiled["fn"](state, batch, spec.frozen, watch.arrays)
+        batch = first if step == start + 1 else sharding.global_batch(next(it), self.mesh)
+        state, metrics, watch.arrays = fn(state, batch, spec.frozen, watch.arrays)
         if step == spec.num_steps and self.stats:  # before the final save and scalars
           jax.block_until_ready(state)
           self.stats.update(steps=step - start, loop_seconds=time.perf_counter() - t_loop)
