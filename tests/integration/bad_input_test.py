@@ -99,7 +99,10 @@ def _cases(d) -> dict[str, tuple[list[str], str]]:
       npz("seven.npz", rng.integers(0, 256, (20, 7, 7), dtype=np.uint8)) + ["--mode=train_vae"],
       "cannot be reproduced by the VAE decoder",
     ),
-    "old_override_name": (["--config.training.num_steps=9"], "now --config.stage1.num_steps"),
+    "unknown_field": (
+      ["--config.stage2.beta=0.1"],
+      'a --config.* flag names a field the config does not have: "beta"',
+    ),
     "bad_config_values": (
       ["--config.sampling.method=dpm", "--config.model.temb_dim=15"],
       "sampling.method='dpm' is not one of em, pc, ode, heun, dpmpp_2m, dpmpp_2m_sde; "
@@ -125,7 +128,7 @@ def _cases(d) -> dict[str, tuple[list[str], str]]:
     "mesh_too_small",
     "images_too_small",
     "vae_cannot_reproduce",
-    "old_override_name",
+    "unknown_field",
     "bad_config_values",
   ],
 )
