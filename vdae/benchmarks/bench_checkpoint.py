@@ -34,10 +34,7 @@ import numpy as np  # noqa: E402
 from configs import cifar10, digits  # noqa: E402
 from vdae.benchmarks import common  # noqa: E402
 from vdae.data import pipeline  # noqa: E402
-from vdae.parallel import (
-  runtime,
-  sharding,  # noqa: E402
-)
+from vdae.parallel import runtime, sharding  # noqa: E402
 from vdae.training import checkpoint, stages  # noqa: E402
 from vdae.training import state as state_lib  # noqa: E402
 

@@ -40,7 +40,7 @@ from vdae.diffusion import sde as sde_lib  # noqa: E402
 from vdae.evaluation import harness  # noqa: E402
 from vdae.io import files  # noqa: E402
 from vdae.latent import correction  # noqa: E402
-from vdae.parallel import runtime
+from vdae.parallel import runtime  # noqa: E402
 from vdae.training import stages  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.")

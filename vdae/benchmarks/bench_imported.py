@@ -35,7 +35,7 @@ from configs import cifar10_ddpm  # noqa: E402
 from vdae.benchmarks import common  # noqa: E402
 from vdae.io import pretrained  # noqa: E402
 from vdae.models import diffusers_unet  # noqa: E402
-from vdae.parallel import runtime
+from vdae.parallel import runtime  # noqa: E402
 from vdae.training import stages  # noqa: E402
 
 # google/ddpm-cifar10-32's UNet (its config.json, as committed in the fixtures).

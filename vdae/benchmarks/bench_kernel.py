@@ -41,7 +41,7 @@ except ImportError:  # run as a script from a checkout without installing the pa
 from vdae.diffusion import sde as sde_lib  # noqa: E402
 from vdae.kernels import reference as fs  # noqa: E402
 from vdae.models.embedding import sinusoidal  # noqa: E402
-from vdae.parallel import runtime
+from vdae.parallel import runtime  # noqa: E402
 
 DEFAULT_SHAPES = "256x64,256x784,256x3072,256x12288"
 

@@ -24,7 +24,7 @@ import jax  # noqa: E402
 
 from configs import digits  # noqa: E402
 from vdae.benchmarks import common  # noqa: E402
-from vdae.parallel import runtime
+from vdae.parallel import runtime  # noqa: E402
 from vdae.training import stages  # noqa: E402
 
 

@@ -27,32 +27,37 @@ _DCI = ("disentanglement", "completeness", "informativeness")
 Cell = Callable[[str, int], str | None]
 
 
+def _table(head: Sequence[str], rows) -> list[str]:
+  """A markdown table of `(label, cells)` rows, keeping those with at least one value."""
+  lines = ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
+  for label, cells in rows:
+    if any(cells):
+      lines.append(f"| {label} | " + " | ".join(c or "—" for c in cells) + " |")
+  return lines
+
+
 def tables(cell: Cell, keys: Sequence[str], models: Sequence[str], protocols: Sequence[str]):
   """Per-protocol metrics by model and protocol, per-model metrics, then (for data with
   factors, read from `keys`) each factor's probe score, DCI and MIG."""
-  lines = ["| model / protocol | " + " | ".join(PROTOCOL_METRICS) + " |"]
-  lines.append("|---" * (len(PROTOCOL_METRICS) + 1) + "|")
-  for m in models:
-    for p in protocols:
-      cells = [cell(f"{m}/{p}/{k}", DIGITS[k]) for k in PROTOCOL_METRICS]
-      if any(cells):
-        lines.append(f"| {m} / {p} | " + " | ".join(c or "—" for c in cells) + " |")
-  lines += ["", "| model | " + " | ".join(MODEL_METRICS) + " |"]
-  lines.append("|---" * (len(MODEL_METRICS) + 1) + "|")
-  for m in models:
-    cells = [cell(f"{m}/{k}", 3) for k in MODEL_METRICS]
-    if any(cells):
-      lines.append(f"| {m} | " + " | ".join(c or "—" for c in cells) + " |")
+  lines = _table(
+    ["model / protocol", *PROTOCOL_METRICS],
+    (
+      (f"{m} / {p}", [cell(f"{m}/{p}/{k}", DIGITS[k]) for k in PROTOCOL_METRICS])
+      for m in models
+      for p in protocols
+    ),
+  )
+  lines += [""] + _table(
+    ["model", *MODEL_METRICS], ((m, [cell(f"{m}/{k}", 3) for k in MODEL_METRICS]) for m in models)
+  )
   probes = sorted({k.split("/", 1)[1] for k in keys if k.split("/")[1:2] == ["factors"]})
   if probes:
     heads = [k.split("/")[1] + (" (acc.)" if k.endswith("accuracy") else "") for k in probes]
     cols = probes + [f"dci/{d}" for d in _DCI] + ["mig"]
-    heads += ["D", "C", "I", "MIG"]
-    lines += ["", "| model | " + " | ".join(heads) + " |", "|---" * (len(heads) + 1) + "|"]
-    for m in models:
-      cells = [cell(f"{m}/{k}", 2) for k in cols]
-      if any(cells):
-        lines.append(f"| {m} | " + " | ".join(c or "—" for c in cells) + " |")
+    lines += [""] + _table(
+      ["model", *heads, "D", "C", "I", "MIG"],
+      ((m, [cell(f"{m}/{k}", 2) for k in cols]) for m in models),
+    )
   return "\n".join(lines)
 
 

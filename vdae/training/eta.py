@@ -16,8 +16,6 @@ import time
 
 import jax
 
-log = logging.getLogger(__name__)
-
 LONG_ON_CPU_S = 3 * 3600
 TIMED_STEPS = 20  # steps past the compile before the rate is read
 
