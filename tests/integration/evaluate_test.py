@@ -5,7 +5,6 @@ included."""
 
 import json
 import os
-import sys
 
 import numpy as np
 import pytest
@@ -82,54 +81,24 @@ def tiny_config():
   config.model.channel_mults = config.encoder.channel_mults = (1,)
   config.model.num_res_blocks, config.model.attn_resolutions = 1, ()
   # The 4-step encoder's conditional score is stiff: its PF-ODE likelihood (neg ELBO)
-  # takes ~1.4k adaptive steps, near the 2k default cap (NaN past it).
+  # took ~1.4k adaptive steps at the default tolerance (thousands compiled without
+  # XLA's backend optimisations, minutes of the suite). The tests check the key's
+  # wiring, not its value: a loose tolerance, and room under the step cap (NaN past it).
+  config.eval.bpd_rtol = config.eval.bpd_atol = 1e-2
   config.eval.bpd_max_steps = 8000
-  config.eval.elbo_num_images = 1  # one stiff solve: the key's wiring, not its value
+  config.eval.elbo_num_images = 1
   return config
 
 
-def train_and_evaluate(workdir: str) -> None:
-  """Every stage of the table, then --mode=evaluate; what evaluate returned goes to
-  WORKDIR/returned.json (the test compares it with what it wrote)."""
-  config = tiny_config()
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+  """Every stage of the table on the tiny config, then --mode=evaluate, in this process
+  (compiled as every test is, tests/conftest.py); the tests read the workdir and compare
+  what evaluate returned with what it wrote."""
+  config, workdir = tiny_config(), str(tmp_path_factory.mktemp("tiny_eval"))
   for name in stages.STAGES:
     stages.train(name, config, workdir)
-  metrics = evaluate.evaluate(config, workdir)
-  with open(os.path.join(workdir, "returned.json"), "w") as f:
-    json.dump(metrics, f)
-
-
-def train_stage(name: str, workdir: str) -> None:
-  stages.train(name, tiny_config(), workdir)
-
-
-@pytest.fixture(scope="module")
-def optimised(request, tmp_path_factory):
-  """call(expr, log, *args): evaluates `expr` (this module's functions, sys.argv[1:] the
-  args) in a child with XLA's backend optimisations on. The shared run's likelihood
-  solves take thousands of small steps, which ran 2.4x slower compiled as the
-  compile-bound tests around it are (tests/conftest.py); a test that compares
-  parameters with the run's trains in such a child too, so both compile alike."""
-  from tests.support import procs
-
-  env = procs.child_env(procs.compile_cache(request, tmp_path_factory), optimise=True)
-
-  def call(expr: str, log: str, *args: str) -> None:
-    code = f"import sys; from tests.integration.evaluate_test import *; {expr}"
-    rc, out = procs.run([sys.executable, "-c", code, *args], env, log, 800)
-    assert rc == 0, out[-4000:]
-
-  return call
-
-
-@pytest.fixture(scope="module")
-def tiny_run(optimised, tmp_path_factory):
-  """Every stage of the table on the tiny config, then --mode=evaluate (in an optimised
-  child); the tests read it in this process."""
-  workdir = str(tmp_path_factory.mktemp("tiny_eval"))
-  optimised("train_and_evaluate(sys.argv[1])", f"{workdir}.log", workdir)
-  with open(os.path.join(workdir, "returned.json")) as f:
-    return tiny_config(), workdir, json.load(f)
+  return config, workdir, evaluate.evaluate(config, workdir)
 
 
 @pytest.mark.timeout(900)  # includes the module fixture: three stages trained, then evaluated
@@ -258,9 +227,7 @@ def test_evaluate_event_file_has_eval_scalars(tiny_run):
 
 
 @pytest.mark.timeout(300)
-def test_the_latent_prior_resumes_to_the_uninterrupted_runs_parameters(
-  tiny_run, optimised, tmp_path
-):
+def test_the_latent_prior_resumes_to_the_uninterrupted_runs_parameters(tiny_run, tmp_path):
   """A copy of the run with the prior's last checkpoint gone (what a kill after the
   step-2 save leaves) resumes from step 2 and ends on the same parameters; and a
   prior whose encoder has since trained further is refused."""
@@ -276,7 +243,7 @@ def test_the_latent_prior_resumes_to_the_uninterrupted_runs_parameters(
   shutil.copytree(workdir, copy, ignore=shutil.ignore_patterns("eval", "sweep"))
   shutil.rmtree(os.path.join(copy, "prior", "checkpoints", str(n)))
   assert stages.trained_step("prior", config, copy) == 2
-  optimised("train_stage('prior', sys.argv[1])", str(tmp_path / "prior.log"), copy)
+  stages.train("prior", config, copy)
   ck = lambda wd: os.path.join(wd, "prior", "checkpoints")
   procs.assert_trees_close(procs.read_state(ck(workdir), n), procs.read_state(ck(copy), n))
   more = config.copy_and_resolve_references()

@@ -26,8 +26,7 @@ DRIVER = os.path.join(ROOT, "tests", "support", "multihost_driver.py")
 LAUNCH = os.path.join(ROOT, "launch")
 # Tests run tiny configs: compile-bound, so XLA:CPU's backend optimisations cost more than
 # they save (a tiny --mode=all: 136 s against 173 s with them). tests/conftest.py turns them
-# off for the pytest processes too, and the children inherit that; a runtime-bound child
-# (evaluate_test's shared run) asks for them back with `child_env(..., optimise=True)`.
+# off for the pytest processes too, and the children inherit that.
 FAST_COMPILE = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
 
 # configs/tiny.py made cheaper to compile (one resolution, one block, no
@@ -59,18 +58,15 @@ def free_port() -> int:
     return s.getsockname()[1]
 
 
-def child_env(
-  cache_dir: str, devices: int = 4, optimise: bool = False, **extra: str
-) -> dict[str, str]:
-  """Environment of a child: CPU only, `devices` forced devices, the shared cache; XLA's
-  backend optimisations off unless `optimise`."""
+def child_env(cache_dir: str, devices: int = 4, **extra: str) -> dict[str, str]:
+  """Environment of a child: CPU only, `devices` forced devices, the shared cache, XLA's
+  backend optimisations off."""
   env = dict(os.environ)
   for k in ("VDAE_COORDINATOR", "VDAE_NUM_PROCESSES", "VDAE_PROCESS_ID"):
     env.pop(k, None)
   env.update(
     JAX_PLATFORMS="cpu",
-    XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}"
-    + ("" if optimise else f" {FAST_COMPILE}"),
+    XLA_FLAGS=f"--xla_force_host_platform_device_count={devices} {FAST_COMPILE}",
     JAX_COMPILATION_CACHE_DIR=cache_dir,
     JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
     JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0",
