@@ -35,6 +35,8 @@ IMPORTED = (
   # (evaluate_test.py checks every protocol and key on the native model).
   "--config.eval.protocols=('sample','mode')",
   "--config.eval.timing_methods=('',)",
+  "--config.eval.classifier_steps=30",
+  "--config.eval.probe_max_iter=50",
 )
 
 

@@ -169,6 +169,10 @@ def test_two_process_evaluate_with_parameters_split_across_processes(reference, 
     # from noise; the PF ODE forwards, then back); `mode` and `mean` run the same
     # gathered decoder with another solver or K times.
     "--config.eval.protocols=('sample','inverted')",
+    # A 30-step judge (pipeline_faults_test's): the same in both runs, trained across
+    # both processes in the second, so its all-reduce is still compared.
+    "--config.eval.classifier_steps=30",
+    "--config.eval.probe_max_iter=50",
     f"--config.eval.bpd_rtol={rtol}",
     f"--config.eval.bpd_atol={rtol}",
   )
