@@ -101,7 +101,7 @@ def tiny_run(tmp_path_factory):
   return config, workdir, evaluate.evaluate(config, workdir)
 
 
-@pytest.mark.timeout(900)  # includes the module fixture: three stages trained, then evaluated
+@pytest.mark.timeout(900)  # includes the module fixture: every stage trained, then evaluated
 def test_evaluate_writes_every_metric(tiny_run):
   _, workdir, metrics = tiny_run
   assert set(metrics) == KEYS
