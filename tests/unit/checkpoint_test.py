@@ -1,14 +1,17 @@
-"""Orbax checkpoints: a save restores exactly into a sharded target; metadata; damage."""
+"""Orbax checkpoints: a save restores exactly into a sharded target; metadata; damage;
+what a reader restores and when it reads it again."""
 
 import os
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from vdae.io.errors import CheckpointError
-from vdae.training import checkpoint, restore
+from vdae.parallel import sharding
+from vdae.training import checkpoint, restore, state
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -48,3 +51,46 @@ def test_check_meta_names_the_differing_field(tiny_config):
     restore.check_meta(meta, other, ("vae.decoder_channels",), (8, 8, 1), "here", "hint")
   with pytest.raises(CheckpointError, match="shape"):
     restore.check_meta(meta, tiny_config, ("model",), (6, 6, 3), "here", "hint")
+
+
+def _save_state(ck, step, params, config):
+  """A TrainState whose parameters and EMA differ, saved at `step`."""
+  init = lambda k: params
+  opt = optax.adam(1e-3)
+  mesh = sharding.make_mesh(config.mesh)
+  st, _ = state.create_sharded(init, opt, 0, mesh, config.mesh.param_rules)
+  st = st.replace(ema_params=jax.tree.map(lambda p: 2 * p, st.params))
+  meta = {"config": restore.config_json(config), "image_shape": [8, 8, 1]}
+  ck.save(step, st, None, meta, force=True)
+  ck.wait()
+  return init, opt, mesh
+
+
+def test_a_reader_restores_only_the_copy_it_asks_for_and_reuses_it_within_a_scope(
+  tmp_path, tiny_config
+):
+  ck_dir = str(tmp_path / "ck")
+  ck = checkpoint.Checkpointer(ck_dir, keep=5, async_save=False)
+  w = {"dense": {"kernel": jnp.arange(8.0).reshape(4, 2), "bias": jnp.ones(2)}}
+  init, opt, mesh = _save_state(ck, 1, w, tiny_config)
+
+  def load(use_ema=True, config=tiny_config):
+    kw = dict(keys=("vae",), image_shape=(8, 8, 1), what="x", run_first="y", use_ema=use_ema)
+    return restore.restore_params(ck_dir, init, opt, config, mesh, **kw)[0]
+
+  ema, params = load(), load(use_ema=False)
+  np.testing.assert_array_equal(ema["dense"]["kernel"], 2 * np.arange(8.0).reshape(4, 2))
+  np.testing.assert_array_equal(params["dense"]["bias"], np.ones(2))
+  assert load() is not ema  # outside a scope every call reads the checkpoint
+  with restore.reuse_loaded():
+    first = load()
+    assert load() is first and load(use_ema=False) is not first
+    # A mismatched config is refused even when the parameters are at hand.
+    other = tiny_config.copy_and_resolve_references()
+    other.vae.decoder_channels = 99
+    with pytest.raises(CheckpointError, match="vae.decoder_channels"):
+      load(config=other)
+    _save_state(ck, 2, jax.tree.map(lambda p: p + 1, w), tiny_config)  # a newer step
+    np.testing.assert_array_equal(load()["dense"]["bias"], 4 * np.ones(2))
+  ck.close()
+  assert load() is not first

@@ -1,5 +1,6 @@
-"""How every command runs: config check, multi-host start-up, the workdir
-lock, preemption notices, then the command; `vdae.main` and the test driver both use it."""
+"""How every command runs: config check, multi-host start-up, the workdir lock,
+preemption notices and restored parameters reused across the commands, then the
+command; `vdae.main` and the test driver both use it."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from collections.abc import Callable, Sequence
 from vdae import schema
 from vdae.io import pretrained, workdir_lock
 from vdae.parallel import runtime
-from vdae.training import checkpoint, preemption
+from vdae.training import checkpoint, preemption, restore
 
 
 def execute(config, workdir: str, commands: Sequence[Callable]) -> None:
@@ -19,7 +20,7 @@ def execute(config, workdir: str, commands: Sequence[Callable]) -> None:
   runtime.cpu_kernels(config.runtime.cpu_ynnpack)
   runtime.compile_cache(config.runtime)
   runtime.initialize(config.runtime)
-  with preemption.notices(), workdir_lock.hold(workdir, config.runtime):
+  with preemption.notices(), workdir_lock.hold(workdir, config.runtime), restore.reuse_loaded():
     for i, command in enumerate(commands):
       if i:
         preemption.exit_if_requested(f"after {commands[i - 1].__name__}")

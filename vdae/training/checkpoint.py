@@ -160,9 +160,16 @@ class Checkpointer:
     return self._mngr.save(step, args=ocp.args.Composite(**items), force=force)
 
   def restore(
-    self, abstract_state: Any, data_iter: Any | None = None, step: int | None = None
+    self,
+    abstract_state: Any,
+    data_iter: Any | None = None,
+    step: int | None = None,
+    part: str | None = None,
   ) -> tuple[int, Any]:
     """Restores the newest readable checkpoint (or `step`) into the sharded target.
+
+    part: restore only this field of the state (`abstract_state` is then that field's
+    target, and so is what comes back); the rest is not read from disk.
 
     A newest checkpoint that fails to restore (or whose metadata does not
     read) is skipped, with a warning, for the one before it, and moved aside to
@@ -177,7 +184,12 @@ class Checkpointer:
       candidates = self._agreed(candidates, data_iter is not None)
     errors = []
     for s in candidates:
-      items = {"state": ocp.args.StandardRestore(abstract_state)}
+      if part is None:
+        items = {"state": ocp.args.StandardRestore(abstract_state)}
+      else:
+        target = {part: abstract_state}
+        restore_args = ocp.checkpoint_utils.construct_restore_args(target)
+        items = {"state": ocp.args.PyTreeRestore(target, restore_args, partial_restore=True)}
       if data_iter is not None:
         items["data"] = grain.checkpoint.CheckpointRestore(data_iter)
       try:
@@ -186,7 +198,7 @@ class Checkpointer:
         if errors:
           log.warning("restored step %d after skipping damaged newer checkpoint(s): %s", s, errors)
           self._move_aside([c for c in candidates if c > s])
-        return s, out["state"]
+        return s, (out["state"] if part is None else out["state"][part])
       except Exception as e:  # noqa: BLE001 - any failure means "damaged"; try older
         log.warning(
           "checkpoint %s/%d could not be restored (%s); trying the one before",
