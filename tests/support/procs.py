@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import glob
 import hashlib
+import importlib.metadata
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -24,15 +26,26 @@ import numpy as np
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 DRIVER = os.path.join(ROOT, "tests", "support", "multihost_driver.py")
 LAUNCH = os.path.join(ROOT, "launch")
+
+
+def _jaxlib_version() -> tuple[int, ...]:
+  try:
+    v = importlib.metadata.version("jaxlib")
+  except importlib.metadata.PackageNotFoundError:
+    return ()
+  return tuple(int(p) for p in re.findall(r"\d+", v)[:3])
+
+
 # Tests run tiny configs: compile-bound, so XLA:CPU's backend optimisations cost more than
 # they save (a tiny --mode=all: 136 s against 173 s with them), and its older elemental
 # fusion emitters compile faster than the MLIR ones at these sizes (a cold MINI --mode=all:
 # XLA compile 24.7 s against 40.6 s, 61.5 s against 77.7 s in all; warm, 40.6 s against
-# 41.7 s). tests/conftest.py sets them for the pytest processes too; children inherit them.
-FAST_COMPILE = (
-  "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
-  " --xla_cpu_use_fusion_emitters=false"
-)
+# 41.7 s). jaxlib 0.12's XLA has only the MLIR emitters and aborts on the flag, so it is
+# passed to the jaxlibs known to take it (0.10). tests/conftest.py sets these for the
+# pytest processes too; children inherit them.
+FAST_COMPILE = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
+if (0, 10) <= _jaxlib_version() < (0, 11):
+  FAST_COMPILE += " --xla_cpu_use_fusion_emitters=false"
 
 # configs/tiny.py made cheaper to compile (one resolution, one block, no
 # attention) and with a constant schedule, so num_steps is not baked into the
