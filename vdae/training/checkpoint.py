@@ -22,6 +22,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
+from orbax.checkpoint._src.metadata import array_metadata_store
 
 from vdae.io import files
 from vdae.io.errors import CheckpointError
@@ -106,6 +107,32 @@ def install_noise_filters() -> None:
   logging.getLogger("asyncio").addFilter(_DropAbandonedReads())
 
 
+# Orbax writes a replicated array "replica-parallel": each device holding a copy writes a
+# slice of it, one sliced program per array per device. Worth it for large arrays; for
+# biases and norms it is pure overhead (a tiny --mode=all: 288 slice programs and 29.3 s
+# against 34.8 s without them). Below this size per slice, one replica writes it whole.
+MIN_REPLICA_SLICE_BYTES = 1 << 20
+
+
+def _state_handler() -> ocp.PyTreeCheckpointHandler:
+  """Orbax's pytree handler (what StandardSave uses: the same files) with Orbax's default
+  type handlers, except that replica-parallel writes start at MIN_REPLICA_SLICE_BYTES.
+  Orbax's global registry is left as it is."""
+  th = ocp.type_handlers
+  arrays = th.ArrayHandler(
+    array_metadata_store=array_metadata_store.Store(),
+    min_slice_bytes_for_replica_parallel=MIN_REPLICA_SLICE_BYTES,
+  )
+  handlers = [
+    (t, arrays if t is jax.Array else th.get_type_handler(t)) for t in th.supported_types()
+  ]
+  return ocp.PyTreeCheckpointHandler(
+    save_concurrent_gb=96,  # StandardCheckpointHandler's, as before
+    restore_concurrent_gb=96,
+    type_handler_registry=th.create_type_handler_registry(*handlers),
+  )
+
+
 class Checkpointer:
   """Saves and restores {state, data iterator, meta} for one training stage."""
 
@@ -119,7 +146,12 @@ class Checkpointer:
       enable_async_checkpointing=async_save,
       cleanup_tmp_directories=True,  # leftovers of a killed save
     )
-    self._mngr = ocp.CheckpointManager(self.directory, options=options)
+    handlers = {
+      "state": _state_handler(),
+      "meta": ocp.JsonCheckpointHandler(),
+      "data": grain.checkpoint.CheckpointHandler(),
+    }
+    self._mngr = ocp.CheckpointManager(self.directory, options=options, item_handlers=handlers)
 
   # --- queries -------------------------------------------------------------------
   def steps(self) -> list[int]:
@@ -154,7 +186,7 @@ class Checkpointer:
 
   # --- save / restore ----------------------------------------------------------
   def save(self, step: int, state: Any, data_iter: Any | None, meta: dict, force=False) -> bool:
-    items = {"state": ocp.args.StandardSave(state), "meta": ocp.args.JsonSave(meta)}
+    items = {"state": ocp.args.PyTreeSave(state), "meta": ocp.args.JsonSave(meta)}
     if data_iter is not None:
       items["data"] = grain.checkpoint.CheckpointSave(data_iter)
     return self._mngr.save(step, args=ocp.args.Composite(**items), force=force)
@@ -184,12 +216,10 @@ class Checkpointer:
       candidates = self._agreed(candidates, data_iter is not None)
     errors = []
     for s in candidates:
-      if part is None:
-        items = {"state": ocp.args.StandardRestore(abstract_state)}
-      else:
-        target = {part: abstract_state}
-        restore_args = ocp.checkpoint_utils.construct_restore_args(target)
-        items = {"state": ocp.args.PyTreeRestore(target, restore_args, partial_restore=True)}
+      target = abstract_state if part is None else {part: abstract_state}
+      restore_args = ocp.checkpoint_utils.construct_restore_args(target)
+      state_args = ocp.args.PyTreeRestore(target, restore_args, partial_restore=part is not None)
+      items = {"state": state_args}
       if data_iter is not None:
         items["data"] = grain.checkpoint.CheckpointRestore(data_iter)
       try:
