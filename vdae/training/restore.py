@@ -130,11 +130,14 @@ _LOADED_MAX = 8
 
 
 def _loaded_key(ckpt_dir: str, step, layout) -> tuple:
-  """A restored checkpoint's identity: its step directory (with, on a local disk, the
-  directory's inode and mtime, so a step written again is read again) and its layout."""
+  """A restored checkpoint's identity: its step directory (with, on a local disk in a
+  one-process run, the directory's inode and mtime, so a step written again is read
+  again) and its layout. With several processes the key must not depend on what one
+  host's stat says: a hit on one and a miss on another would leave the restore's
+  collectives waiting."""
   step_dir = os.path.join(ckpt_dir, str(step))
   stamp = None
-  if not files.is_remote(step_dir):
+  if not files.is_remote(step_dir) and jax.process_count() == 1:
     try:
       st = os.stat(step_dir)
       stamp = (st.st_ino, st.st_mtime_ns)
