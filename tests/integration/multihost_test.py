@@ -105,10 +105,10 @@ def test_two_processes_preempted_and_resumed_match_one_process(reference, cache,
   ck2 = os.path.join(wd, "stage2", "checkpoints")
   assert procs.steps(ck2)[-1] == k and k < S2
 
-  # Every process wrote its part of each checkpoint: its data-iterator position (k
-  # batches of its own shard of the stream) and its array shards. The parameters are
-  # replicated here and smaller than checkpoint.MIN_REPLICA_SLICE_BYTES, so the first
-  # replica (process 0) writes them whole; the restart below reads them on both.
+  # Every process wrote its data-iterator position (k batches of its own shard of the
+  # stream). The parameters are replicated here and smaller than
+  # checkpoint.MIN_REPLICA_SLICE_BYTES, so the first replica (process 0) writes them
+  # whole; the restart below reads them on both.
   step_dir = os.path.join(ck2, str(k))
   assert "ocdbt.process_0" in os.listdir(os.path.join(step_dir, "state"))
   for i in range(2):

@@ -6,9 +6,9 @@ config or image shape, fails the same clear way before anything is written.
 `check_meta` is also what a trainer runs before it resumes.
 
 A reader restores only the parameters it asked for (the optimizer's moments and the
-other copy of the parameters are not read), and inside `reuse_loaded()` (every command runs in
-one) a checkpoint already restored is not read again: evaluation and the pictures
-load the same stages several times.
+other copy of the parameters are not read), and inside `reuse_loaded()` (every command
+runs in one) a checkpoint already restored is not read again: evaluation and the
+pictures load the same stages several times.
 """
 
 from __future__ import annotations
@@ -106,7 +106,7 @@ def restore_params(
     )
     field = "ema_params" if use_ema else "params"
     layout = (mesh, repr(config.mesh.param_rules), field)
-    key = _loaded_key(ckpt_dir, ckpt.latest_step() if step is None else step, layout)
+    key = _loaded_key(ckpt.directory, ckpt.latest_step() if step is None else step, layout)
     if _loaded is not None and key in _loaded:
       _loaded.move_to_end(key)
       return _loaded[key], meta
@@ -118,7 +118,7 @@ def restore_params(
   finally:
     ckpt.close()
   if _loaded is not None:
-    _loaded[_loaded_key(ckpt_dir, got, layout)] = params
+    _loaded[_loaded_key(ckpt.directory, got, layout)] = params
     while len(_loaded) > _LOADED_MAX:
       _loaded.popitem(last=False)
   return params, meta
@@ -129,13 +129,13 @@ _loaded: collections.OrderedDict | None = None
 _LOADED_MAX = 8
 
 
-def _loaded_key(ckpt_dir: str, step, layout) -> tuple:
-  """A restored checkpoint's identity: its step directory (with, on a local disk in a
-  one-process run, the directory's inode and mtime, so a step written again is read
-  again) and its layout. With several processes the key must not depend on what one
-  host's stat says: a hit on one and a miss on another would leave the restore's
-  collectives waiting."""
-  step_dir = os.path.join(ckpt_dir, str(step))
+def _loaded_key(directory: str, step, layout) -> tuple:
+  """A restored checkpoint's identity: its step directory (Checkpointer.directory is
+  absolute), with, on a local disk in a one-process run, the directory's inode and
+  mtime (a step written again is read again), and its layout. With several processes
+  the key must not depend on what one host's stat says: a hit on one and a miss on
+  another would leave the restore's collectives waiting."""
+  step_dir = os.path.join(directory, str(step))
   stamp = None
   if not files.is_remote(step_dir) and jax.process_count() == 1:
     try:
@@ -143,7 +143,7 @@ def _loaded_key(ckpt_dir: str, step, layout) -> tuple:
       stamp = (st.st_ino, st.st_mtime_ns)
     except OSError:
       pass
-  return (os.path.abspath(step_dir) if stamp else step_dir, stamp, layout)
+  return (step_dir, stamp, layout)
 
 
 @contextlib.contextmanager
