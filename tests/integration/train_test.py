@@ -101,7 +101,7 @@ def test_stage2_gradient_path_and_checkpoint_errors(tmp_path, tiny_config):
   names = {"/".join(map(str, p)) for p, _ in jax.tree_util.tree_flatten_with_path(state.params)[0]}
   assert not any("ResBlock" in n and "Encoder" not in n for n in names if "UNet" in n)
   n_enc = sum(x.size for x in jax.tree.leaves(state.params))
-  n_score = sum(x.size for x in jax.tree.leaves(t.spec.frozen))
+  n_score = sum(x.size for x in jax.tree.leaves(t.stage.frozen))
   assert n_enc != n_score
 
 

@@ -23,13 +23,14 @@ def test_every_stage_has_a_config_group_a_mode_and_a_table_entry(tiny_config):
     assert set(schema.STAGE_FIELDS) <= set(tiny_config[name])
 
 
-def test_stage_spec_reads_the_stage_group(tiny_config):
+def test_a_stage_reads_its_config_group(tiny_config):
   c = tiny_config
   c.vae.num_steps, c.vae.lr, c.vae.image_every = 7, 3e-4, 5
-  spec = stages.stage_spec("vae", stages.context(c, "/nonexistent"))
-  assert (spec.num_steps, spec.lr, spec.image_every, spec.batch_size) == (7, 3e-4, 5, 16)
-  assert spec.compare_keys[0] == "encoder" and spec.frozen is None
-  params = spec.init_params(jax.random.key(0))
+  stage = stages.VAE(stages.context(c, "/nonexistent"))
+  g = stage.group
+  assert (g.num_steps, g.lr, g.image_every, g.batch_size) == (7, 3e-4, 5, 16)
+  assert stage.compare_keys[0] == "encoder" and stage.frozen is None
+  params = stage.init_params(jax.random.key(0))
   assert set(params) == {"encoder", "decoder", "obs_log_var"}
 
 

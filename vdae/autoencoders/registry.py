@@ -16,7 +16,7 @@ from vdae.autoencoders.sdedit_vae import SDEditVAE
 from vdae.autoencoders.vae import VAE
 from vdae.autoencoders.vdae import VDAE
 from vdae.data.sources import data_levels
-from vdae.training.stages import check_pairing, check_refiner_pairing, load_prior, load_stage
+from vdae.training.stages import Refiner, check_pairing, load_prior, load_stage
 
 
 def load_vdae(config, workdir: str, mesh, image_shape) -> VDAE:
@@ -41,7 +41,7 @@ def load_refined_vae(config, workdir: str, mesh, image_shape) -> RefinedVAE:
   if config.refiner.joint:
     vae = VAE(config, params["vae"], image_shape, data_levels(config))
     return RefinedVAE(config, vae, params["refiner"], mesh, image_shape)
-  check_refiner_pairing(meta, config, workdir)
+  Refiner.check_upstream(meta, config, workdir)
   return RefinedVAE(config, load_vae(config, workdir, mesh, image_shape), params, mesh, image_shape)
 
 

@@ -211,12 +211,12 @@ def _synthetic_config(sizes: Sizes, npz: str):
 
 
 def _time_stage(trainer: loop.Trainer, repeats: int, dev: dict, dtype: str) -> dict:
-  compiled, state, spec, flops, _, batch = common.compiled_step(trainer)
-  sec, state = common.time_steps(compiled, state, spec.frozen, batch, repeats)
+  compiled, state, stage, flops, _, batch = common.compiled_step(trainer)
+  sec, state = common.time_steps(compiled, state, stage.frozen, batch, repeats)
   peak = dev["peak_bf16_flops"] if dtype == "bfloat16" else dev["peak_f32_flops"]
   row = {
     "step_seconds": sec,
-    "images_per_s": spec.batch_size / sec,
+    "images_per_s": stage.group.batch_size / sec,
     "flops_per_step": flops,
     "flops_per_s": flops / sec,
     "mfu_of_measured_peak": flops / sec / peak,
@@ -231,27 +231,6 @@ def _time_stage(trainer: loop.Trainer, repeats: int, dev: dict, dtype: str) -> d
   return row, state
 
 
-def _encoder_trainer(cfg, workdir: str, mesh, splits, score_params) -> loop.Trainer:
-  """Stage 2's trainer on given score parameters (its stage build reads a stage-1
-  checkpoint; the step and loss are the ones it builds)."""
-  g, shape = cfg.stage2, tuple(splits["train"].image_shape)
-  spec = loop.StageSpec(
-    name="stage2",
-    init_params=stages.STAGES["stage2"].init(cfg, shape),
-    loss_fn=stages.make_encoder_loss(cfg),
-    compare_keys=stages.STAGES["stage2"].compare_keys,
-    lr=g.lr,
-    warmup=g.warmup_steps,
-    num_steps=g.num_steps,
-    batch_size=g.batch_size,
-    log_every=g.log_every,
-    image_every=0,
-    checkpoint_every=g.checkpoint_every,
-    frozen=score_params,
-  )
-  return loop.Trainer(spec, cfg, workdir, mesh, splits)
-
-
 def train_section(sizes: Sizes, dev: dict, tmp: str, npz: str, keep: dict) -> list[dict]:
   rows = []
   for dtype in ("float32", "bfloat16"):
@@ -260,10 +239,11 @@ def train_section(sizes: Sizes, dev: dict, tmp: str, npz: str, keep: dict) -> li
     cfg.stage1.batch_size = cfg.stage2.batch_size = sizes.train_batch
     wd = os.path.join(tmp, f"train_{dtype}")
     ctx = stages.context(cfg, wd)
-    t1 = loop.Trainer(stages.stage_spec("stage1", ctx), cfg, wd, ctx.mesh, ctx.splits)
+    t1 = loop.Trainer(stages.ScoreModel(ctx))
     row, state = _time_stage(t1, sizes.repeats, dev, dtype)
     rows.append({"what": f"stage 1 {dtype} batch {sizes.train_batch}", **row})
-    t2 = _encoder_trainer(cfg, wd, ctx.mesh, ctx.splits, state.ema_params)
+    # Stage 2 on these score parameters (its own run would read a stage-1 checkpoint).
+    t2 = loop.Trainer(stages.Encoder(ctx, score_params=state.ema_params))
     row, state2 = _time_stage(t2, sizes.repeats, dev, dtype)
     rows.append({"what": f"stage 2 {dtype} batch {sizes.train_batch}", **row})
     keep[dtype] = (cfg, ctx, state, state2)
@@ -281,7 +261,7 @@ def imported_section(sizes: Sizes, dev: dict, tmp: str, npz: str) -> list[dict]:
   if sizes.shrink:
     cfg.encoder.update(SHRUNK_ENCODER)
   t = stages.trainer("stage2", cfg, os.path.join(tmp, "imported_wd"))
-  params = sum(int(np.prod(a.shape)) for a in jax.tree.leaves(t.spec.frozen))
+  params = sum(int(np.prod(a.shape)) for a in jax.tree.leaves(t.stage.frozen))
   row, _ = _time_stage(t, sizes.repeats, dev, "bfloat16")
   return [
     {"what": f"imported UNet ({params / 1e6:.1f}M) stage 2 bf16", "parameters": params, **row}

@@ -53,9 +53,9 @@ def configs(only: str | None):
 def random_state(cfg, workdir: str):
   """(train state with random values, laid out by the config's rules, data iterator)."""
   t = stages.trainer("stage1", cfg, workdir)
-  spec = t.spec
-  opt, _ = state_lib.make_optimizer(spec.lr, spec.warmup, spec.num_steps, cfg.optim)
-  abstract = state_lib.abstract_state(spec.init_params, opt)
+  g = t.stage.group
+  opt, _ = state_lib.make_optimizer(g.lr, g.warmup_steps, g.num_steps, cfg.optim)
+  abstract = state_lib.abstract_state(t.stage.init_params, opt)
   shardings = sharding.state_shardings(abstract, t.mesh, cfg.mesh.param_rules)
   rng = np.random.default_rng(0)
 
@@ -67,7 +67,7 @@ def random_state(cfg, workdir: str):
     return jax.device_put(host, s)
 
   state = jax.tree.map(fill, abstract, shardings)
-  it = iter(pipeline.train_dataset(t.splits["train"], cfg.data, spec.batch_size, 0, 1))
+  it = iter(pipeline.train_dataset(t.splits["train"], cfg.data, g.batch_size, 0, 1))
   next(it)
   return state, it, t.meta()
 

@@ -55,7 +55,7 @@ def configs():
 def _trainer(cfg, wd, correction_impl: str):
   """The stage-2 trainer with its loss's latent score computed by `correction_impl`."""
   t = stages.trainer("stage2", cfg, wd)
-  t.spec.loss_fn = stages.make_encoder_loss(cfg, correction_impl=correction_impl)
+  t.stage.loss_fn = stages.make_encoder_loss(cfg, correction_impl=correction_impl)
   return t
 
 

@@ -28,21 +28,21 @@ def synthetic_npz(shape=(32, 32, 3), n: int = 512) -> str:
 
 
 def compiled_step(t: loop.Trainer):
-  """(compiled step, state, spec, FLOPs per step, batch iterator, one global batch) of the
+  """(compiled step, state, stage, FLOPs per step, batch iterator, one global batch) of the
   trainer's stage, built exactly as `Trainer.train` builds it."""
-  spec, cfg = t.spec, t.config
-  opt, sched = state_lib.make_optimizer(spec.lr, spec.warmup, spec.num_steps, cfg.optim)
+  stage, g, cfg = t.stage, t.stage.group, t.config
+  opt, sched = state_lib.make_optimizer(g.lr, g.warmup_steps, g.num_steps, cfg.optim)
   state, shardings = state_lib.create_sharded(
-    spec.init_params, opt, cfg.seed, t.mesh, cfg.mesh.param_rules
+    stage.init_params, opt, cfg.seed, t.mesh, cfg.mesh.param_rules
   )
   step = step_lib.jit_step(
-    spec.loss_fn, opt, cfg.loop.ema_decay, shardings, spec.frozen, t.mesh, sched=sched
+    stage.loss_fn, opt, cfg.loop.ema_decay, shardings, stage.frozen, t.mesh, sched=sched
   )
-  it = iter(pipeline.train_dataset(t.splits["train"], cfg.data, spec.batch_size, 0, 1))
+  it = iter(pipeline.train_dataset(t.splits["train"], cfg.data, g.batch_size, 0, 1))
   batch = sharding.global_batch(next(it), t.mesh)
   watch = step_lib.NonFiniteWatch(t.mesh).arrays
-  compiled = step.lower(state, batch, spec.frozen, watch).compile()
-  return compiled, state, spec, step_lib.compiled_flops(compiled) or 0.0, it, batch
+  compiled = step.lower(state, batch, stage.frozen, watch).compile()
+  return compiled, state, stage, step_lib.compiled_flops(compiled) or 0.0, it, batch
 
 
 def time_steps(compiled, state, frozen, batch, repeats: int) -> tuple[float, object]:

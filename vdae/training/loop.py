@@ -1,23 +1,22 @@
 """The one training loop (`Trainer`) and its periodic hooks: order of things, nothing else.
 
-A stage (training/stages.py) supplies a `StageSpec`: what to initialise, the
-loss, the frozen inputs, the pictures, and its sizes from its config group.
-The `Trainer` runs it: sharded state creation, resume, the jitted step, and
-after every step the hooks in order: progress, scalars, pictures,
-checkpoint, preemption. The mesh and the data splits are passed in.
+A stage (a `stages.Stage` built on a run's context) supplies what to initialise, the
+loss, the frozen inputs, the pictures and the metadata of its checkpoints; its config
+group supplies the sizes (schema.STAGE_FIELDS). The `Trainer` runs it: sharded state
+creation, resume, the jitted step, and after every step the hooks in order: progress,
+scalars, pictures, checkpoint, preemption. The mesh and the data splits come with the
+stage's context.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING
 
 import jax
-import numpy as np
 
 from vdae.data import pipeline
 from vdae.io import files, writer
@@ -27,30 +26,11 @@ from vdae.training import checkpoint, eta, restore
 from vdae.training import state as state_lib
 from vdae.training import step as step_lib
 from vdae.training.preemption import Preemption
-from vdae.types import LossFn, Params
+
+if TYPE_CHECKING:
+  from vdae.training.stages import Stage
 
 log = logging.getLogger(__name__)
-
-
-@dataclasses.dataclass
-class StageSpec:
-  """What one stage trains, built once per run by `stages.stage_spec`."""
-
-  name: str  # WORKDIR/<name>/checkpoints and tensorboard/<name>
-  init_params: Callable[[jax.Array], Params]
-  loss_fn: LossFn
-  compare_keys: tuple[str, ...]  # config keys that must match to resume
-  lr: float
-  warmup: int
-  num_steps: int
-  batch_size: int
-  log_every: int
-  image_every: int
-  checkpoint_every: int
-  frozen: Any = None  # earlier stages' params: a step argument, never optimised
-  # images(state, step) -> {tag: [N, H, W, C] in [-1, 1]} for TensorBoard
-  images: Callable[[Any, int], dict[str, np.ndarray]] | None = None
-  extra_meta: dict = dataclasses.field(default_factory=dict)  # recorded in every checkpoint
 
 
 # --- hooks ---------------------------------------------------------------------------
@@ -235,34 +215,35 @@ class PreemptionHook(Hook):
 
 # --- the loop ------------------------------------------------------------------------
 class Trainer:
-  """Runs one StageSpec to its num_steps, resuming from WORKDIR/<name>/checkpoints."""
+  """Runs one stage to its num_steps, resuming from WORKDIR/<name>/checkpoints."""
 
-  def __init__(self, spec: StageSpec, config, workdir: str, mesh, splits):
-    self.spec, self.config, self.workdir, self.mesh, self.splits = (
-      spec,
-      config,
-      workdir,
-      mesh,
-      splits,
+  def __init__(self, stage: Stage):
+    ctx = stage.ctx
+    self.stage, self.config, self.workdir, self.mesh, self.splits = (
+      stage,
+      ctx.config,
+      ctx.workdir,
+      ctx.mesh,
+      ctx.splits,
     )
-    self.image_shape = tuple(splits["train"].image_shape)
+    self.image_shape = tuple(ctx.image_shape)
     # What the last train() measured: compile_seconds, steps, loop_seconds (from the
     # compiled step's first call until the last step's result is ready: every step's
     # data, device work and hooks but the last step's, i.e. the final save).
     self.stats: dict[str, float] = {}
-    files.ensure_writable_dir(workdir)
+    files.ensure_writable_dir(self.workdir)
 
   @property
   def stage_dir(self) -> str:
-    return os.path.join(self.workdir, self.spec.name)
+    return os.path.join(self.workdir, self.stage.name)
 
   def meta(self) -> dict:
     return {
-      "stage": self.spec.name,
+      "stage": self.stage.name,
       "config": restore.config_json(self.config),
       "image_shape": list(self.image_shape),
       "versions": checkpoint.package_versions(),
-      **self.spec.extra_meta,
+      **self.stage.meta,
     }
 
   def _resume(self, ckpt, state, shardings, it):
@@ -271,36 +252,36 @@ class Trainer:
     restore.check_meta(
       ckpt.read_meta(),
       self.config,
-      self.spec.compare_keys,
+      self.stage.compare_keys,
       self.image_shape,
       f"{self.stage_dir}/checkpoints",
       "Resume with the original config, or use a new --workdir.",
     )
     step0, state = ckpt.restore(checkpoint.abstract_like(state, shardings), it)
-    log.info("%s: resumed from step %d", self.spec.name, step0)
+    log.info("%s: resumed from step %d", self.stage.name, step0)
     return state
 
   def _compile(self, step_fn, state, batch, watch, tb, step):
     """The train step compiled for this state's and batch's shapes and shardings, before
     the loop runs it; returns it with XLA's FLOPs a step."""
     t0 = time.perf_counter()
-    fn = step_fn.lower(state, batch, self.spec.frozen, watch.arrays).compile()
+    fn = step_fn.lower(state, batch, self.stage.frozen, watch.arrays).compile()
     seconds = time.perf_counter() - t0  # small when the persistent cache had it
-    log.info("%s: train step compiled in %.1f s", self.spec.name, seconds)
+    log.info("%s: train step compiled in %.1f s", self.stage.name, seconds)
     tb.scalars(step, {"perf/compile_seconds": seconds})
     self.stats = {"compile_seconds": seconds}
     return fn, step_lib.compiled_flops(fn)
 
   def train(self):
-    spec, cfg, lp = self.spec, self.config, self.config.loop
-    sharding.check_batch(spec.batch_size, self.mesh)
-    opt, sched = state_lib.make_optimizer(spec.lr, spec.warmup, spec.num_steps, cfg.optim)
+    stage, g, cfg, lp = self.stage, self.stage.group, self.config, self.config.loop
+    sharding.check_batch(g.batch_size, self.mesh)
+    opt, sched = state_lib.make_optimizer(g.lr, g.warmup_steps, g.num_steps, cfg.optim)
     state, shardings = state_lib.create_sharded(
-      spec.init_params, opt, cfg.seed, self.mesh, cfg.mesh.param_rules
+      stage.init_params, opt, cfg.seed, self.mesh, cfg.mesh.param_rules
     )
     it = iter(
       pipeline.train_dataset(
-        self.splits["train"], cfg.data, spec.batch_size, jax.process_index(), jax.process_count()
+        self.splits["train"], cfg.data, g.batch_size, jax.process_index(), jax.process_count()
       )
     )
     ckpt = checkpoint.Checkpointer(
@@ -314,41 +295,39 @@ class Trainer:
       state = self._resume(ckpt, state, shardings, it)
       start = int(state.step)
       step_fn = step_lib.jit_step(
-        spec.loss_fn, opt, lp.ema_decay, shardings, spec.frozen, self.mesh, sched=sched
+        stage.loss_fn, opt, lp.ema_decay, shardings, stage.frozen, self.mesh, sched=sched
       )
-      tb_dir = os.path.join(self.workdir, "tensorboard", spec.name)
+      tb_dir = os.path.join(self.workdir, "tensorboard", stage.name)
       tb = writer.Writer(tb_dir)
       if start == 0:
         tb.text(0, "config", "```\n" + cfg.to_json_best_effort(indent=2) + "\n```")
       watch = step_lib.NonFiniteWatch(self.mesh)
-      guard = FiniteGuard(spec.name, lp.on_nonfinite, watch, ckpt)
+      guard = FiniteGuard(stage.name, lp.on_nonfinite, watch, ckpt)
       fn, flops, first, t_loop = None, None, None, time.perf_counter()
-      if start < spec.num_steps:
+      if start < g.num_steps:
         first = sharding.global_batch(next(it), self.mesh)
         fn, flops = self._compile(step_fn, state, first, watch, tb, start + 1)
         t_loop = time.perf_counter()
-      progress = ProgressHook(start, spec.num_steps, spec.name)
-      ckpt_hook = CheckpointHook(spec.checkpoint_every, ckpt, guard, it, self.meta())
+      progress = ProgressHook(start, g.num_steps, stage.name)
+      ckpt_hook = CheckpointHook(g.checkpoint_every, ckpt, guard, it, self.meta())
       clock = lambda: time.perf_counter() - t_loop
       hooks = [
         progress,
-        ScalarsHook(
-          spec.log_every, tb, guard, spec.batch_size, lambda: flops, start, progress, clock
-        ),
-        EtaHook(spec.name, start, spec.num_steps, clock),
-        ImagesHook(spec.image_every, tb, spec.images),
+        ScalarsHook(g.log_every, tb, guard, g.batch_size, lambda: flops, start, progress, clock),
+        EtaHook(stage.name, start, g.num_steps, clock),
+        ImagesHook(g.image_every, tb, stage.images),
         ProfileHook(lp.profile_steps, tb_dir, start),
         ckpt_hook,
-        PreemptionHook(spec.name, ckpt_hook, start),
+        PreemptionHook(stage.name, ckpt_hook, start),
       ]
-      for step in range(start + 1, spec.num_steps + 1):
+      for step in range(start + 1, g.num_steps + 1):
         batch = first if step == start + 1 else sharding.global_batch(next(it), self.mesh)
-        state, metrics, watch.arrays = fn(state, batch, spec.frozen, watch.arrays)
-        if step == spec.num_steps and self.stats:  # before the final save and scalars
+        state, metrics, watch.arrays = fn(state, batch, stage.frozen, watch.arrays)
+        if step == g.num_steps and self.stats:  # before the final save and scalars
           jax.block_until_ready(state)
           self.stats.update(steps=step - start, loop_seconds=time.perf_counter() - t_loop)
         for h in hooks:
-          h.after_step(step, state, metrics, step == spec.num_steps)
+          h.after_step(step, state, metrics, step == g.num_steps)
     finally:
       for h in hooks:
         h.close()

@@ -1,20 +1,22 @@
-"""The stage table: every trained stage declared once.
+"""The trained stages, each declared once as a `Stage` subclass, and the table of them.
 
-A `Stage` names its directory (WORKDIR/<name>/, also its TensorBoard run and
-its config group, whose fields are schema.STAGE_FIELDS), the config keys
-that must match to resume or to load it, how to initialise its parameters,
-and how to build its loss, frozen inputs and pictures. From the table:
+A stage's class attributes name its directory (WORKDIR/<name>/, also its TensorBoard run
+and its config group, whose fields are schema.STAGE_FIELDS), the --mode that trains it
+and the config keys that must match to resume or to load it; its classmethods are what
+a reader needs with only a config and a workdir (`init`, `check_shape`, `source`,
+`imported`). Constructed on a run's `Context`, it builds that run's parts: `loss_fn`,
+`frozen` (earlier stages' parameters), `meta` (recorded in every checkpoint) and
+`images`; `loop.Trainer` runs it with the sizes of its config group.
 
-  stage_spec(name, ...)   the StageSpec the Trainer runs;
-  train(name, config, workdir)   --mode=pretrain / train_encoder / train_prior / train_vae /
-                                 train_refiner;
-  load_stage(name, ...)   the loader every reader uses (same checks, same
-                          messages); is_trained(name, ...) the "is it there?" check.
+From the table, by stage name: trainer / train (--mode=pretrain, train_encoder,
+train_prior, train_vae, train_refiner); load_stage, is_trained, trained_step,
+checkpoint_dir, read_meta (training/loading.py: every reader gets the same checks and
+messages); score_pairing / check_pairing (training/provenance.py).
 
-A stage can also be imported instead of trained (`Stage.imported`): the score
-model with model.source=diffusers comes from a pretrained DDPM directory
-(vdae/io/pretrained.py). It then counts as trained, `train` has nothing to do,
-and `load_stage` reads the directory; every reader is unchanged.
+A stage can also be imported instead of trained (`Stage.imported`): the score model
+with model.source=diffusers comes from a pretrained DDPM directory
+(vdae/io/pretrained.py). It then counts as trained, `train` has nothing to do, and
+`load_stage` reads the directory; every reader is unchanged.
 """
 
 from __future__ import annotations
@@ -22,9 +24,8 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
-import os
 from collections.abc import Callable
-from typing import Any
+from typing import Any, ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -36,18 +37,16 @@ from vdae.autoencoders.vdae import VDAE, make_encode_fn
 from vdae.data import sources
 from vdae.diffusion import losses, samplers, score
 from vdae.diffusion import sde as sde_lib
-from vdae.io import files, pretrained
-from vdae.io.errors import CheckpointError, ConfigError
+from vdae.io import pretrained
 from vdae.kernels.reference import StepSpec
 from vdae.latent import objective
 from vdae.latent import prior as prior_lib
 from vdae.models import encoder as encoder_lib
 from vdae.models import sizes
 from vdae.parallel import sharding
-from vdae.training import checkpoint, restore
-from vdae.training import state as state_lib
-from vdae.training.loop import StageSpec, Trainer
-from vdae.types import Key, LossFn, Params
+from vdae.training import loading, provenance
+from vdae.training.loop import Trainer
+from vdae.types import Key, Params
 
 log = logging.getLogger(__name__)
 
@@ -70,38 +69,79 @@ class Context:
     return self.splits["test"].arrays(n)["image"]
 
 
-@dataclasses.dataclass(frozen=True)
-class Built:
-  loss_fn: LossFn
-  frozen: Any = None
-  images: Callable[[Any, int], dict[str, np.ndarray]] | None = None
-  extra_meta: dict = dataclasses.field(default_factory=dict)
-
-
-@dataclasses.dataclass(frozen=True)
 class Stage:
-  name: str  # directory, TensorBoard run and config group
-  mode: str  # the --mode that trains it
-  what: str  # how messages name its checkpoint ("the stage-1 checkpoint")
-  title: str  # the loss-curve panel's
-  compare_keys: tuple[str, ...]  # config keys that must match to resume or load
-  # (config, image_shape) -> init_params(key) -> params
-  init: Callable[[Any, tuple], Callable[[Key], Params]]
-  build: Callable[[Context], Built]
-  # (config, image_shape) -> None, or a DataError if the networks cannot take the images
-  check_shape: Callable[[Any, tuple], None]
-  # Where readers find it: (config, workdir) -> the workdir holding its checkpoints.
-  source: Callable[[Any, str], str] = lambda config, workdir: workdir
-  # config -> True when the stage's parameters are imported, not trained here
-  imported: Callable[[Any], bool] = lambda config: False
+  """A trained stage. Subclasses set the class attributes, `init`, and build the run's
+  parts in `__init__` (calling this one first)."""
+
+  name: ClassVar[str]  # directory, TensorBoard run and config group
+  mode: ClassVar[str]  # the --mode that trains it
+  what: ClassVar[str]  # how messages name its checkpoint ("no stage-1 checkpoint")
+  title: ClassVar[str]  # its loss-curve panel's
+  compare_keys: ClassVar[tuple[str, ...]]  # config keys that must match to resume or load
+  source_key: ClassVar[str | None] = None  # "group.field": a workdir readers look in instead
+  # What its checkpoints record of the stage it was trained on: (meta field, that stage's
+  # name, how messages name what it trained on); checked on resume and on load.
+  upstream: ClassVar[tuple[str, str, str] | None] = None
+
+  # --- the declaration: a config and a workdir are enough -----------------------------
+  @classmethod
+  def init(cls, config, image_shape) -> Callable[[Key], Params]:
+    """init_params(key) -> params."""
+    raise NotImplementedError
+
+  @classmethod
+  def check_shape(cls, config, image_shape) -> None:
+    """DataError if its networks cannot take images of this shape."""
+
+  @classmethod
+  def source(cls, config, workdir: str) -> str:
+    """The workdir that holds its checkpoints for readers."""
+    if cls.source_key:
+      group, field = cls.source_key.split(".")
+      return config[group][field] or workdir
+    return workdir
+
+  @classmethod
+  def imported(cls, config) -> bool:
+    """True when its parameters are imported, not trained here."""
+    return False
+
+  @classmethod
+  def check_upstream(cls, recorded: dict, config, workdir: str) -> None:
+    """CheckpointError if the stage it was trained on has moved on since."""
+    if cls.upstream:
+      field, name, trained_on = cls.upstream
+      up = STAGES[name]
+      provenance.check_upstream_step(cls, recorded, field, up, trained_on, config, workdir)
+
+  # --- the run's parts ----------------------------------------------------------------
+  loss_fn: Callable  # (params, batch, key, frozen) -> (loss, aux)
+
+  def __init__(self, ctx: Context):
+    self.ctx, self.config = ctx, ctx.config
+    self.group = ctx.config[self.name]  # its sizes: schema.STAGE_FIELDS
+    self.init_params = self.init(ctx.config, ctx.image_shape)
+    self.frozen: Any = None  # earlier stages' parameters: a step argument, never optimised
+    self.meta: dict = {}  # recorded in every checkpoint
+
+  def check_resume(self) -> None:
+    """check_upstream on its own newest checkpoint, when it has one to resume."""
+    me, c, wd = type(self), self.config, self.ctx.workdir
+    if loading.is_trained(me, c, wd):
+      self.check_upstream(loading.read_meta(me, c, wd), c, wd)
+
+  def record_upstream(self) -> None:
+    """Records the step the stage it is trained on is at now (checked by check_upstream)."""
+    field, name, _ = self.upstream
+    self.meta.update(provenance.upstream_record(field, STAGES[name], self.config, self.ctx.workdir))
+
+  def images(self, state, step: int) -> dict[str, np.ndarray]:
+    """{tag: [N, H, W, C] in [-1, 1]} for TensorBoard."""
+    del state, step
+    return {}
 
 
 # --- stage 1: the score model ------------------------------------------------------
-def _score_init(config, image_shape):
-  model = score.model_from_config(config)
-  return lambda key: score.init_params(model, key, image_shape)
-
-
 def make_sample_fn(config, shape, mesh):
   """f(score_params, key) -> unconditional samples [N, H, W, C], replicated."""
   model = score.model_from_config(config)
@@ -116,32 +156,49 @@ def make_sample_fn(config, shape, mesh):
   return lambda params, key: fn(params, key)
 
 
-def _score_build(ctx: Context) -> Built:
-  cfg = ctx.config
-  model, sde = score.model_from_config(cfg), sde_lib.from_config(cfg.sde)
+class ScoreModel(Stage):
+  name, mode, what, title = "stage1", "pretrain", "stage-1", "score model (DSM)"
+  compare_keys = ("model", "sde")
+  source_key = "stage2.stage1_workdir"
 
-  def loss_fn(params, batch, key, frozen):
-    del frozen
-    k_loss, k_drop = jax.random.split(key)
-    eps_fn = score.eps_fn_for(model, params, cfg, train=True, rngs={"dropout": k_drop})
-    return losses.dsm_loss(eps_fn, batch["image"], k_loss, sde, cfg.stage1.likelihood_weighting)
+  @classmethod
+  def init(cls, config, image_shape):
+    model = score.model_from_config(config)
+    return lambda key: score.init_params(model, key, image_shape)
 
-  n = min(cfg.sampling.num_samples, 64)
-  sample = functools.cache(lambda: make_sample_fn(cfg, (n, *ctx.image_shape), ctx.mesh))
+  @classmethod
+  def check_shape(cls, config, image_shape):
+    if cls.imported(config):
+      path = config.model.path
+      pretrained.check_image_shape(pretrained.unet_spec(path), tuple(image_shape), path)
+    else:
+      sizes.check_score_model(config, image_shape)
 
-  def images(state, step):
-    out = sample()(state.ema_params, jax.random.key(step))
+  @classmethod
+  def imported(cls, config):
+    return config.model.source != "native"
+
+  def __init__(self, ctx):
+    super().__init__(ctx)
+    cfg = ctx.config
+    model, sde = score.model_from_config(cfg), sde_lib.from_config(cfg.sde)
+
+    def loss_fn(params, batch, key, frozen):
+      del frozen
+      k_loss, k_drop = jax.random.split(key)
+      eps_fn = score.eps_fn_for(model, params, cfg, train=True, rngs={"dropout": k_drop})
+      return losses.dsm_loss(eps_fn, batch["image"], k_loss, sde, cfg.stage1.likelihood_weighting)
+
+    self.loss_fn = loss_fn
+    n = min(cfg.sampling.num_samples, 64)
+    self._sample = functools.cache(lambda: make_sample_fn(cfg, (n, *ctx.image_shape), ctx.mesh))
+
+  def images(self, state, step):
+    out = self._sample()(state.ema_params, jax.random.key(step))
     return {"samples": sharding.to_host(out)}  # a gather when multi-process
-
-  return Built(loss_fn, None, images)
 
 
 # --- stage 2: the encoder on the frozen score model ----------------------------------
-def _encoder_init(config, image_shape):
-  enc = encoder_lib.from_config(config.encoder, config.model, config.sde)
-  return lambda key: encoder_lib.init_params(enc, key, image_shape)
-
-
 def make_encoder_loss(config, correction_impl: str = "reverse", kernel: str | None = None):
   """loss_fn(enc_params, batch, key, score_params) -> (loss, aux)."""
   score_model = score.model_from_config(config)
@@ -169,108 +226,47 @@ def make_encoder_loss(config, correction_impl: str = "reverse", kernel: str | No
   return loss_fn
 
 
-def _score_imported(config) -> bool:
-  return config.model.source != "native"
+class Encoder(Stage):
+  name, mode, what, title = "stage2", "train_encoder", "encoder", "encoder (VDAE)"
+  compare_keys = ("model", "sde", "encoder")
 
+  @classmethod
+  def init(cls, config, image_shape):
+    enc = encoder_lib.from_config(config.encoder, config.model, config.sde)
+    return lambda key: encoder_lib.init_params(enc, key, image_shape)
 
-def score_pairing(config, workdir: str) -> dict:
-  """Which score parameters stage 2 trains its encoder against (recorded in its
-  checkpoints): the stage-1 EMA parameters at stage 1's newest step, or the
-  imported model's source and weights hash."""
-  if _score_imported(config):
-    return {
-      "score_params": "imported",
-      "score_source": f"diffusers:{os.path.abspath(config.model.path)}",
-      "score_sha256": pretrained.weights_sha256(config.model.path),
-    }
-  return {"score_params": "ema", "score_step": trained_step("stage1", config, workdir)}
+  @classmethod
+  def check_shape(cls, config, image_shape):
+    ScoreModel.check_shape(config, image_shape)
+    sizes.check_encoder(config, image_shape)
 
+  def __init__(self, ctx, score_params=None):
+    """score_params: the score model's (a benchmark's); by default the stage-1
+    checkpoint's, read and paired before anything of stage 2 is written."""
+    super().__init__(ctx)
+    if score_params is None:
+      score_params, _ = load_stage("stage1", ctx.config, ctx.workdir, ctx.mesh, ctx.image_shape)
+      self.check_resume()
+      self.meta.update(score_pairing(ctx.config, ctx.workdir))
+    self.loss_fn, self.frozen = make_encoder_loss(ctx.config), score_params
+    self._ae = VDAE(ctx.config, score_params, None, ctx.mesh, ctx.image_shape)
+    self._x = ctx.recon_batch()
 
-def check_pairing(recorded: dict, config, workdir: str, doing: str) -> None:
-  """ConfigError / CheckpointError if the encoder would meet other score parameters
-  than those it was trained against (old checkpoints record nothing: EMA assumed)."""
-  now = score_pairing(config, workdir)
-  was = recorded.get("score_sha256")
-  if was is not None or "score_sha256" in now:
-    if was != now.get("score_sha256"):
-      trained = recorded.get("score_source", "vdae's own stage 1")
-      raise CheckpointError(
-        f"the encoder was trained against the score model {trained} (weights sha256 "
-        f"{str(was)[:12]}), but this run's is {now.get('score_source', 'the stage-1 checkpoint')} "
-        f"(sha256 {str(now.get('score_sha256'))[:12]}); {doing} in a new --workdir instead"
-      )
-    return
-  if not config.sampling.use_ema:
-    raise ConfigError(
-      f"sampling.use_ema=false would {doing} with the raw stage-1 parameters, but the "
-      "encoder is trained against the EMA ones; drop the override (it applies only to "
-      "--mode=sample from the score model alone)"
-    )
-  step = recorded.get("score_step")
-  if step is not None and step != now["score_step"]:
-    raise CheckpointError(
-      f"the encoder was trained against stage-1 step {step}, but the stage-1 checkpoint "
-      f"in {STAGES['stage1'].source(config, workdir)} is now at step {now['score_step']}; "
-      "retrain the encoder in a new --workdir (point --config.stage2.stage1_workdir at "
-      "this one)"
-    )
+  def check_resume(self):
+    c, wd = self.config, self.ctx.workdir
+    if loading.is_trained(Encoder, c, wd):
+      check_pairing(loading.read_meta(Encoder, c, wd), c, wd, "resume the encoder")
 
-
-def _encoder_build(ctx: Context) -> Built:
-  # Fails cleanly (CheckpointError) before anything of stage 2 is written.
-  score_params, _ = load_stage("stage1", ctx.config, ctx.workdir, ctx.mesh, ctx.image_shape)
-  if is_trained("stage2", ctx.config, ctx.workdir):
-    check_pairing(
-      read_meta("stage2", ctx.config, ctx.workdir), ctx.config, ctx.workdir, "resume the encoder"
-    )
-  ae = VDAE(ctx.config, score_params, None, ctx.mesh, ctx.image_shape)
-  x = ctx.recon_batch()
-
-  def images(state, step):
-    ae.enc_params = state.ema_params
-    rec = ae.reconstruct(x, jax.random.key(step))
-    return {"reconstructions": np.concatenate([x, rec], axis=0)}
-
-  return Built(
-    make_encoder_loss(ctx.config),
-    score_params,
-    images,
-    extra_meta=score_pairing(ctx.config, ctx.workdir),
-  )
+  def images(self, state, step):
+    self._ae.enc_params = state.ema_params
+    rec = self._ae.reconstruct(self._x, jax.random.key(step))
+    return {"reconstructions": np.concatenate([self._x, rec], axis=0)}
 
 
 # --- the latent prior: a diffusion model over the encoder's codes ----------------------
-def _prior_init(config, image_shape):
-  del image_shape
-  model = prior_lib.model_from_config(config)
-  return lambda key: prior_lib.init_params(model, key)
-
-
 def _encode_at_zero(config):
   """jit(enc_params, x) -> (mu, log_var) of q(z | x_0): the VDAE's own encode."""
   return make_encode_fn(encoder_lib.from_config(config.encoder, config.model, config.sde))
-
-
-def prior_pairing(config, workdir: str) -> dict:
-  """Which encoder the prior's codes come from: stage 2 at its newest step."""
-  return {"encoder_step": trained_step("stage2", config, workdir)}
-
-
-def _check_upstream_step(recorded, field, upstream, name, trained_on, config, workdir) -> None:
-  """CheckpointError if stage `name` was trained on `upstream` at another step than
-  the one `upstream` is at now (recorded[field]; absent in old checkpoints: unchecked)."""
-  step, now = recorded.get(field), trained_step(upstream, config, workdir)
-  if step is not None and step != now:
-    raise CheckpointError(
-      f"the {STAGES[name].what} was trained on {trained_on} at step {step}, but {upstream} "
-      f"is now at step {now}; delete {checkpoint_dir(name, config, workdir)} and run "
-      f"--mode={STAGES[name].mode} again"
-    )
-
-
-def check_prior_pairing(recorded: dict, config, workdir: str) -> None:
-  what = "the codes of the encoder"
-  _check_upstream_step(recorded, "encoder_step", "stage2", "prior", what, config, workdir)
 
 
 def split_posteriors(config, enc_params, split: sources.Split, mesh, flip: bool = False):
@@ -291,48 +287,58 @@ def split_posteriors(config, enc_params, split: sources.Split, mesh, flip: bool 
 POSTERIOR_TABLE_MAX_BYTES = 256 * 2**20
 
 
-def _prior_build(ctx: Context) -> Built:
-  cfg = ctx.config
-  enc_params, meta = load_stage("stage2", cfg, ctx.workdir, ctx.mesh, ctx.image_shape)
-  check_pairing(meta, cfg, ctx.workdir, "train the latent prior")
-  if is_trained("prior", cfg, ctx.workdir):
-    check_prior_pairing(read_meta("prior", cfg, ctx.workdir), cfg, ctx.workdir)
-  split = ctx.splits["train"]
-  posteriors = [split_posteriors(cfg, enc_params, split, ctx.mesh)]
-  # q(z)'s moments over the images as stored (flips or not), as they always were.
-  norm = prior_lib.Normaliser.from_posteriors(*posteriors[0])
-  rep = lambda a: sharding.replicated_from_host(a, ctx.mesh)
-  model, sde = prior_lib.model_from_config(cfg), sde_lib.from_config(cfg.sde)
-  rows = np.arange(len(split)) if split.rows is None else np.asarray(split.rows)
-  flips = bool(cfg.data.random_flip)
-  size = prior_lib.PosteriorTable.nbytes_for(int(rows.max()) + 1, cfg.encoder.latent_dim, flips)
-  if size <= POSTERIOR_TABLE_MAX_BYTES:
-    if flips:
-      posteriors.append(split_posteriors(cfg, enc_params, split, ctx.mesh, flip=True))
-    table = prior_lib.PosteriorTable.from_rows(rows, posteriors)
-    loss_fn = prior_lib.prior_loss_from_table(model, sde)
-    frozen = (rep(table.mu), rep(table.log_var), rep(norm.shift), rep(norm.scale))
-    log.info("prior: posteriors of %d images looked up, not encoded each step", len(split))
-  else:
-    loss_fn = prior_lib.prior_loss(model, _encode_at_zero(cfg), sde)
-    frozen = (enc_params, rep(norm.shift), rep(norm.scale))
-    log.info("prior: a %.0f MiB posterior table would not fit: encoding each step", size / 2**20)
+class Prior(Stage):
+  name, mode, what, title = "prior", "train_prior", "latent prior", "latent prior (DSM on codes)"
+  compare_keys = ("sde", "encoder") + tuple(f"prior.{f}" for f in ("width", "depth", "temb_dim"))
+  upstream = ("encoder_step", "stage2", "the codes of the encoder")
 
-  @functools.cache
-  def vdae():
-    score_params, _ = load_stage("stage1", cfg, ctx.workdir, ctx.mesh, ctx.image_shape)
-    return VDAE(cfg, score_params, enc_params, ctx.mesh, ctx.image_shape)
+  @classmethod
+  def init(cls, config, image_shape):
+    del image_shape
+    model = prior_lib.model_from_config(config)
+    return lambda key: prior_lib.init_params(model, key)
 
-  def images(state, step):
-    z = prior_lib.LearnedPrior(cfg, state.ema_params, norm).sample(16, jax.random.key(step))
-    return {"samples": vdae().decode(z, jax.random.key(step + 1))}
+  def __init__(self, ctx):
+    super().__init__(ctx)
+    cfg = ctx.config
+    enc_params, meta = load_stage("stage2", cfg, ctx.workdir, ctx.mesh, ctx.image_shape)
+    check_pairing(meta, cfg, ctx.workdir, "train the latent prior")
+    self.check_resume()
+    split = ctx.splits["train"]
+    posteriors = [split_posteriors(cfg, enc_params, split, ctx.mesh)]
+    # q(z)'s moments over the images as stored (flips or not).
+    self.norm = norm = prior_lib.Normaliser.from_posteriors(*posteriors[0])
+    rep = lambda a: sharding.replicated_from_host(a, ctx.mesh)
+    model, sde = prior_lib.model_from_config(cfg), sde_lib.from_config(cfg.sde)
+    rows = np.arange(len(split)) if split.rows is None else np.asarray(split.rows)
+    flips = bool(cfg.data.random_flip)
+    size = prior_lib.PosteriorTable.nbytes_for(int(rows.max()) + 1, cfg.encoder.latent_dim, flips)
+    if size <= POSTERIOR_TABLE_MAX_BYTES:
+      if flips:
+        posteriors.append(split_posteriors(cfg, enc_params, split, ctx.mesh, flip=True))
+      table = prior_lib.PosteriorTable.from_rows(rows, posteriors)
+      self.loss_fn = prior_lib.prior_loss_from_table(model, sde)
+      self.frozen = (rep(table.mu), rep(table.log_var), rep(norm.shift), rep(norm.scale))
+      log.info("prior: posteriors of %d images looked up, not encoded each step", len(split))
+    else:
+      self.loss_fn = prior_lib.prior_loss(model, _encode_at_zero(cfg), sde)
+      self.frozen = (enc_params, rep(norm.shift), rep(norm.scale))
+      log.info("prior: a %.0f MiB posterior table would not fit: encoding each step", size / 2**20)
+    self.meta.update(norm.meta())
+    self.record_upstream()
+    self._enc_params = enc_params
 
-  return Built(
-    loss_fn,
-    frozen,
-    images,
-    extra_meta={**norm.meta(), **prior_pairing(cfg, ctx.workdir)},
-  )
+  @functools.cached_property
+  def _vdae(self) -> VDAE:
+    ctx = self.ctx
+    score_params, _ = load_stage("stage1", self.config, ctx.workdir, ctx.mesh, ctx.image_shape)
+    return VDAE(self.config, score_params, self._enc_params, ctx.mesh, ctx.image_shape)
+
+  def images(self, state, step):
+    z = prior_lib.LearnedPrior(self.config, state.ema_params, self.norm).sample(
+      16, jax.random.key(step)
+    )
+    return {"samples": self._vdae.decode(z, jax.random.key(step + 1))}
 
 
 def load_prior(config, workdir: str, mesh, image_shape, step=None) -> prior_lib.LearnedPrior | None:
@@ -345,174 +351,88 @@ def load_prior(config, workdir: str, mesh, image_shape, step=None) -> prior_lib.
   if choice == "standard_normal" or (choice == "auto" and not is_trained("prior", config, workdir)):
     return None
   params, meta = load_stage("prior", config, workdir, mesh, image_shape, step=step)
-  check_prior_pairing(meta, config, workdir)
+  Prior.check_upstream(meta, config, workdir)
   return prior_lib.LearnedPrior(config, params, prior_lib.Normaliser.from_meta(meta))
 
 
 # --- the VAE baseline -----------------------------------------------------------------
-def _vae_init(config, image_shape):
-  model = vae_lib.model_from_config(config, image_shape)
-  return lambda key: model.init(key, image_shape)
+class VAE(Stage):
+  name, mode, what, title = "vae", "train_vae", "VAE", "VAE (-ELBO)"
+  compare_keys = ("encoder",) + tuple(f"vae.{f}" for f in vae_lib.ARCH_FIELDS)
 
+  @classmethod
+  def init(cls, config, image_shape):
+    model = vae_lib.model_from_config(config, image_shape)
+    return lambda key: model.init(key, image_shape)
 
-def _vae_build(ctx: Context) -> Built:
-  model = vae_lib.model_from_config(ctx.config, ctx.image_shape)
-  x = jnp.asarray(ctx.recon_batch())
-  reconstruct = jax.jit(lambda p, x: model.decode(p, model.encode(p, x)[0]))
+  @classmethod
+  def check_shape(cls, config, image_shape):
+    sizes.check_vae(config, image_shape)
 
-  def images(state, step):
+  def __init__(self, ctx):
+    super().__init__(ctx)
+    model = vae_lib.model_from_config(ctx.config, ctx.image_shape)
+    self._x = jnp.asarray(ctx.recon_batch())
+    self._reconstruct = jax.jit(lambda p, x: model.decode(p, model.encode(p, x)[0]))
+    self.loss_fn = model.loss_fn(ctx.config.vae.beta_kl)
+
+  def images(self, state, step):
     del step
-    rec = reconstruct(state.ema_params, x)
-    return {"reconstructions": np.concatenate([np.asarray(x), sharding.to_host(rec)], axis=0)}
-
-  return Built(model.loss_fn(ctx.config.vae.beta_kl), None, images)
+    rec = self._reconstruct(state.ema_params, self._x)
+    return {"reconstructions": np.concatenate([np.asarray(self._x), sharding.to_host(rec)], axis=0)}
 
 
 # --- the VAE + diffusion refiner ----------------------------------------------------
-def _refiner_init(config, image_shape):
-  return refined_vae.init_params(config, image_shape)
-
-
-def check_refiner_pairing(recorded: dict, config, workdir: str) -> None:
-  _check_upstream_step(recorded, "vae_step", "vae", "refiner", "the VAE's outputs", config, workdir)
-
-
-def _refiner_build(ctx: Context) -> Built:
-  cfg = ctx.config
-  x = ctx.recon_batch()
-  levels = sources.data_levels(cfg)
-  if cfg.refiner.joint:  # its own VAE, trained with it (refined_vae.make_loss)
-    model = vae_lib.model_from_config(cfg, ctx.image_shape)
-
-    def images(state, step):
-      p = state.ema_params
-      vae = vae_lib.VAE(cfg, p["vae"], ctx.image_shape, levels)
-      ae = refined_vae.RefinedVAE(cfg, vae, p["refiner"], ctx.mesh, ctx.image_shape)
-      x_bar = vae.reconstruct(x)
-      refined = ae.refine(x_bar, jax.random.key(step))
-      return {"refined": np.concatenate([x, x_bar, refined], axis=0)}
-
-    meta = {"vae_beta_kl": float(cfg.vae.beta_kl)}
-    return Built(refined_vae.make_loss(cfg, model, ctx.image_shape), None, images, meta)
-
-  vae_params, _ = load_stage("vae", cfg, ctx.workdir, ctx.mesh, ctx.image_shape)
-  if is_trained("refiner", cfg, ctx.workdir):
-    check_refiner_pairing(read_meta("refiner", cfg, ctx.workdir), cfg, ctx.workdir)
-  vae = vae_lib.VAE(cfg, vae_params, ctx.image_shape, levels)
-
-  def images(state, step):
-    ae = refined_vae.RefinedVAE(cfg, vae, state.ema_params, ctx.mesh, ctx.image_shape)
-    x_bar = vae.reconstruct(x)
-    return {"refined": np.concatenate([x, x_bar, ae.refine(x_bar, jax.random.key(step))], axis=0)}
-
-  return Built(
-    refined_vae.make_loss(cfg, vae.model, ctx.image_shape),
-    vae_params,
-    images,
-    extra_meta={"vae_step": trained_step("vae", cfg, ctx.workdir)},
+class Refiner(Stage):
+  name, mode, what = "refiner", "train_refiner", "refiner"
+  title = "VAE refiner (mean-reverting DSM)"
+  compare_keys = (
+    ("encoder",)
+    + tuple(f"vae.{f}" for f in vae_lib.ARCH_FIELDS)
+    + tuple(f"refiner.{f}" for f in refined_vae.ARCH_FIELDS)
   )
+  upstream = ("vae_step", "vae", "the VAE's outputs")
+
+  @classmethod
+  def init(cls, config, image_shape):
+    return refined_vae.init_params(config, image_shape)
+
+  @classmethod
+  def check_shape(cls, config, image_shape):
+    sizes.check_refiner(config, image_shape)
+
+  def __init__(self, ctx):
+    super().__init__(ctx)
+    cfg = ctx.config
+    self._x, self._levels = ctx.recon_batch(), sources.data_levels(cfg)
+    if cfg.refiner.joint:  # its own VAE, trained with it (refined_vae.make_loss)
+      model = vae_lib.model_from_config(cfg, ctx.image_shape)
+      self.loss_fn = refined_vae.make_loss(cfg, model, ctx.image_shape)
+      self.meta["vae_beta_kl"] = float(cfg.vae.beta_kl)
+      self._vae = None
+      return
+    vae_params, _ = load_stage("vae", cfg, ctx.workdir, ctx.mesh, ctx.image_shape)
+    self.check_resume()
+    self._vae = vae_lib.VAE(cfg, vae_params, ctx.image_shape, self._levels)
+    self.loss_fn = refined_vae.make_loss(cfg, self._vae.model, ctx.image_shape)
+    self.frozen = vae_params
+    self.record_upstream()
+
+  def images(self, state, step):
+    cfg, ctx, p = self.config, self.ctx, state.ema_params
+    joint = self._vae is None
+    vae = vae_lib.VAE(cfg, p["vae"], ctx.image_shape, self._levels) if joint else self._vae
+    refiner_params = p["refiner"] if joint else p
+    ae = refined_vae.RefinedVAE(cfg, vae, refiner_params, ctx.mesh, ctx.image_shape)
+    x_bar = vae.reconstruct(self._x)
+    refined = ae.refine(x_bar, jax.random.key(step))
+    return {"refined": np.concatenate([self._x, x_bar, refined], axis=0)}
 
 
-def _check_score_shape(config, shape) -> None:
-  if _score_imported(config):
-    path = config.model.path
-    pretrained.check_image_shape(pretrained.unet_spec(path), tuple(shape), path)
-  else:
-    sizes.check_score_model(config, shape)
+STAGES: dict[str, type[Stage]] = {s.name: s for s in (ScoreModel, Encoder, Prior, VAE, Refiner)}
 
 
-STAGES: dict[str, Stage] = {
-  s.name: s
-  for s in (
-    Stage(
-      "stage1",
-      "pretrain",
-      "stage-1",
-      "score model (DSM)",
-      ("model", "sde"),
-      _score_init,
-      _score_build,
-      lambda config, shape: _check_score_shape(config, shape),
-      source=lambda config, workdir: config.stage2.stage1_workdir or workdir,
-      imported=_score_imported,
-    ),
-    Stage(
-      "stage2",
-      "train_encoder",
-      "encoder",
-      "encoder (VDAE)",
-      ("model", "sde", "encoder"),
-      _encoder_init,
-      _encoder_build,
-      lambda config, shape: (
-        _check_score_shape(config, shape),
-        sizes.check_encoder(config, shape),
-      ),
-    ),
-    Stage(
-      "prior",
-      "train_prior",
-      "latent prior",
-      "latent prior (DSM on codes)",
-      ("sde", "encoder") + tuple(f"prior.{f}" for f in ("width", "depth", "temb_dim")),
-      _prior_init,
-      _prior_build,
-      lambda config, shape: None,
-    ),
-    Stage(
-      "vae",
-      "train_vae",
-      "VAE",
-      "VAE (-ELBO)",
-      ("encoder",) + tuple(f"vae.{f}" for f in vae_lib.ARCH_FIELDS),
-      _vae_init,
-      _vae_build,
-      sizes.check_vae,
-    ),
-    Stage(
-      "refiner",
-      "train_refiner",
-      "refiner",
-      "VAE refiner (mean-reverting DSM)",
-      ("encoder",)
-      + tuple(f"vae.{f}" for f in vae_lib.ARCH_FIELDS)
-      + tuple(f"refiner.{f}" for f in refined_vae.ARCH_FIELDS),
-      _refiner_init,
-      _refiner_build,
-      sizes.check_refiner,
-    ),
-  )
-}
-
-
-# --- built from the table -----------------------------------------------------------
-def _optimizer(name: str, config):
-  g = config[name]
-  return state_lib.make_optimizer(g.lr, g.warmup_steps, g.num_steps, config.optim)
-
-
-def stage_spec(name: str, ctx: Context) -> StageSpec:
-  """The StageSpec of stage `name`: sizes from its config group, parts from the table."""
-  stage, g = STAGES[name], ctx.config[name]
-  built = stage.build(ctx)
-  return StageSpec(
-    name=name,
-    init_params=stage.init(ctx.config, ctx.image_shape),
-    loss_fn=built.loss_fn,
-    compare_keys=stage.compare_keys,
-    lr=g.lr,
-    warmup=g.warmup_steps,
-    num_steps=g.num_steps,
-    batch_size=g.batch_size,
-    log_every=g.log_every,
-    image_every=g.image_every,
-    checkpoint_every=g.checkpoint_every,
-    frozen=built.frozen,
-    images=built.images,
-    extra_meta=built.extra_meta,
-  )
-
-
+# --- by stage name ------------------------------------------------------------------
 def context(config, workdir: str, mesh=None, splits=None) -> Context:
   mesh = sharding.make_mesh(config.mesh) if mesh is None else mesh
   splits = sources.load_splits(config.data) if splits is None else splits
@@ -528,7 +448,7 @@ def check_shapes(names, config, image_shape) -> None:
 def trainer(name: str, config, workdir: str, mesh=None, splits=None) -> Trainer:
   ctx = context(config, workdir, mesh, splits)
   check_shapes([name], config, ctx.image_shape)
-  return Trainer(stage_spec(name, ctx), config, workdir, ctx.mesh, ctx.splits)
+  return Trainer(STAGES[name](ctx))
 
 
 def train(name: str, config, workdir: str, mesh=None, splits=None):
@@ -541,57 +461,30 @@ def train(name: str, config, workdir: str, mesh=None, splits=None):
 
 
 def checkpoint_dir(name: str, config, workdir: str) -> str:
-  return os.path.join(STAGES[name].source(config, workdir), name, "checkpoints")
+  return loading.checkpoint_dir(STAGES[name], config, workdir)
 
 
 def trained_step(name: str, config, workdir: str) -> int:
-  """The newest checkpointed step of stage `name` (0 if it has none)."""
-  names = files.listdir(checkpoint_dir(name, config, workdir))
-  return max((int(s) for s in names if s.isdigit()), default=0)
+  return loading.trained_step(STAGES[name], config, workdir)
 
 
 def read_meta(name: str, config, workdir: str) -> dict:
-  """The metadata recorded with stage `name`'s newest checkpoint."""
-  ckpt = checkpoint.Checkpointer(
-    checkpoint_dir(name, config, workdir), keep=1000, async_save=False, create=False
-  )
-  try:
-    return ckpt.read_meta()
-  finally:
-    ckpt.close()
+  return loading.read_meta(STAGES[name], config, workdir)
 
 
 def is_trained(name: str, config, workdir: str) -> bool:
-  """Whether stage `name` has a checkpoint where its readers look for it (an
-  imported stage always has: its directory is checked when it is loaded)."""
-  return STAGES[name].imported(config) or trained_step(name, config, workdir) > 0
+  return loading.is_trained(STAGES[name], config, workdir)
 
 
 def load_stage(
   name: str, config, workdir: str, mesh, image_shape, use_ema: bool = True, step=None
 ) -> tuple[Params, dict]:
-  """(params, meta) of stage `name`'s newest checkpoint (or of `step`), sharded on `mesh`.
+  return loading.load(STAGES[name], config, workdir, mesh, image_shape, use_ema, step)
 
-  Raises CheckpointError if it is missing or was trained with another config
-  (the stage's compare_keys) or image shape.
-  """
-  stage = STAGES[name]
-  if stage.imported(config):
-    return pretrained.load_params(config, mesh, image_shape)
-  opt, _ = _optimizer(name, config)
-  hint = f"Run --mode={stage.mode} first"
-  if name == "stage1":
-    hint += ", or point --config.stage2.stage1_workdir at a workdir that has one"
-  return restore.restore_params(
-    checkpoint_dir(name, config, workdir),
-    stage.init(config, tuple(image_shape)),
-    opt,
-    config,
-    mesh,
-    keys=stage.compare_keys,
-    image_shape=image_shape,
-    what=stage.what,
-    run_first=hint + ".",
-    use_ema=use_ema,
-    step=step,
-  )
+
+def score_pairing(config, workdir: str) -> dict:
+  return provenance.score_record(ScoreModel, config, workdir)
+
+
+def check_pairing(recorded: dict, config, workdir: str, doing: str) -> None:
+  provenance.check_score_pairing(ScoreModel, recorded, config, workdir, doing)
