@@ -292,22 +292,28 @@ def _read_coroutine(filename: str):
 
 @pytest.mark.timeout(30)
 def test_only_orbax_abandoned_reads_are_silenced(monkeypatch):
-  """The noise filters of vdae/training/checkpoint.py drop Orbax's abandoned reads
-  (a damaged restore prints hundreds) and nothing else."""
+  """While a restore runs, vdae/training/checkpoint.py's filters drop Orbax's abandoned
+  reads (a damaged restore has printed hundreds) and nothing else; then they come off."""
   import gc
   import logging
 
   from vdae.training import checkpoint
 
   printed = []
-  monkeypatch.setattr(sys, "unraisablehook", checkpoint._drop_abandoned_reads(printed.append))
+  hook = printed.append
+  monkeypatch.setattr(sys, "unraisablehook", hook)
   orbax_file = os.path.join(os.sep, "site-packages", "orbax", "serialization.py")
   user_file = os.path.join(os.sep, "site-packages", "mine", "reads.py")
-  for filename in (orbax_file, user_file):
-    coro = _read_coroutine(filename)
-    del coro
-    gc.collect()  # closing it raises out of the coroutine: unraisable
+  with checkpoint._QuietAbandonedReads() as quiet:  # as a restore that gave up on a step
+    quiet.failed = True
+    coros = [_read_coroutine(f) for f in (orbax_file, user_file)]
+    del coros  # collected on the way out, inside the filters (closing one raises out of it)
+  assert sys.unraisablehook is hook  # the interpreter's hook is back
   assert [u.object.cr_code.co_filename for u in printed] == [user_file]
+  coro = _read_coroutine(orbax_file)
+  del coro
+  gc.collect()
+  assert len(printed) == 2  # outside a restore, Orbax's fallout prints too
 
   def record(filename: str, msg: str) -> logging.LogRecord:
     coro = _read_coroutine(filename)

@@ -9,12 +9,11 @@ from collections.abc import Callable, Sequence
 from vdae import schema
 from vdae.io import pretrained, workdir_lock
 from vdae.parallel import runtime
-from vdae.training import checkpoint, preemption, restore
+from vdae.training import preemption, restore
 
 
 def execute(config, workdir: str, commands: Sequence[Callable]) -> None:
   """Runs each command(config, workdir) in order, holding WORKDIR's lock."""
-  checkpoint.install_noise_filters()
   schema.check(config)
   pretrained.resolve_config(config)  # an imported score model brings its own SDE
   runtime.cpu_kernels(config.runtime.cpu_ynnpack)

@@ -10,6 +10,7 @@ is skipped with a warning for the one before it.
 
 from __future__ import annotations
 
+import gc
 import importlib.metadata
 import logging
 import os
@@ -71,7 +72,7 @@ def _raised_in_orbax(exc: BaseException | None) -> bool:
 #   - read coroutines collected unfinished (Orbax re-raises their GeneratorExit),
 #   - futures whose exceptions nobody retrieved (logged by asyncio).
 # Only these are dropped; every other unraisable exception or asyncio error
-# still prints. `install_noise_filters` puts the filters in place.
+# still prints, and only while a restore runs (`_QuietAbandonedReads`).
 def _drop_abandoned_reads(previous):
   def hook(unraisable):
     exc, obj = unraisable.exc_value, unraisable.object
@@ -93,18 +94,26 @@ class _DropAbandonedReads(logging.Filter):
     return not (_raised_in_orbax(exc) or "orbax" in record.getMessage())
 
 
-_installed = False
+class _QuietAbandonedReads:
+  """While `Checkpointer.restore` tries its candidates: drops the abandoned-read fallout
+  described above, and nothing else, then puts the interpreter's hook and asyncio's
+  logger back as they were. After a candidate failed, the abandoned reads are collected
+  before the filters come off, so their fallout meets them."""
 
+  def __enter__(self):
+    self.failed = False
+    self._hook, self._filter = sys.unraisablehook, _DropAbandonedReads()
+    sys.unraisablehook = _drop_abandoned_reads(self._hook)
+    logging.getLogger("asyncio").addFilter(self._filter)
+    return self
 
-def install_noise_filters() -> None:
-  """Drops the abandoned-read fallout described above; `vdae.main` calls this
-  once at start (importing this module changes no global hook)."""
-  global _installed
-  if _installed:
-    return
-  _installed = True
-  sys.unraisablehook = _drop_abandoned_reads(sys.unraisablehook)
-  logging.getLogger("asyncio").addFilter(_DropAbandonedReads())
+  def __exit__(self, *exc):
+    try:
+      if self.failed:
+        gc.collect()
+    finally:
+      sys.unraisablehook = self._hook
+      logging.getLogger("asyncio").removeFilter(self._filter)
 
 
 # Orbax writes a replicated array "replica-parallel": each device holding a copy writes a
@@ -215,28 +224,30 @@ class Checkpointer:
     if jax.process_count() > 1:
       candidates = self._agreed(candidates, data_iter is not None)
     errors = []
-    for s in candidates:
-      target = abstract_state if part is None else {part: abstract_state}
-      restore_args = ocp.checkpoint_utils.construct_restore_args(target)
-      state_args = ocp.args.PyTreeRestore(target, restore_args, partial_restore=part is not None)
-      items = {"state": state_args}
-      if data_iter is not None:
-        items["data"] = grain.checkpoint.CheckpointRestore(data_iter)
-      try:
-        self._read_meta(s)
-        out = self._mngr.restore(s, args=ocp.args.Composite(**items))
-        if errors:
-          log.warning("restored step %d after skipping damaged newer checkpoint(s): %s", s, errors)
-          self._move_aside([c for c in candidates if c > s])
-        return s, (out["state"] if part is None else out["state"][part])
-      except Exception as e:  # noqa: BLE001 - any failure means "damaged"; try older
-        log.warning(
-          "checkpoint %s/%d could not be restored (%s); trying the one before",
-          self.directory,
-          s,
-          str(e).splitlines()[0][:300],
-        )
-        errors.append(f"step {s}: {type(e).__name__}")
+    with _QuietAbandonedReads() as quiet:
+      for s in candidates:
+        target = abstract_state if part is None else {part: abstract_state}
+        restore_args = ocp.checkpoint_utils.construct_restore_args(target)
+        state_args = ocp.args.PyTreeRestore(target, restore_args, partial_restore=part is not None)
+        items = {"state": state_args}
+        if data_iter is not None:
+          items["data"] = grain.checkpoint.CheckpointRestore(data_iter)
+        try:
+          self._read_meta(s)
+          out = self._mngr.restore(s, args=ocp.args.Composite(**items))
+          if errors:
+            log.warning("restored step %d after skipping damaged newer step(s): %s", s, errors)
+            self._move_aside([c for c in candidates if c > s])
+          return s, (out["state"] if part is None else out["state"][part])
+        except Exception as e:  # noqa: BLE001 - any failure means "damaged"; try older
+          quiet.failed = True
+          log.warning(
+            "checkpoint %s/%d could not be restored (%s); trying the one before",
+            self.directory,
+            s,
+            str(e).splitlines()[0][:300],
+          )
+          errors.append(f"step {s}: {type(e).__name__}")
     raise CheckpointError(
       f"none of the checkpoints in {self.directory} could be restored ({'; '.join(errors)}). "
       "Move the directory aside to start afresh."
