@@ -40,7 +40,7 @@ def _exact_posterior_encoder(A, sde):
 @pytest.mark.parametrize("kind", ["vp", "ve"])
 def test_correction_score_is_the_exact_posterior_score(kind):
   """c = grad_x log p(z | x_t) = grad_x log p(x_t | z) - grad_x log p(x_t) (Bayes)."""
-  sde = sde_lib.SDE(kind)
+  sde = sde_lib.make(kind)
   A = _linear_gaussian()
   enc = _exact_posterior_encoder(A, sde)
   key = jax.random.key(0)
@@ -105,7 +105,7 @@ def test_reverse_mode_equals_jacfwd(logvar_term):
 def _stage2_setup(form="eps"):
   from vdae.models import unet
 
-  sde = sde_lib.SDE("vp")
+  sde = sde_lib.make("vp")
   spec = fused_step.StepSpec(sde, 16, 1000.0)
   score = unet.UNet(channels=8, channel_mults=(1, 2), num_res_blocks=1, groups=4, temb_dim=16)
   enc, enc_params, x = _conv_encoder()

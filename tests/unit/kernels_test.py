@@ -31,7 +31,7 @@ TEMB_ATOL = 2e-4
 
 
 def _spec(kind: str, **sde_kw) -> fs.StepSpec:
-  return fs.StepSpec(sde=sde_lib.SDE(kind=kind, **sde_kw), temb_dim=TEMB_DIM, time_scale=TIME_SCALE)
+  return fs.StepSpec(sde=sde_lib.make(kind, **sde_kw), temb_dim=TEMB_DIM, time_scale=TIME_SCALE)
 
 
 def _inputs(b: int, d: int, seed: int = 0):
@@ -137,7 +137,7 @@ def test_expm1_is_accurate_where_exp_minus_one_is_not():
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_in_kernel_coefficients_match_sde(kind):
-  sde = sde_lib.SDE(kind=kind)
+  sde = sde_lib.make(kind)
   t = jnp.linspace(sde.eps, 1.0, 257)
   f, g2, sigma = pf._coefficients(sde, t)
   f_ref, g2_ref = sde.sde_coefficients(t)

@@ -42,7 +42,7 @@ def test_hutchinson_divergence_is_unbiased():
 
 
 def _gaussian_logp(kind, m, exact_max_dim=1024, solver="tsit5"):
-  sde = sde_lib.SDE(kind)
+  sde = sde_lib.make(kind)
   x = m + jnp.sqrt(S2) * jax.random.normal(jax.random.key(1), (B, D))
   fn = jax.jit(
     lambda x, k: likelihood.log_likelihood(
@@ -108,7 +108,7 @@ def test_dequantisation_and_bits_offset():
 @pytest.mark.timeout(60)
 def test_wrong_score_gives_a_different_likelihood():
   """Guards the closed-form test: the score of another Gaussian must not match."""
-  sde = sde_lib.SDE("vp")
+  sde = sde_lib.make("vp")
   x = jnp.sqrt(S2) * jax.random.normal(jax.random.key(1), (B, D))
   logp, _ = likelihood.log_likelihood(
     gaussian.exact_score(sde, jnp.zeros(D), 2.0 * S2),

@@ -20,7 +20,7 @@ pytestmark = pytest.mark.timeout(120)
 def test_importance_time_is_unbiased_for_the_lambda_integral(kind, method):
   """E[w h(t)] = int lambda h dt on [eps, 1] for h = 1 and h = t (a fine trapezoid on
   a log grid as truth)."""
-  sde = sde_lib.SDE(kind)
+  sde = sde_lib.make(kind)
   grid = np.geomspace(sde.eps, 1.0, 200001).astype(np.float32)
   lam = np.asarray(losses.likelihood_weight(sde, jnp.asarray(grid)), np.float64)
   for h in (lambda t: 1.0, lambda t: t):
@@ -40,7 +40,7 @@ S2 = jnp.array([0.25, 0.25])
 def _recon(x0, weighting, n=100000):
   """The stage-2 reconstruction term for n copies of the point x0 [D], with the exact
   unconditional score of N(M, S2) and an encoder that ignores x (so c = 0)."""
-  sde = sde_lib.SDE("vp")
+  sde = sde_lib.make("vp")
   spec = fused_step.StepSpec(sde, 8, 1000.0)
   eps = gaussian.exact_eps(sde, M, S2)
   encode = lambda x, t: (jnp.zeros((x.shape[0], 2)), jnp.zeros((x.shape[0], 2)))
@@ -79,7 +79,7 @@ def test_truncated_snr_weighted_objective_is_the_pixel_posterior_variance_where_
   posterior variance 1/2 sigma^2 s / (alpha^2 s + sigma^2). The truncated-SNR
   objective must average the first where SNR > 1, the second where 1/SNR is below the
   cap, and cap times the first beyond (a weight the wrong way up, or none, misses)."""
-  sde = sde_lib.SDE("vp")
+  sde = sde_lib.make("vp")
   spec = fused_step.StepSpec(sde, 8, 1000.0)
   cap, n = 30.0, 200000
   x0 = M + jnp.sqrt(S2) * jax.random.normal(jax.random.key(1), (n, 2))

@@ -31,7 +31,7 @@ def test_linear_betas_become_the_vp_sde_and_its_alpha_bar_is_close():
     {"_class_name": "DDPMScheduler", "beta_schedule": "linear", "num_train_timesteps": 1000}, "s"
   )
   assert (sched.kind, sched.beta_min, sched.beta_max, sched.time_scale) == ("vp", 0.1, 20.0, 999)
-  sde = sde_lib.SDE("vp", sched.beta_min, sched.beta_max)
+  sde = sde_lib.make("vp", sched.beta_min, sched.beta_max)
   abar = np.load(os.path.join(FIXTURES, "schedules.npz"))["linear_1000"]  # diffusers' own
   np.testing.assert_allclose(pretrained.discrete_alphas_cumprod({}), abar, rtol=2e-4)  # f32 there
   t = np.arange(1000) / 999
@@ -45,7 +45,7 @@ def test_linear_betas_become_the_vp_sde_and_its_alpha_bar_is_close():
 def test_cosine_betas_become_vp_cosine_equal_at_every_training_timestep():
   cfg = {"beta_schedule": "squaredcos_cap_v2", "num_train_timesteps": 1000}
   sched = pretrained.schedule_from_json(cfg, "s")
-  sde = sde_lib.SDE(sched.kind, timesteps=1000)
+  sde = sde_lib.make(sched.kind, timesteps=1000)
   abar = np.load(os.path.join(FIXTURES, "schedules.npz"))["cosine_1000"]
   np.testing.assert_allclose(pretrained.discrete_alphas_cumprod(cfg), abar, rtol=2e-4)
   t = jnp.asarray(np.arange(1000) / 999)
@@ -57,7 +57,7 @@ def test_cosine_betas_become_vp_cosine_equal_at_every_training_timestep():
 @pytest.mark.parametrize("kind", ["vp", "vp_cosine"])
 def test_vp_sdes_drift_and_diffusion_are_consistent_with_their_marginals(kind):
   # d sigma^2 / dt = 2 f sigma^2 + g^2 and d log alpha / dt = f, by finite differences.
-  sde = sde_lib.SDE(kind)
+  sde = sde_lib.make(kind)
   t = jnp.linspace(0.05, 0.95, 10)
   h = 1e-3
   a = lambda t: sde.marginal(t)[0]
@@ -91,7 +91,7 @@ class _ExactGaussian(nn.Module):
 
 @pytest.mark.parametrize("kind", ["epsilon", "v_prediction", "sample"])
 def test_imported_predictions_become_the_true_score(kind):
-  sde = sde_lib.SDE("vp", 0.1, 20.0)
+  sde = sde_lib.make("vp", 0.1, 20.0)
   net = score.ImportedScoreNet(_ExactGaussian(sde, 1000, kind), kind, sde, 999.0)
   x = jnp.asarray(np.random.default_rng(0).standard_normal((6, 4, 4, 1)), jnp.float32)
   t = jnp.asarray([0.01, 0.1, 0.3, 0.5, 0.8, 1.0])
@@ -104,7 +104,7 @@ def test_imported_predictions_become_the_true_score(kind):
 
 def test_imported_timestep_mapping_is_t_times_n_minus_1():
   # With the mapping t * N instead, the same network is wrong: the test above can fail.
-  sde = sde_lib.SDE("vp", 0.1, 20.0)
+  sde = sde_lib.make("vp", 0.1, 20.0)
   net = score.ImportedScoreNet(_ExactGaussian(sde, 1000, "epsilon"), "epsilon", sde, 1000.0)
   x = jnp.ones((1, 2, 2, 1))
   t = jnp.asarray([0.5])

@@ -16,7 +16,7 @@ COV_OFFDIAG_TOL = 0.03
 
 
 def _run(kind, method, n=4000, steps=400):
-  sde = sde_lib.SDE(kind)
+  sde = sde_lib.make(kind)
   spec = fused_step.StepSpec(sde, 8, 1000.0)
   eps_fn = gaussian.exact_eps(sde, M, S2)
   x = sampling.sample(
@@ -51,7 +51,7 @@ def _run(kind, method, n=4000, steps=400):
 )
 def test_sampler_recovers_gaussian_mean_and_covariance(kind, method):
   x = _run(kind, method)
-  sde = sde_lib.SDE(kind)
+  sde = sde_lib.make(kind)
   # At t = eps the exact marginal is N(alpha m, alpha^2 s^2 + sigma^2) ~ data.
   t = jnp.array([sde.eps])
   target_var = np.asarray(gaussian.var_t(sde, t, S2))[0]
@@ -63,7 +63,7 @@ def test_sampler_recovers_gaussian_mean_and_covariance(kind, method):
 
 def test_wrong_score_sign_fails_to_recover():
   """Guards the test above: the same check with a sign error in eps must fail."""
-  sde = sde_lib.SDE("vp")
+  sde = sde_lib.make("vp")
   spec = fused_step.StepSpec(sde, 8, 1000.0)
   good = gaussian.exact_eps(sde, M, S2)
   x = sampling.sample(
@@ -83,7 +83,7 @@ def test_wrong_score_sign_fails_to_recover():
 @pytest.mark.parametrize("kind", ["vp", "subvp"])
 def test_probability_flow_ode_carries_data_to_prior(kind):
   """Integrating the PF ODE forward from data ends at the prior N(0, I)."""
-  sde = sde_lib.SDE(kind)
+  sde = sde_lib.make(kind)
   score = gaussian.exact_score(sde, M, S2)
   n, steps = 10000, 400
   x = M + jnp.sqrt(S2) * jax.random.normal(jax.random.key(2), (n, 2))
@@ -105,7 +105,7 @@ def test_probability_flow_ode_carries_data_to_prior(kind):
 
 def test_denoise_step_applies_tweedie():
   """The final denoise step maps x_eps to E[x0 | x_eps] (exact for Gaussians)."""
-  sde = sde_lib.SDE("vp", eps=0.2)
+  sde = sde_lib.make("vp", eps=0.2)
   eps_fn = gaussian.exact_eps(sde, M, S2)
   xt = jnp.array([[1.0, 1.0], [0.0, -2.0], [3.0, 0.5]])
   x0 = sampling.tweedie_denoise(eps_fn, xt, sde)
@@ -122,7 +122,7 @@ def test_python_loop_equals_one_compiled_loop(method):
   with the params passed as arguments and a latent-correction term present."""
   import ml_collections
 
-  sde = sde_lib.SDE("vp")
+  sde = sde_lib.make("vp")
   spec = fused_step.StepSpec(sde, 8, 1000.0)
 
   def make_fns(args):
@@ -150,7 +150,7 @@ D4_S2 = jnp.array([0.25, 0.04, 0.01, 1.0])
 
 
 def _cov_error(method, steps, seed, corrector_steps=1, n=8000):
-  sde = sde_lib.SDE("vp")
+  sde = sde_lib.make("vp")
   x = sampling.sample(
     gaussian.exact_eps(sde, D4_M, D4_S2),
     (n, 4),
@@ -170,7 +170,7 @@ def _cov_error(method, steps, seed, corrector_steps=1, n=8000):
 def test_langevin_corrector_reaches_the_marginal_at_large_t():
   """At t = 0.9, corrector steps alone carry x from N(0, 9 I) to p_t. With the step
   scaled by the cumulative alpha(t)^2 (3e-4 here) they would barely move it."""
-  sde = sde_lib.SDE("vp")
+  sde = sde_lib.make("vp")
   score = gaussian.exact_score(sde, D4_M, D4_S2)
   n, t = 4000, jnp.full((4000,), 0.9)
   x = 3.0 * jax.random.normal(jax.random.key(0), (n, 4))
@@ -194,7 +194,7 @@ def test_heun_on_the_karras_grid_beats_euler_at_equal_calls(kind):
   x_eps = alpha m + sqrt(v_eps / v_1) (x_1 - alpha_1 m), v_t = alpha^2 s^2 + sigma^2,
   40 Heun steps (80 calls) land nearer than 80 Euler steps, and the error falls
   about 4x when the steps double (second order; 2x would be first)."""
-  sde = sde_lib.SDE(kind)
+  sde = sde_lib.make(kind)
   spec = fused_step.StepSpec(sde, 8, 1000.0)
   x1 = sde.prior_sample(jax.random.key(3), (512, 4))
   ends = jnp.array([1.0, sde.eps])
@@ -223,7 +223,7 @@ def test_heun_on_the_karras_grid_beats_euler_at_equal_calls(kind):
 
 @pytest.mark.parametrize("kind", ["vp", "subvp", "ve"])
 def test_karras_times_follow_the_rho_grid(kind):
-  sde = sde_lib.SDE(kind)
+  sde = sde_lib.make(kind)
   ts = sampling.karras_times(sde, 10)
   alpha, sigma = sde.marginal(ts)
   r = np.asarray(sigma / alpha) ** (1 / 7)
@@ -246,7 +246,7 @@ def test_deterministic_decode_from_the_prior_mean_is_the_conditional_mean(method
   """The `mode` protocol: the PF ODE from x_1 = 0 with the exact conditional score
   lands on E[x0 | z]; its MSE is the oracle's (within 5%), half that of one sample."""
   mean, s2, x0 = _linear_gaussian()
-  sde = sde_lib.SDE("vp")
+  sde = sde_lib.make("vp")
   spec = fused_step.StepSpec(sde, 8, 1000.0)
   eps_fn = gaussian.exact_eps(sde, mean, s2)
   kw = dict(num_steps=100 if method == "ode" else 30, kernel="reference")
@@ -268,7 +268,7 @@ def _pushforward(method, steps, kind="vp", d=4):
   b + A e_i, and x_1 ~ N(0, prior_std^2 I) lands on N(b, prior_std^2 A A^T). Per
   variance, because the small ones (0.01 here, like a pixel's given its neighbours)
   are where coarse solvers fail and a Frobenius norm would hide them."""
-  sde = sde_lib.SDE(kind)
+  sde = sde_lib.make(kind)
   x1 = jnp.concatenate([jnp.zeros((1, d)), jnp.eye(d)])
   x = sampling.sample(
     gaussian.exact_eps(sde, D4_M, D4_S2),
@@ -320,7 +320,7 @@ def test_dpm_solver_and_heun_are_second_order():
 def test_inversion_round_trips_x0_to_x1_and_back(method):
   """x_0 -> x_1 by the PF ODE forwards, then back with the same solver and grid:
   x_0 again to 1e-3, and x_1 is the prior's scale (the code is not x_0 itself)."""
-  sde = sde_lib.SDE("vp")
+  sde = sde_lib.make("vp")
   spec = fused_step.StepSpec(sde, 8, 1000.0)
   eps_fn = gaussian.exact_eps(sde, D4_M, D4_S2)
   x0 = D4_M + jnp.sqrt(D4_S2) * jax.random.normal(jax.random.key(4), (256, 4))
@@ -350,7 +350,7 @@ def test_sde_dpm_solver_beats_euler_maruyama_at_equal_calls():
 def test_sdedit_from_the_true_marginal_at_t_start_recovers_the_data(method, steps):
   """x_{t0} ~ p_{t0} (data perturbed to t0 = 0.4), then the reverse process from t0 only:
   the data distribution again (a step size or grid still meant for [eps, 1] would not)."""
-  sde, t0, n = sde_lib.SDE("vp"), 0.4, 6000
+  sde, t0, n = sde_lib.make("vp"), 0.4, 6000
   spec = fused_step.StepSpec(sde, 8, 1000.0)
   k0, kn, ks = jax.random.split(jax.random.key(3), 3)
   x0 = M + jnp.sqrt(S2) * jax.random.normal(k0, (n, 2))

@@ -31,7 +31,7 @@ def test_choices_are_read_by_the_check_and_by_the_code():
   ):
     schema.check(c)
   with pytest.raises(ConfigError, match="sde.kind='vpp' is not one of vp, subvp, ve, vp_cosine"):
-    sde_lib.SDE(kind="vpp")
+    sde_lib.make("vpp")
 
 
 def test_check_lists_every_problem():

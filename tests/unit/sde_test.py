@@ -15,7 +15,7 @@ KINDS = ("vp", "subvp", "ve")
 
 
 def test_vp_marginal_closed_form():
-  sde = sde_lib.SDE("vp", beta_min=0.1, beta_max=20.0)
+  sde = sde_lib.make("vp", beta_min=0.1, beta_max=20.0)
   t = jnp.array([0.0, 0.25, 0.5, 1.0])
   alpha, sigma = sde.marginal(t)
   expected = np.exp(-0.25 * t**2 * 19.9 - 0.5 * t * 0.1)
@@ -25,11 +25,11 @@ def test_vp_marginal_closed_form():
 
 
 def test_subvp_and_ve_marginals():
-  sub = sde_lib.SDE("subvp")
+  sub = sde_lib.make("subvp")
   t = jnp.array([0.1, 0.5, 1.0])
   alpha, sigma = sub.marginal(t)
   np.testing.assert_allclose(sigma, 1 - alpha**2, rtol=1e-6)
-  ve = sde_lib.SDE("ve", sigma_min=0.01, sigma_max=50.0)
+  ve = sde_lib.make("ve", sigma_min=0.01, sigma_max=50.0)
   alpha, sigma = ve.marginal(t)
   np.testing.assert_allclose(alpha, 1.0)
   np.testing.assert_allclose(sigma, 0.01 * 5000.0 ** np.asarray(t), rtol=1e-5)
@@ -40,7 +40,7 @@ def test_coefficients_match_marginals(kind):
   """For a linear SDE the marginal variance obeys dV/dt = 2 f V + g^2 and the
   mean d(alpha)/dt = f alpha, for any data variance: checks drift and
   diffusion against the marginal formulas (a wrong sign or factor fails)."""
-  sde = sde_lib.SDE(kind)
+  sde = sde_lib.make(kind)
   for s2 in (0.0, 0.3, 2.0):
     for t0 in (0.05, 0.3, 0.7, 0.95):
       var = lambda t, s2=s2: sde.marginal(t)[0] ** 2 * s2 + sde.marginal(t)[1] ** 2
@@ -53,7 +53,7 @@ def test_coefficients_match_marginals(kind):
 
 
 def test_prior_logp_is_standard_normal_density():
-  sde = sde_lib.SDE("ve", sigma_max=3.0)
+  sde = sde_lib.make("ve", sigma_max=3.0)
   z = jnp.array([[0.5, -1.0, 2.0]])
   expected = sum(-0.5 * math.log(2 * math.pi * 9.0) - 0.5 * v**2 / 9.0 for v in (0.5, -1.0, 2.0))
   assert float(sde.prior_logp(z)[0]) == pytest.approx(expected, rel=1e-6)
@@ -62,7 +62,7 @@ def test_prior_logp_is_standard_normal_density():
 @pytest.mark.parametrize("kind", KINDS)
 def test_dsm_loss_of_exact_eps_is_its_analytic_minimum(kind):
   """With the exact noise predictor, E||eps* - n||^2 = E_t sum_d alpha^2 s^2 / var_t."""
-  sde = sde_lib.SDE(kind)
+  sde = sde_lib.make(kind)
   d, b = 4, 20000
   m = jnp.array([0.5, -0.3, 0.0, 0.2])
   s2 = jnp.array([0.2, 0.5, 1.0, 0.05])
@@ -88,7 +88,7 @@ def test_stratified_time_covers_every_stratum():
 
 @pytest.mark.parametrize("kind", ["vp", "subvp", "ve"])
 def test_time_of_noise_level_inverts_the_marginal(kind):
-  sde = sde_lib.SDE(kind)
+  sde = sde_lib.make(kind)
   t = jnp.linspace(sde.eps, 1.0, 50)
   alpha, sigma = sde.marginal(t)
   np.testing.assert_allclose(sde.time_of_noise_level(sigma / alpha), t, rtol=1e-4, atol=1e-6)

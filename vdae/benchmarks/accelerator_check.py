@@ -151,7 +151,7 @@ def kernel_section(sizes: Sizes, dev: dict) -> list[dict]:
   # device is not in DATASHEET.
   hbm = dev["datasheet_hbm_bytes_per_s"] or dev["copy_bytes_per_s"]
   of = "HBM" if dev["datasheet_hbm_bytes_per_s"] else "copy rate"
-  spec = reference.StepSpec(sde_lib.SDE(kind="vp"), temb_dim=128, time_scale=1000.0)
+  spec = reference.StepSpec(sde_lib.make("vp"), temb_dim=128, time_scale=1000.0)
   rows = []
   for b, d in sizes.kernel_shapes:
     ks = jax.random.split(jax.random.key(0), 5)

@@ -155,7 +155,7 @@ def main(argv: list[str] | None = None) -> None:
 
   backend = jax.default_backend()
   on_accel = backend in ("gpu", "tpu")
-  spec = fs.StepSpec(sde_lib.SDE(kind=args.sde), temb_dim=args.temb_dim, time_scale=1000.0)
+  spec = fs.StepSpec(sde_lib.make(args.sde), temb_dim=args.temb_dim, time_scale=1000.0)
   deadline = time.perf_counter() + args.max_seconds
   print(
     f"backend={backend} device={jax.devices()[0].device_kind} sde={args.sde} "

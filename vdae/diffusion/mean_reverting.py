@@ -48,8 +48,8 @@ class MeanReverting:
   def unit(self) -> sde_lib.SDE:
     """The SDE of u = (x - mu) / lam: VP with beta = 2 theta."""
     if self.schedule == "cosine":
-      return sde_lib.SDE("vp_cosine", eps=self.eps, timesteps=self.timesteps)
-    return sde_lib.SDE("vp", beta_min=2 * self.theta_min, beta_max=2 * self.theta_max, eps=self.eps)
+      return sde_lib.VPCosine(eps=self.eps, timesteps=self.timesteps)
+    return sde_lib.VP(beta_min=2 * self.theta_min, beta_max=2 * self.theta_max, eps=self.eps)
 
   # --- coefficients in x ------------------------------------------------------
   def theta(self, t: Array) -> Array:

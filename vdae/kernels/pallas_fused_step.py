@@ -144,7 +144,7 @@ def _compiler_params(target: str):
   return pl_triton.CompilerParams(num_warps=4)
 
 
-# --- in-kernel math (must track vdae/diffusion/sde.py and vdae/models/embedding.py) -----
+# --- in-kernel math (the SDE's own formulas; the embedding must track vdae/models/embedding.py)
 
 
 def _expm1(x: Array) -> Array:
@@ -160,22 +160,10 @@ def _expm1(x: Array) -> Array:
 
 
 def _coefficients(sde: sde_lib.SDE, t: Array) -> tuple[Array | None, Array, Array]:
-  """(f(t), g(t)^2, sigma(t)) elementwise, same formulas as `SDE.sde_coefficients`
-  and `SDE.marginal`; f is None for VE (f == 0, so the kernel drops the f x term).
-  """
-  if sde.kind == "ve":
-    ratio = sde.sigma_max / sde.sigma_min
-    sigma = sde.sigma_min * ratio**t
-    return None, sigma**2 * 2.0 * math.log(ratio), sigma
-  if sde.kind == "vp_cosine":  # the same formulas as SDE's, elementwise in the tile
-    f, b = sde.sde_coefficients(t)
-    la = sde.log_alpha(t)
-    return f, b, jnp.sqrt(-_expm1(2.0 * la))
-  la = -0.25 * t**2 * (sde.beta_max - sde.beta_min) - 0.5 * t * sde.beta_min
-  b = sde.beta_min + t * (sde.beta_max - sde.beta_min)
-  if sde.kind == "vp":
-    return -0.5 * b, b, jnp.sqrt(-_expm1(2.0 * la))
-  return -0.5 * b, b * -_expm1(4.0 * la), -_expm1(2.0 * la)
+  """(f(t), g(t)^2, sigma(t)) elementwise: the SDE's own formulas, with `_expm1`; f is
+  None when the SDE has no drift (VE: the kernel drops the f x term)."""
+  f, g2 = sde.sde_coefficients(t, expm1=_expm1)
+  return (f if sde.has_drift else None), g2, sde.sigma(t, expm1=_expm1)
 
 
 def _sinusoidal_tile(tn: Array, half: int, time_scale: float, width: int) -> Array:
