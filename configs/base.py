@@ -18,6 +18,8 @@ stage's loop shares), optim, sampling, eval, mesh, runtime.
 
 import ml_collections
 
+from vdae.diffusion import samplers
+from vdae.diffusion import sde as sde_lib
 from vdae.schema import one_of
 
 
@@ -74,7 +76,7 @@ def get_config() -> ml_collections.ConfigDict:
   # SDE.
   c.sde = s = ml_collections.ConfigDict()
   # vp_cosine: the cosine schedule over sde.timesteps steps (imported DDPMs' squaredcos_cap_v2)
-  s.kind = one_of("sde.kind", "vp", ("vp", "subvp", "ve", "vp_cosine"))
+  s.kind = one_of("sde.kind", "vp", tuple(sde_lib.SDES))
   s.beta_min = 0.1
   s.beta_max = 20.0
   s.sigma_min = 0.01
@@ -119,9 +121,7 @@ def get_config() -> ml_collections.ConfigDict:
   pr.depth = 4  # residual blocks
   pr.temb_dim = 64
   # Its sampler (the image model's samplers, on [N, L] codes).
-  pr.sample_method = one_of(
-    "prior.sample_method", "pc", ("em", "pc", "ode", "heun", "dpmpp_2m", "dpmpp_2m_sde")
-  )
+  pr.sample_method = one_of("prior.sample_method", "pc", samplers.METHODS)
   pr.sample_num_steps = 200
 
   # Gaussian-likelihood VAE baseline (--mode=train_vae): the stage-2 encoder
@@ -148,11 +148,7 @@ def get_config() -> ml_collections.ConfigDict:
   rf.channel_mults = (1, 2)
   rf.num_res_blocks = 1
   rf.attn_resolutions = ()
-  rf.sample_method = one_of(
-    "refiner.sample_method",
-    "dpmpp_2m_sde",
-    ("em", "pc", "ode", "heun", "dpmpp_2m", "dpmpp_2m_sde"),
-  )
+  rf.sample_method = one_of("refiner.sample_method", "dpmpp_2m_sde", samplers.METHODS)
   rf.sample_num_steps = 30
   # false: the frozen, trained VAE's outputs (two stages). true: one stage trains a VAE of
   # its own (the vae group's shape and beta_kl) with the refiner on -ELBO + DSM loss, the
@@ -189,10 +185,9 @@ def get_config() -> ml_collections.ConfigDict:
   c.sampling = sp = ml_collections.ConfigDict()
   # em / pc: reverse SDE (+ Langevin corrector); ode: PF ODE by Euler; heun: EDM on the
   # Karras grid (2 calls a step); dpmpp_2m: DPM-Solver++(2M) on the log-SNR grid;
-  # dpmpp_2m_sde: its reverse-SDE form (1 call a step each).
-  sp.method = one_of(
-    "sampling.method", "pc", ("em", "pc", "ode", "heun", "dpmpp_2m", "dpmpp_2m_sde")
-  )
+  # dpmpp_2m_sde: its reverse-SDE form (1 call a step each). vdae/diffusion/samplers.py's
+  # SOLVERS declares them.
+  sp.method = one_of("sampling.method", "pc", samplers.METHODS)
   sp.num_steps = 200
   sp.snr = 0.16  # Langevin corrector signal-to-noise ratio
   sp.corrector_steps = 1

@@ -26,8 +26,10 @@ Shapes: x [B, H, W, C]; the step works on the flattened [B, D] view.
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 from collections.abc import Callable
-from typing import Any
+from typing import Any, ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -70,6 +72,195 @@ def langevin_corrector(
   return x + step * score + jnp.sqrt(2.0 * step) * noise
 
 
+@dataclasses.dataclass(frozen=True)
+class _Run:
+  """What every solver's step reads in one sampler run: the networks, the SDE, the grid
+  (num_steps + 1 times `ts`, their log-SNRs `lam`, the uniform step `dt`) and settings."""
+
+  eps_fn: EpsFn
+  corr_fn: CorrFn | None
+  sde: sde_lib.SDE
+  spec: fused_step.StepSpec
+  ts: Array
+  lam: Array
+  dt: float
+  b: int  # batch
+  num_steps: int
+  snr: float
+  corrector_steps: int
+  kernel: str
+
+  def corr(self, x, t):
+    return None if self.corr_fn is None else self.corr_fn(x, t)
+
+  def eps_c(self, x, t, temb):
+    """The conditional noise prediction eps - sigma c (score -eps_c / sigma)."""
+    eps, c = self.eps_fn(x, t, temb), self.corr(x, t)
+    return eps if c is None else eps - sde_lib.bcast(self.sde.marginal(t)[1], x) * c
+
+  def score(self, x, t, eps):
+    s = eps_to_score(eps, self.sde.marginal(t)[1])
+    c = self.corr(x, t)
+    return s if c is None else s + c
+
+
+class Solver:
+  """One reverse-time solver: the times it steps through, its carry's `aux` at the start
+  and its step (i, (x, aux, key)) -> (x, aux, key). Registered in SOLVERS by name."""
+
+  name: ClassVar[str]
+  invertible: ClassVar[bool] = False  # deterministic: also runs x_0 -> x_1
+
+  def times(self, sde: sde_lib.SDE, num_steps: int, t_start: float) -> Array:
+    return jnp.linspace(t_start, sde.eps, num_steps + 1)
+
+  def aux0(self, run: _Run, x: Array) -> Array:
+    """The next step's time embedding (what the fused step carries)."""
+    del x
+    return sinusoidal(jnp.full((run.b,), run.ts[0]), run.spec.temb_dim, run.spec.time_scale)
+
+  def step(self, run: _Run, i, carry):
+    raise NotImplementedError
+
+
+class EulerMaruyama(Solver):
+  """The reverse SDE by Euler-Maruyama, through the fused step."""
+
+  name = "em"
+  noise = True
+
+  def correct(self, run, x, t, temb, key):
+    del run, t, temb, key
+    return x
+
+  def step(self, run, i, carry):
+    x, temb, key = carry
+    key, k_noise, k_corr = jax.random.split(key, 3)
+    t = jnp.full((run.b,), run.ts[i])
+    x = self.correct(run, x, t, temb, k_corr)
+    eps = run.eps_fn(x, t, temb)
+    c = run.corr(x, t)
+    noise = jax.random.normal(k_noise, x.shape) if self.noise else None
+    x_next, temb_next = fused_step.reverse_step(
+      _flat(x),
+      _flat(eps),
+      None if c is None else _flat(c),
+      None if noise is None else _flat(noise),
+      t,
+      run.dt,
+      run.spec,
+      run.kernel,
+    )
+    return x_next.reshape(x.shape), temb_next, key
+
+
+class PredictorCorrector(EulerMaruyama):
+  """Euler-Maruyama predictor after `corrector_steps` Langevin corrector steps."""
+
+  name = "pc"
+
+  def correct(self, run, x, t, temb, key):
+    for j in range(run.corrector_steps):
+      eps_j = run.eps_fn(x, t, temb)
+      score = run.score(x, t, eps_j)
+      x = langevin_corrector(x, t, score, jax.random.fold_in(key, j), run.snr, run.sde)
+    return x
+
+
+class ProbabilityFlowEuler(EulerMaruyama):
+  """The probability-flow ODE by Euler's method, through the fused step."""
+
+  name = "ode"
+  noise = False
+
+
+class Heun(Solver):
+  """EDM's deterministic 2nd-order sampler on the Karras grid, in x / alpha(t)."""
+
+  name = "heun"
+  invertible = True
+
+  def times(self, sde, num_steps, t_start):
+    return karras_times(sde, num_steps, t_start=t_start)
+
+  def step(self, run, i, carry):
+    x, temb, key = carry
+    sde, b, ts = run.sde, run.b, run.ts
+    t0, t1 = jnp.full((b,), ts[i]), jnp.full((b,), ts[i + 1])
+    (a0, s0), (a1, s1) = sde.marginal(t0), sde.marginal(t1)
+    a0, a1, dsig = sde_lib.bcast(a0, x), sde_lib.bcast(a1, x), sde_lib.bcast(s1 / a1 - s0 / a0, x)
+    xs = x / a0
+    d0 = run.eps_c(x, t0, None)  # the network embeds t itself: the carried temb is unused
+    d1 = run.eps_c(a1 * (xs + dsig * d0), t1, None)
+    return a1 * (xs + 0.5 * dsig * (d0 + d1)), temb, key
+
+
+class DPMSolverPP2M(Solver):
+  """DPM-Solver++(2M) on the log-SNR grid; aux is the previous data prediction."""
+
+  name = "dpmpp_2m"
+  invertible = True
+  stochastic = False
+
+  def times(self, sde, num_steps, t_start):
+    return logsnr_times(sde, num_steps, t_start)
+
+  def aux0(self, run, x):
+    return jnp.zeros_like(x)
+
+  def step(self, run, i, carry):
+    x, x0_prev, key = carry
+    sde, b, ts, lam = run.sde, run.b, run.ts, run.lam
+    lower_final = run.num_steps < 15  # DPM-Solver's advice: 1st order last step at few steps
+    t0, t1 = jnp.full((b,), ts[i]), jnp.full((b,), ts[i + 1])
+    (a0, s0), (a1, s1) = sde.marginal(t0), sde.marginal(t1)
+    h = lam[i + 1] - lam[i]
+    h_prev = lam[i] - lam[jnp.maximum(i - 1, 0)]
+    eps = run.eps_c(x, t0, None)
+    x0 = (x - sde_lib.bcast(s0, x) * eps) / sde_lib.bcast(a0, x)
+    second = (i > 0) & ~(lower_final & (i == run.num_steps - 1))
+    # D = x0 + (x0 - x0_prev) / (2 r), r = h_prev / h (Alg. 2); x0 itself on the first step.
+    w = jnp.where(second, 0.5 * h / jnp.where(second, h_prev, 1.0), 0.0)
+    d = x0 + w * (x0 - x0_prev)
+    if not self.stochastic:  # x_t = (s_t / s_s) x_s + a_t (1 - e^-h) D
+      x_next = sde_lib.bcast(s1 / s0, x) * x - sde_lib.bcast(a1 * jnp.expm1(-h), x) * d
+      return x_next, x0, key
+    # SDE-DPM-Solver++(2M): the same in the reverse SDE, whose first-order step is the
+    # DDPM posterior step: x_t = (s_t / s_s) e^-h x_s + a_t (1 - e^-2h) D + s_t sqrt(1 - e^-2h) n.
+    key, k_noise = jax.random.split(key)
+    noise = jax.random.normal(k_noise, x.shape)
+    one_minus = -jnp.expm1(-2.0 * h)
+    x_next = (
+      sde_lib.bcast(s1 / s0 * jnp.exp(-h), x) * x
+      + sde_lib.bcast(a1 * one_minus, x) * d
+      + sde_lib.bcast(s1 * jnp.sqrt(one_minus), x) * noise
+    )
+    return x_next, x0, key
+
+
+class SDEDPMSolverPP2M(DPMSolverPP2M):
+  """DPM-Solver++(2M)'s reverse-SDE form: first order, the DDPM posterior step."""
+
+  name = "dpmpp_2m_sde"
+  invertible = False
+  stochastic = True
+
+
+SOLVERS: dict[str, Solver] = {
+  s.name: s
+  for s in (
+    EulerMaruyama(),
+    PredictorCorrector(),
+    ProbabilityFlowEuler(),
+    Heun(),
+    DPMSolverPP2M(),
+    SDEDPMSolverPP2M(),
+  )
+}
+METHODS = tuple(SOLVERS)  # sampling.method's choices
+INVERTIBLE = tuple(n for n, s in SOLVERS.items() if s.invertible)  # x_0 -> x_1 as well
+
+
 def _sampler_parts(
   eps_fn: EpsFn,
   corr_fn: CorrFn | None,
@@ -92,120 +283,34 @@ def _sampler_parts(
 
   The carry is (x, aux, key): aux is the next step's time embedding (em / pc /
   ode), the previous data prediction (dpmpp_2m), or unused (heun)."""
-  schema.require("sampling.method", method)
+  solver = SOLVERS[schema.require("sampling.method", method)]
   b = shape[0]
-  ts = time_grid(sde, method, num_steps, t_start)
+  ts = solver.times(sde, num_steps, t_start)
   if invert:
-    if method not in INVERTIBLE:
+    if not solver.invertible:
       raise ValueError(
         f"invert needs a deterministic solver ({', '.join(INVERTIBLE)}), not {method!r}"
       )
     ts = ts[::-1]
   dt = (t_start - sde.eps) / num_steps
-  corr = corr_fn if corr_fn is not None else (lambda x, t: None)
-
-  def eps_c(x, t, temb):
-    """The conditional noise prediction eps - sigma c (score -eps_c / sigma)."""
-    eps, c = eps_fn(x, t, temb), corr(x, t)
-    return eps if c is None else eps - sde_lib.bcast(sde.marginal(t)[1], x) * c
-
-  def heun(i, carry):
-    x, temb, key = carry
-    t0, t1 = jnp.full((b,), ts[i]), jnp.full((b,), ts[i + 1])
-    (a0, s0), (a1, s1) = sde.marginal(t0), sde.marginal(t1)
-    a0, a1, dsig = sde_lib.bcast(a0, x), sde_lib.bcast(a1, x), sde_lib.bcast(s1 / a1 - s0 / a0, x)
-    xs = x / a0
-    d0 = eps_c(x, t0, None)  # the network embeds t itself: the carried temb is em/pc/ode's
-    d1 = eps_c(a1 * (xs + dsig * d0), t1, None)
-    return a1 * (xs + 0.5 * dsig * (d0 + d1)), temb, key
-
   lam = sde_lib.log_snr(sde, ts)
-  lower_final = num_steps < 15  # DPM-Solver's advice: 1st order last step at few steps
-
-  def dpmpp_2m(i, carry, stochastic: bool):
-    x, x0_prev, key = carry
-    t0, t1 = jnp.full((b,), ts[i]), jnp.full((b,), ts[i + 1])
-    (a0, s0), (a1, s1) = sde.marginal(t0), sde.marginal(t1)
-    h = lam[i + 1] - lam[i]
-    h_prev = lam[i] - lam[jnp.maximum(i - 1, 0)]
-    eps = eps_c(x, t0, None)
-    x0 = (x - sde_lib.bcast(s0, x) * eps) / sde_lib.bcast(a0, x)
-    second = (i > 0) & ~(lower_final & (i == num_steps - 1))
-    # D = x0 + (x0 - x0_prev) / (2 r), r = h_prev / h (Alg. 2); x0 itself on the first step.
-    w = jnp.where(second, 0.5 * h / jnp.where(second, h_prev, 1.0), 0.0)
-    d = x0 + w * (x0 - x0_prev)
-    if not stochastic:  # x_t = (s_t / s_s) x_s + a_t (1 - e^-h) D
-      x_next = sde_lib.bcast(s1 / s0, x) * x - sde_lib.bcast(a1 * jnp.expm1(-h), x) * d
-      return x_next, x0, key
-    # SDE-DPM-Solver++(2M): the same in the reverse SDE, whose first-order step is the
-    # DDPM posterior step: x_t = (s_t / s_s) e^-h x_s + a_t (1 - e^-2h) D + s_t sqrt(1 - e^-2h) n.
-    key, k_noise = jax.random.split(key)
-    noise = jax.random.normal(k_noise, x.shape)
-    one_minus = -jnp.expm1(-2.0 * h)
-    x_next = (
-      sde_lib.bcast(s1 / s0 * jnp.exp(-h), x) * x
-      + sde_lib.bcast(a1 * one_minus, x) * d
-      + sde_lib.bcast(s1 * jnp.sqrt(one_minus), x) * noise
-    )
-    return x_next, x0, key
-
-  def score(x, t, eps):
-    s = eps_to_score(eps, sde.marginal(t)[1])
-    c = corr(x, t)
-    return s if c is None else s + c
+  run = _Run(eps_fn, corr_fn, sde, spec, ts, lam, dt, b, num_steps, snr, corrector_steps, kernel)
 
   def init(key, x_init):
     k_init, k_loop = jax.random.split(key)
     if x_init is None and (invert or t_start < 1.0):
       raise ValueError("invert and t_start < 1 start from given data: pass x_init")
     x = sde.prior_sample(k_init, shape) if x_init is None else x_init
-    if method in ("dpmpp_2m", "dpmpp_2m_sde"):
-      aux = jnp.zeros_like(x)
-    else:
-      aux = sinusoidal(jnp.full((b,), ts[0]), spec.temb_dim, spec.time_scale)
+    aux = solver.aux0(run, x)
     return (*sharding.constrain_batch((x, aux), mesh, b), k_loop)
 
-  def body(i, carry):
-    if method == "heun":
-      return heun(i, carry)
-    if method in ("dpmpp_2m", "dpmpp_2m_sde"):
-      return dpmpp_2m(i, carry, stochastic=method == "dpmpp_2m_sde")
-    x, temb, key = carry
-    key, k_noise, k_corr = jax.random.split(key, 3)
-    t = jnp.full((b,), ts[i])
-    if method == "pc":
-      for j in range(corrector_steps):
-        eps_j = eps_fn(x, t, temb)
-        x = langevin_corrector(x, t, score(x, t, eps_j), jax.random.fold_in(k_corr, j), snr, sde)
-    eps = eps_fn(x, t, temb)
-    c = corr(x, t)
-    noise = None if method == "ode" else jax.random.normal(k_noise, x.shape)
-    x_next, temb_next = fused_step.reverse_step(
-      _flat(x),
-      _flat(eps),
-      None if c is None else _flat(c),
-      None if noise is None else _flat(noise),
-      t,
-      dt,
-      spec,
-      kernel,
-    )
-    return x_next.reshape(x.shape), temb_next, key
-
-  return init, body
-
-
-INVERTIBLE = ("heun", "dpmpp_2m")  # deterministic solvers that also run x_0 -> x_1
+  return init, functools.partial(solver.step, run)
 
 
 def time_grid(sde: sde_lib.SDE, method: str, num_steps: int, t_start: float = 1.0) -> Array:
-  """The num_steps + 1 times from t_start down to eps each method steps through: Karras's
+  """The num_steps + 1 times from t_start down to eps `method` steps through: Karras's
   rho = 7 grid for heun, uniform in log-SNR for dpmpp_2m(_sde), uniform in t otherwise."""
-  if method == "heun":
-    return karras_times(sde, num_steps, t_start=t_start)
-  if method in ("dpmpp_2m", "dpmpp_2m_sde"):
-    return logsnr_times(sde, num_steps, t_start)
-  return jnp.linspace(t_start, sde.eps, num_steps + 1)
+  return SOLVERS[method].times(sde, num_steps, t_start)
 
 
 def logsnr_times(sde: sde_lib.SDE, num_steps: int, t_start: float = 1.0) -> Array:
