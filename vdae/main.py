@@ -5,8 +5,8 @@
       --config.stage1.num_steps=500
 
 Any field of the config can be overridden with --config.<group>.<field>=value;
-the config is locked, so a misspelt key or a wrong type is an error, and a
-field renamed since an earlier version names its new key.
+the config is locked, so a misspelt key or a wrong type is an error that names
+it, and `vdae.schema.check` names every value out of range before anything runs.
 """
 
 from __future__ import annotations
