@@ -44,20 +44,19 @@ import tempfile
 import time
 import traceback
 
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from configs import cifar10
+from vdae.benchmarks import bench_imported, common
+from vdae.diffusion import sde as sde_lib
+from vdae.io import timings
+from vdae.kernels import reference
+from vdae.parallel import runtime
+from vdae.training import loop, stages
+
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-sys.path.insert(0, ROOT)  # configs/
-
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
-
-from configs import cifar10  # noqa: E402
-from vdae.benchmarks import bench_imported, common  # noqa: E402
-from vdae.diffusion import sde as sde_lib  # noqa: E402
-from vdae.io import timings  # noqa: E402
-from vdae.kernels import reference  # noqa: E402
-from vdae.parallel import runtime  # noqa: E402
-from vdae.training import loop, stages  # noqa: E402
 
 # Datasheet figures by device kind (substring, lower case): HBM GB/s and dense bf16
 # TFLOP/s. Only for context: MFU is taken against the peak measured in the run.

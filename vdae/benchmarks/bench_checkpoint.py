@@ -20,23 +20,18 @@ import argparse
 import os
 import shutil
 import statistics
-import sys
 import tempfile
 import time
 
-sys.path.insert(
-  0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-)  # repo root: configs/
+import jax
+import numpy as np
 
-import jax  # noqa: E402
-import numpy as np  # noqa: E402
-
-from configs import cifar10, digits  # noqa: E402
-from vdae.benchmarks import common  # noqa: E402
-from vdae.data import pipeline  # noqa: E402
-from vdae.parallel import runtime, sharding  # noqa: E402
-from vdae.training import checkpoint, stages  # noqa: E402
-from vdae.training import state as state_lib  # noqa: E402
+from configs import cifar10, digits
+from vdae.benchmarks import common
+from vdae.data import pipeline
+from vdae.parallel import runtime, sharding
+from vdae.training import checkpoint, stages
+from vdae.training import state as state_lib
 
 
 def configs(only: str | None):

@@ -19,29 +19,24 @@ from __future__ import annotations
 import json
 import math
 import os
-import sys
 import time
 
-sys.path.insert(
-  0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-)  # repo root: configs/
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import app, flags
+from ml_collections import config_flags
 
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
-from absl import app, flags  # noqa: E402
-from ml_collections import config_flags  # noqa: E402
-
-from vdae.autoencoders import registry  # noqa: E402
-from vdae.benchmarks import common  # noqa: E402
-from vdae.data import pipeline  # noqa: E402
-from vdae.diffusion import score  # noqa: E402
-from vdae.diffusion import sde as sde_lib  # noqa: E402
-from vdae.evaluation import harness  # noqa: E402
-from vdae.io import files  # noqa: E402
-from vdae.latent import correction  # noqa: E402
-from vdae.parallel import runtime  # noqa: E402
-from vdae.training import stages  # noqa: E402
+from vdae.autoencoders import registry
+from vdae.benchmarks import common
+from vdae.data import pipeline
+from vdae.diffusion import score
+from vdae.diffusion import sde as sde_lib
+from vdae.evaluation import harness
+from vdae.io import files
+from vdae.latent import correction
+from vdae.parallel import runtime
+from vdae.training import stages
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "A trained workdir (stage 1 and stage 2).")

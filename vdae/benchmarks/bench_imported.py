@@ -21,22 +21,17 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import tempfile
 
-sys.path.insert(
-  0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-)  # repo root: configs/
+import jax
+import numpy as np
 
-import jax  # noqa: E402
-import numpy as np  # noqa: E402
-
-from configs import cifar10_ddpm  # noqa: E402
-from vdae.benchmarks import common  # noqa: E402
-from vdae.io import pretrained  # noqa: E402
-from vdae.models import diffusers_unet  # noqa: E402
-from vdae.parallel import runtime  # noqa: E402
-from vdae.training import stages  # noqa: E402
+from configs import cifar10_ddpm
+from vdae.benchmarks import common
+from vdae.io import pretrained
+from vdae.models import diffusers_unet
+from vdae.parallel import runtime
+from vdae.training import stages
 
 # google/ddpm-cifar10-32's UNet (its config.json, as committed in the fixtures).
 CIFAR10_CONFIG = os.path.join(

@@ -35,15 +35,14 @@ import subprocess
 import sys
 import tempfile
 
+import jax
+
+from vdae.benchmarks import common
+from vdae.io import pretrained
+from vdae.parallel import runtime
+from vdae.training import stages
+
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-sys.path.insert(0, ROOT)  # configs/
-
-import jax  # noqa: E402
-
-from vdae.benchmarks import common  # noqa: E402
-from vdae.io import pretrained  # noqa: E402
-from vdae.parallel import runtime  # noqa: E402
-from vdae.training import stages  # noqa: E402
 
 
 def load_config(path: str):

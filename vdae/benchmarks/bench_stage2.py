@@ -11,20 +11,14 @@ is jacfwd time / reverse time.
 from __future__ import annotations
 
 import argparse
-import os
-import sys
 import tempfile
 
-sys.path.insert(
-  0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-)  # repo root: configs/
+import jax
 
-import jax  # noqa: E402
-
-from configs import digits  # noqa: E402
-from vdae.benchmarks import common  # noqa: E402
-from vdae.parallel import runtime  # noqa: E402
-from vdae.training import stages  # noqa: E402
+from configs import digits
+from vdae.benchmarks import common
+from vdae.parallel import runtime
+from vdae.training import stages
 
 
 def _stage1_checkpoint(cfg, wd):
