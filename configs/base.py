@@ -7,8 +7,10 @@ Every field is overridable on the command line, e.g.
       --config.stage1.num_steps=200 --config.stage1.lr=1e-3
 
 The config is locked: a misspelt key or a value of the wrong type is an error
-that names it. Enumerated fields declare their valid values here (`one_of`);
-the up-front check (vdae/schema.py) and the code both read that declaration.
+that names it. A constrained field declares its rule where it is set (`field`: its
+choices, or its bounds); vdae/schema.py's up-front check reads those declarations.
+Choices the code dispatches on are the code's own (a sampler is one of
+samplers.METHODS), so each is written once.
 
 Groups: data, model (score network), sde, encoder (stage-2 network), vae (the
 baseline's networks), one training group per trained stage with the same
@@ -18,21 +20,26 @@ stage's loop shares), optim, sampling, eval, mesh, runtime.
 
 import ml_collections
 
-from vdae.diffusion import samplers
+from vdae.data import sources
+from vdae.diffusion import likelihood, losses, samplers, score
 from vdae.diffusion import sde as sde_lib
-from vdae.schema import one_of
+from vdae.kernels import fused_step
+from vdae.latent import objective
+from vdae.models import embedding
+from vdae.schema import field
+from vdae.training import state
 
 
 def _stage(num_steps: int, batch_size: int, lr: float, image_every: int):
   """The fields every trained stage's group has (vdae/training/stages.py reads them)."""
   g = ml_collections.ConfigDict()
-  g.num_steps = num_steps
-  g.batch_size = batch_size  # global, over all processes and devices
-  g.lr = lr  # peak learning rate after warmup
-  g.warmup_steps = 200
-  g.log_every = 50  # scalars to TensorBoard
-  g.image_every = image_every  # picture grid to TensorBoard (0 = never)
-  g.checkpoint_every = 500
+  g.num_steps = field(num_steps, positive=True)
+  g.batch_size = field(batch_size, positive=True)  # global, over all processes and devices
+  g.lr = field(lr, positive=True)  # peak learning rate after warmup
+  g.warmup_steps = field(200, at_least=0)
+  g.log_every = field(50, positive=True)  # scalars to TensorBoard
+  g.image_every = field(image_every, at_least=0)  # picture grid to TensorBoard (0 = never)
+  g.checkpoint_every = field(500, positive=True)
   return g
 
 
@@ -43,7 +50,7 @@ def get_config() -> ml_collections.ConfigDict:
   # Data: images are scaled to [-1, 1]; size and channels are read from the
   # data, and the networks are built for them.
   c.data = d = ml_collections.ConfigDict()
-  d.source = one_of("data.source", "digits", ("digits", "shapes", "npz", "folder", "array_record"))
+  d.source = field("digits", choices=tuple(sources.SOURCES))
   d.path = ""  # file, folder or glob for npz / folder / array_record
   d.test_fraction = 0.15  # held-out split for sources without one
   d.image_size = 0  # folder / array_record: resize to this (0 = keep); shapes: its size (0 = 32)
@@ -59,7 +66,7 @@ def get_config() -> ml_collections.ConfigDict:
   # (vdae/io/pretrained.py); its scheduler then sets the sde group, and the fields
   # below other than dtype are unused.
   c.model = m = ml_collections.ConfigDict()
-  m.source = one_of("model.source", "native", ("native", "diffusers"))
+  m.source = field("native", choices=score.SOURCES)
   m.path = ""
   m.channels = 64
   m.channel_mults = (1, 2)
@@ -67,16 +74,16 @@ def get_config() -> ml_collections.ConfigDict:
   m.attn_resolutions = (4,)
   m.dropout = 0.0
   m.groups = 8
-  m.embedding = one_of("model.embedding", "sinusoidal", ("sinusoidal", "fourier"))
+  m.embedding = field("sinusoidal", choices=embedding.KINDS)
   m.temb_dim = 64  # raw time features; the MLP widens them to 4 * channels
   m.fourier_scale = 16.0
   # Compute dtype (params stay float32).
-  m.dtype = one_of("model.dtype", "float32", ("float32", "bfloat16"))
+  m.dtype = field("float32", choices=("float32", "bfloat16"))
 
   # SDE.
   c.sde = s = ml_collections.ConfigDict()
   # vp_cosine: the cosine schedule over sde.timesteps steps (imported DDPMs' squaredcos_cap_v2)
-  s.kind = one_of("sde.kind", "vp", tuple(sde_lib.SDES))
+  s.kind = field("vp", choices=tuple(sde_lib.SDES))
   s.beta_min = 0.1
   s.beta_max = 20.0
   s.sigma_min = 0.01
@@ -91,7 +98,7 @@ def get_config() -> ml_collections.ConfigDict:
 
   # Time-dependent encoder q_phi(z | x_t, t) (stage 2).
   c.encoder = e = ml_collections.ConfigDict()
-  e.latent_dim = 16
+  e.latent_dim = field(16, positive=True)
   e.channels = 32
   e.channel_mults = (1, 2)
   e.num_res_blocks = 1
@@ -102,17 +109,17 @@ def get_config() -> ml_collections.ConfigDict:
   c.stage2 = s2 = _stage(num_steps=3000, batch_size=128, lr=1e-3, image_every=1000)
   s2.stage1_workdir = ""  # stage-1 checkpoints ("" = this run's --workdir)
   # eps (official) | score (sigma(t)^2-weighted score space)
-  s2.loss = one_of("stage2.loss", "eps", ("eps", "score"))
-  s2.beta_kl = 0.01
+  s2.loss = field("eps", choices=objective.FORMS)
+  s2.beta_kl = field(0.01, at_least=0)
   # uniform | stratified (low-discrepancy)
-  s2.time_sampling = one_of("stage2.time_sampling", "uniform", ("uniform", "stratified"))
+  s2.time_sampling = field("uniform", choices=losses.TIME_SAMPLING)
   # none: the official unweighted eps loss; likelihood: times g^2 / sigma^2 with
   # importance-sampled t, an ELBO in nats whose beta_kl means what the VAE's does;
   # truncated_snr: times min(max(1, sigma^2 / alpha^2), weight_cap), the residual in
   # pixels wherever noise outweighs signal (vdae.diffusion.losses).
-  s2.weighting = one_of("stage2.weighting", "none", ("none", "likelihood", "truncated_snr"))
-  s2.weight_cap = 100.0
-  s2.encode_split = one_of("stage2.encode_split", "test", ("train", "test"))  # encode/reconstruct
+  s2.weighting = field("none", choices=objective.WEIGHTINGS)
+  s2.weight_cap = field(100.0, at_least=1, why="it caps a weight >= 1")
+  s2.encode_split = field("test", choices=("train", "test"))  # encode/reconstruct
 
   # The learned latent prior (--mode=train_prior, vdae/latent/prior.py): a residual MLP
   # diffusion model over the encoder's codes z ~ q(z | x), normalised per dimension.
@@ -121,13 +128,13 @@ def get_config() -> ml_collections.ConfigDict:
   pr.depth = 4  # residual blocks
   pr.temb_dim = 64
   # Its sampler (the image model's samplers, on [N, L] codes).
-  pr.sample_method = one_of("prior.sample_method", "pc", samplers.METHODS)
+  pr.sample_method = field("pc", choices=samplers.METHODS)
   pr.sample_num_steps = 200
 
   # Gaussian-likelihood VAE baseline (--mode=train_vae): the stage-2 encoder
   # architecture at t = 0, a mirrored decoder, the same latent size and data.
   c.vae = va = _stage(num_steps=3000, batch_size=128, lr=1e-3, image_every=1000)
-  va.beta_kl = 1.0
+  va.beta_kl = field(1.0, at_least=0)
   va.decoder_channels = 32
   va.decoder_channel_mults = (2, 1)  # from the coarsest level up
   va.decoder_num_res_blocks = 1
@@ -139,8 +146,10 @@ def get_config() -> ml_collections.ConfigDict:
   # channels), trained under IR-SDE's mean-reverting SDE towards x_bar
   # (diffusion/mean_reverting.py), which decoding runs backwards from x_bar + lam * noise.
   c.refiner = rf = _stage(num_steps=1500, batch_size=128, lr=1e-3, image_every=0)
-  rf.lam = 0.5  # stationary std around x_bar, in [-1, 1] pixel units (above the VAE's error)
-  rf.schedule = one_of("refiner.schedule", "linear", ("linear", "cosine"))  # of theta(t)
+  rf.lam = field(
+    0.5, positive=True
+  )  # stationary std around x_bar, in [-1, 1] pixel units (above the VAE's error)
+  rf.schedule = field("linear", choices=("linear", "cosine"))  # of theta(t)
   rf.theta_min = 0.05  # linear: theta(t) = theta_min + t (theta_max - theta_min)
   rf.theta_max = 10.0
   rf.eps = 1e-3
@@ -148,26 +157,26 @@ def get_config() -> ml_collections.ConfigDict:
   rf.channel_mults = (1, 2)
   rf.num_res_blocks = 1
   rf.attn_resolutions = ()
-  rf.sample_method = one_of("refiner.sample_method", "dpmpp_2m_sde", samplers.METHODS)
-  rf.sample_num_steps = 30
+  rf.sample_method = field("dpmpp_2m_sde", choices=samplers.METHODS)
+  rf.sample_num_steps = field(30, positive=True)
   # false: the frozen, trained VAE's outputs (two stages). true: one stage trains a VAE of
   # its own (the vae group's shape and beta_kl) with the refiner on -ELBO + DSM loss, the
   # DSM gradient stopped at x_bar or let through it into the VAE (x_bar_gradient).
   rf.joint = False
-  rf.x_bar_gradient = one_of("refiner.x_bar_gradient", "stop", ("stop", "through"))
+  rf.x_bar_gradient = field("stop", choices=("stop", "through"))
 
   # SDEdit on the VAE's output (autoencoders/sdedit_vae.py; no training): x_bar perturbed
   # by the score model's SDE to t0, then its reverse process (sampling.method) from t0.
   c.sdedit = sd = ml_collections.ConfigDict()
   sd.t0 = 0.3
-  sd.num_steps = 20
+  sd.num_steps = field(20, positive=True)
 
   # What every stage's training loop shares.
   c.loop = lp = ml_collections.ConfigDict()
   lp.ema_decay = 0.999
-  lp.keep_checkpoints = 3
+  lp.keep_checkpoints = field(3, positive=True)
   lp.async_checkpointing = True
-  lp.on_nonfinite = one_of("loop.on_nonfinite", "stop", ("stop", "skip"))
+  lp.on_nonfinite = field("stop", choices=("stop", "skip"))
   # (first, last): a jax.profiler trace of those steps of every stage, written where
   # TensorBoard's profile plugin finds it (WORKDIR/tensorboard/<stage>/plugins/profile).
   # () = off. Skip the first step: it compiles.
@@ -179,7 +188,7 @@ def get_config() -> ml_collections.ConfigDict:
   o.b1 = 0.9
   o.b2 = 0.999
   o.grad_clip = 1.0
-  o.schedule = one_of("optim.schedule", "cosine", ("constant", "cosine"))  # after warmup
+  o.schedule = field("cosine", choices=state.SCHEDULES)  # after warmup
 
   # Sampling / decoding.
   c.sampling = sp = ml_collections.ConfigDict()
@@ -187,51 +196,53 @@ def get_config() -> ml_collections.ConfigDict:
   # Karras grid (2 calls a step); dpmpp_2m: DPM-Solver++(2M) on the log-SNR grid;
   # dpmpp_2m_sde: its reverse-SDE form (1 call a step each). vdae/diffusion/samplers.py's
   # SOLVERS declares them.
-  sp.method = one_of("sampling.method", "pc", samplers.METHODS)
-  sp.num_steps = 200
+  sp.method = field("pc", choices=samplers.METHODS)
+  sp.num_steps = field(200, positive=True)
   sp.snr = 0.16  # Langevin corrector signal-to-noise ratio
   sp.corrector_steps = 1
-  sp.num_samples = 64
+  sp.num_samples = field(64, positive=True)
   # What --mode=sample draws: "score" = the score model alone (stage 1),
   # "encoder" = prior codes (sampling.latent_prior) decoded with the latent correction,
   # "auto" = the encoder's when stage 2 has a checkpoint.
-  sp.source = one_of("sampling.source", "auto", ("auto", "score", "encoder"))
+  sp.source = field("auto", choices=("auto", "score", "encoder"))
   # Where the VDAE's prior codes come from (--mode=sample, evaluation's sample_fid):
   # learned = the latent prior (--mode=train_prior), standard_normal = N(0, I),
   # auto = learned when it has a checkpoint.
-  sp.latent_prior = one_of("sampling.latent_prior", "auto", ("auto", "learned", "standard_normal"))
+  sp.latent_prior = field("auto", choices=("auto", "learned", "standard_normal"))
   sp.denoise = True  # final Tweedie denoising step at t = eps
   # --mode=reconstruct decodes from each image's own x_1 (the PF ODE run forwards
   # with the conditional score at its code: Diff-AE's inversion) instead of fresh
   # noise; evaluation reports that protocol as `inverted`. Both use this solver.
   sp.invert = False
-  sp.invert_method = one_of("sampling.invert_method", "dpmpp_2m", ("dpmpp_2m", "heun"))
+  sp.invert_method = field("dpmpp_2m", choices=("dpmpp_2m", "heun"))
   sp.invert_num_steps = 50
   sp.use_ema = True
   # Fused step (see vdae/kernels): auto = Pallas on GPU/TPU, reference on CPU.
-  sp.kernel = one_of("sampling.kernel", "auto", ("auto", "pallas", "reference"))
+  sp.kernel = field("auto", choices=fused_step.IMPLS)
   # auto = python on CPU, scan elsewhere (see diffusion/samplers.compile_sampler).
-  sp.loop = one_of("sampling.loop", "auto", ("auto", "scan", "python"))
+  sp.loop = field("auto", choices=samplers.LOOPS)
 
   # Evaluation (--mode=evaluate) on the held-out test split: metrics to
   # WORKDIR/eval/metrics.json and TensorBoard. Sizes keep digits at ~2 min on CPU.
   c.eval = ev = ml_collections.ConfigDict()
   ev.num_test = 64  # test images for the reconstruction metrics (0 = whole split)
   ev.num_samples = 1000  # prior samples decoded for sample_fid (sampling.latent_prior's codes)
-  ev.batch_size = 64  # decoding batch (the timings are per image at this batch)
+  ev.batch_size = field(
+    64, positive=True
+  )  # decoding batch (the timings are per image at this batch)
   # Decode protocols (vdae/evaluation/harness.py): sample = one stochastic decode,
   # mode = the deterministic decode, mean = the average of mean_decodes samples.
   # inverted = decoded from the image's own PF-ODE noise (the VDAE).
   ev.protocols = ("sample", "mode", "mean", "inverted")
   ev.mean_decodes = 4
   # The VDAE's mode: a deterministic solver of the PF ODE.
-  ev.mode_method = one_of("eval.mode_method", "heun", ("heun", "ode", "dpmpp_2m"))
+  ev.mode_method = field("heun", choices=("heun", "ode", "dpmpp_2m"))
   ev.mode_num_steps = 30  # heun: 2 network calls a step
   ev.bootstrap_resamples = 1000  # 95% intervals on L2 and FID (0 = none)
   ev.timing_methods = ("em", "pc", "ode")  # vdae/time_per_image_<method> ("" entries skipped)
   ev.bpd_num_images = 16  # test images for bits_per_dim (0 = skip it)
   ev.elbo_num_images = 16  # test images for the VDAE's neg_elbo_bits_per_dim (0 = skip it)
-  ev.bpd_solver = one_of("eval.bpd_solver", "tsit5", ("tsit5", "dopri5"))  # diffrax, adaptive
+  ev.bpd_solver = field("tsit5", choices=tuple(likelihood.SOLVERS))  # diffrax, adaptive
   ev.bpd_rtol = 1e-3  # digits: 5e-4 bits/dim from 1e-5, at a sixth of the solver steps
   ev.bpd_atol = 1e-3
   ev.bpd_max_steps = 2000

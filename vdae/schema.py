@@ -1,20 +1,23 @@
-"""The config's schema: valid choices and the up-front check.
+"""The config's rules: each field's choices and limits declared on the field, and the
+up-front check.
 
-Every enumerated field declares its choices where configs/base.py declares the
-field (`one_of`); the up-front check and the code that dispatches on the
-field (`require`) both read that one declaration. ml_collections already
-rejects unknown keys and wrong types; `check` rejects values the code would
-only trip over later (a misspelt sampler after an hour of training) and lists
-every problem at once.
+configs/base.py declares a constrained field with `field(default, ...)`: its type (the
+default's), its valid values or its bounds, next to its name. The declaration is an
+ml_collections FieldReference, so it stays with the ConfigDict through command-line
+overrides and deep copies, and the code reads plain values. ml_collections already
+rejects unknown keys and wrong types; `check` rejects values the code would only trip
+over later (a misspelt sampler after an hour of training) and lists every problem at
+once. Library code that dispatches on a field checks its value against the choices it
+owns (`require`), so a bad value passed around the config is named there too.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
-from vdae.io.errors import ConfigError
+import ml_collections
 
-CHOICES: dict[str, tuple[str, ...]] = {}
+from vdae.io.errors import ConfigError
 
 # Every trained stage's config group has these fields (training/stages.py).
 STAGE_FIELDS = (
@@ -28,87 +31,92 @@ STAGE_FIELDS = (
 )
 STAGE_GROUPS = ("stage1", "stage2", "prior", "vae", "refiner")
 
-POSITIVE = (
-  "encoder.latent_dim",
-  "refiner.lam",
-  "refiner.sample_num_steps",
-  "sdedit.num_steps",
-  "sampling.num_steps",
-  "sampling.num_samples",
-  "eval.batch_size",
-  "loop.keep_checkpoints",
-  *(f"{g}.{f}" for g in STAGE_GROUPS for f in ("num_steps", "batch_size", "log_every")),
-  *(f"{g}.checkpoint_every" for g in STAGE_GROUPS),
-)
-
-
 PROTOCOLS = ("sample", "mode", "mean", "inverted")  # the decode protocols evaluation reports
 
 
-def one_of(key: str, default: str, options: Sequence[str]) -> str:
-  """Declares `key`'s valid values; returns the default (configs/base.py)."""
-  options = tuple(options)
-  if default not in options:
-    raise ValueError(f"{key}: default {default!r} is not among {options}")
-  CHOICES[key] = options
-  return default
+class Field(ml_collections.FieldReference):
+  """A config field with its rule: one of `choices`, or a number `positive` (> 0) or
+  `at_least` a bound (`why` says why, in the message)."""
+
+  def __init__(
+    self,
+    default,
+    choices: Sequence[str] | None = None,
+    positive: bool = False,
+    at_least: float | None = None,
+    why: str = "",
+  ):
+    super().__init__(default, field_type=type(default))
+    self.choices = None if choices is None else tuple(choices)
+    self.positive, self.at_least, self.why = positive, at_least, why
+    if self.choices is not None and default not in self.choices:
+      raise ValueError(f"default {default!r} is not among {self.choices}")
+
+  def __setstate__(self, state):
+    # FieldReference restores only its own attributes (copy.deepcopy, pickle).
+    super().__setstate__(state)
+    self.choices, self.positive = state["choices"], state["positive"]
+    self.at_least, self.why = state["at_least"], state["why"]
+
+  def problem(self, key: str) -> str | None:
+    value = self.get()
+    if self.choices is not None and value not in self.choices:
+      return f"{key}={value!r} is not one of {', '.join(self.choices)}"
+    if self.positive and value <= 0:
+      return f"{key}={value} must be positive"
+    if self.at_least is not None and value < self.at_least:
+      return f"{key}={value} must be >= {self.at_least:g}" + (f" ({self.why})" if self.why else "")
+    return None
 
 
-def choices(key: str) -> tuple[str, ...]:
-  """The valid values of `key` as configs/base.py declares them."""
-  if not CHOICES:  # the library was imported without building a config first
-    from configs import base
-
-    base.get_config()
-  return CHOICES[key]
+def field(default, *, choices=None, positive=False, at_least=None, why="") -> Field:
+  """Declares a config field with its rule (configs/base.py)."""
+  return Field(default, choices, positive, at_least, why)
 
 
-def require(key: str, value: str) -> str:
-  """`value` if it is one of `key`'s choices, else a ConfigError naming them."""
-  allowed = choices(key)
-  if value not in allowed:
-    raise ConfigError(f"{key}={value!r} is not one of {', '.join(allowed)}.")
-  return value
+def fields(config, prefix: str = ""):
+  """(dotted key, Field) of every declared field of `config`, in declaration order."""
+  for name, value in config.items(preserve_field_references=True):
+    key = f"{prefix}{name}"
+    if isinstance(value, Field):
+      yield key, value
+    elif isinstance(value, ml_collections.ConfigDict):
+      yield from fields(value, key + ".")
 
 
-def _get(config, dotted: str):
-  value = config
-  for part in dotted.split("."):
-    value = value[part]
+def declared(config, key: str) -> Field:
+  """The declaration of field `key` of `config`."""
+  group, _, name = key.rpartition(".")
+  node = config
+  for part in group.split(".") if group else ():
+    node = node[part]
+  ref = dict(node.items(preserve_field_references=True))[name]
+  if not isinstance(ref, Field):
+    raise KeyError(f"{key} has no declared rule")
+  return ref
+
+
+def require(key: str, value: str, choices: Sequence[str]) -> str:
+  """`value` if it is one of `choices` (field `key`'s), else a ConfigError naming them."""
+  if value not in choices:
+    raise ConfigError(f"{key}={value!r} is not one of {', '.join(choices)}.")
   return value
 
 
 def check(config) -> None:
-  """Raises ConfigError naming every field whose value is out of range."""
-  choices("data.source")  # make sure the declarations are loaded
-  problems = []
-  for key, allowed in CHOICES.items():
-    value = _get(config, key)
-    if value not in allowed:
-      problems.append(f"{key}={value!r} is not one of {', '.join(allowed)}")
-  for key in POSITIVE:
-    if _get(config, key) <= 0:
-      problems.append(f"{key}={_get(config, key)} must be positive")
-  for g in STAGE_GROUPS:
-    for f in ("lr",):
-      if _get(config, f"{g}.{f}") <= 0:
-        problems.append(f"{g}.{f}={_get(config, f'{g}.{f}')} must be positive")
-    for f in ("warmup_steps", "image_every"):
-      if _get(config, f"{g}.{f}") < 0:
-        problems.append(f"{g}.{f}={_get(config, f'{g}.{f}')} must be >= 0")
+  """Raises ConfigError naming every field whose value breaks its rule, and every
+  cross-field rule broken. `config` is one configs/ built (or a deep copy): a
+  copy_and_resolve_references() copy has dropped its declarations."""
+  declarations = list(fields(config))
+  if not declarations:
+    raise ValueError("config carries no field declarations: check the ConfigDict configs/ built")
+  problems = [p for key, f in declarations if (p := f.problem(key))]
   temb = config.model.temb_dim
   if temb < 2 or temb % 2:
     problems.append(f"model.temb_dim={temb} must be even (half sines, half cosines)")
   if not 0.0 < config.sde.eps < 1.0:
     problems.append(f"sde.eps={config.sde.eps} must lie in (0, 1)")
-  for key in ("stage2.beta_kl", "vae.beta_kl"):
-    if _get(config, key) < 0:
-      problems.append(f"{key}={_get(config, key)} must be >= 0")
-  if config.stage2.weight_cap < 1.0:
-    problems.append(
-      f"stage2.weight_cap={config.stage2.weight_cap} must be >= 1 (it caps a weight >= 1)"
-    )
-  methods = CHOICES["sampling.method"]
+  methods = declared(config, "sampling.method").choices
   bad = [m for m in config.eval.timing_methods if m and m not in methods]
   if bad:
     problems.append(f"eval.timing_methods has {bad}; the samplers are {', '.join(methods)}")

@@ -1,4 +1,6 @@
-"""The config schema: choices declared once, read by the check and the code."""
+"""The config schema: each field's rule declared on the field, read by the check and the code."""
+
+import copy
 
 import pytest
 
@@ -21,17 +23,36 @@ def test_shipped_configs_pass_the_check(mod):
     schema.check(shapes.get_config("accelerator"))
 
 
-def test_choices_are_read_by_the_check_and_by_the_code():
-  assert schema.choices("sde.kind") == ("vp", "subvp", "ve", "vp_cosine")
+def test_choices_are_declared_on_the_field_and_read_by_the_check_and_by_the_code():
   c = tiny.get_config()
-  c.sde.kind = "vpp"
+  assert schema.declared(c, "sde.kind").choices == tuple(sde_lib.SDES)
+  assert schema.declared(c, "sde.kind").choices == ("vp", "subvp", "ve", "vp_cosine")
+  c.sde.kind = "vpp"  # an override keeps the field's declaration
   c.sampling.loop = "while"
-  with pytest.raises(
-    ConfigError, match="sde.kind='vpp' is not one of vp, subvp, ve, vp_cosine.*sampling.loop"
-  ):
+  with pytest.raises(ConfigError) as e:
     schema.check(c)
+  assert "sde.kind='vpp' is not one of vp, subvp, ve, vp_cosine" in str(e.value)
+  assert "sampling.loop='while' is not one of auto, scan, python" in str(e.value)
   with pytest.raises(ConfigError, match="sde.kind='vpp' is not one of vp, subvp, ve, vp_cosine"):
     sde_lib.make("vpp")
+  schema.check(copy.deepcopy(tiny.get_config()))  # a deep copy keeps the declarations
+  with pytest.raises(ValueError, match="no field declarations"):
+    schema.check(tiny.get_config().copy_and_resolve_references())  # this one does not
+
+
+def test_a_field_declares_its_type_and_bounds():
+  c = tiny.get_config()
+  with pytest.raises(TypeError):
+    c.stage1.num_steps = "many"
+  c.stage1.lr, c.stage2.beta_kl, c.stage2.weight_cap = 0.0, -0.5, 0.5
+  with pytest.raises(ConfigError) as e:
+    schema.check(c)
+  msg = str(e.value)
+  assert "stage1.lr=0.0 must be positive" in msg
+  assert "stage2.beta_kl=-0.5 must be >= 0" in msg
+  assert "stage2.weight_cap=0.5 must be >= 1 (it caps a weight >= 1)" in msg
+  with pytest.raises(ValueError, match="default 'x' is not among"):
+    schema.field("x", choices=("a", "b"))
 
 
 def test_check_lists_every_problem():

@@ -394,7 +394,7 @@ SOURCES = {
 
 def load_splits(data_cfg) -> dict[str, Split]:
   """{'train': Split, 'test': Split} for the configured source."""
-  return SOURCES[schema.require("data.source", data_cfg.source)](data_cfg)
+  return SOURCES[schema.require("data.source", data_cfg.source, tuple(SOURCES))](data_cfg)
 
 
 def data_levels(config) -> int:

@@ -35,7 +35,7 @@ from vdae import schema
 from vdae.diffusion import sde as sde_lib
 from vdae.types import Array, ScoreFn
 
-SOLVERS = {"tsit5": diffrax.Tsit5, "dopri5": diffrax.Dopri5}  # keys: schema's eval.bpd_solver
+SOLVERS = {"tsit5": diffrax.Tsit5, "dopri5": diffrax.Dopri5}  # eval.bpd_solver's choices
 
 
 def exact_divergence(f: Callable[[Array], Array], x: Array, chunk: int = 64) -> Array:
@@ -82,7 +82,7 @@ def log_likelihood(
   steps), exact (1 if the divergence was exact), ok (1 if the solve succeeded;
   logp is NaN where it did not). Jittable.
   """
-  schema.require("eval.bpd_solver", solver)
+  schema.require("eval.bpd_solver", solver, tuple(SOLVERS))
   shape = x.shape
   b, d = shape[0], math.prod(shape[1:])
   exact = d <= exact_max_dim

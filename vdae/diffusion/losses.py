@@ -14,11 +14,13 @@ from vdae import schema
 from vdae.diffusion import sde as sde_lib
 from vdae.types import Array, EpsFn
 
+TIME_SAMPLING = ("uniform", "stratified")  # stage2.time_sampling
+
 
 def sample_time(key: Array, batch: int, t_eps: float, method: str = "uniform") -> Array:
   """t [B] on [eps, 1]: i.i.d. uniform, or stratified (one per 1/B stratum, a
   low-discrepancy draw that lowers the loss's variance at equal cost)."""
-  if schema.require("stage2.time_sampling", method) == "uniform":
+  if schema.require("stage2.time_sampling", method, TIME_SAMPLING) == "uniform":
     u = jax.random.uniform(key, (batch,))
   else:
     u0 = jax.random.uniform(key, ())

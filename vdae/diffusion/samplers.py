@@ -259,6 +259,7 @@ SOLVERS: dict[str, Solver] = {
 }
 METHODS = tuple(SOLVERS)  # sampling.method's choices
 INVERTIBLE = tuple(n for n, s in SOLVERS.items() if s.invertible)  # x_0 -> x_1 as well
+LOOPS = ("auto", "scan", "python")  # sampling.loop (compile_sampler)
 
 
 def _sampler_parts(
@@ -283,7 +284,7 @@ def _sampler_parts(
 
   The carry is (x, aux, key): aux is the next step's time embedding (em / pc /
   ode), the previous data prediction (dpmpp_2m), or unused (heun)."""
-  solver = SOLVERS[schema.require("sampling.method", method)]
+  solver = SOLVERS[schema.require("sampling.method", method, METHODS)]
   b = shape[0]
   ts = solver.times(sde, num_steps, t_start)
   if invert:
@@ -409,7 +410,7 @@ def compile_sampler(
   inside a while loop on a path measured 17x slower than outside one, and
   scan elsewhere (no per-step dispatch).
   """
-  loop = schema.require("sampling.loop", sampling_cfg.loop)
+  loop = schema.require("sampling.loop", sampling_cfg.loop, LOOPS)
   if loop == "auto":
     loop = "python" if jax.default_backend() == "cpu" else "scan"
   kw = dict(

@@ -61,9 +61,12 @@ class ImportedScoreNet(nn.Module):
     return prediction_to_eps(out, x, alpha, sigma, self.prediction_type)
 
 
+SOURCES = ("native", "diffusers")  # model.source: trained here, or an imported DDPM
+
+
 def model_from_config(config) -> Any:
   """The score network of `config`: vdae's U-Net or the imported model (model.source)."""
-  if schema.require("model.source", config.model.source) == "native":
+  if schema.require("model.source", config.model.source, SOURCES) == "native":
     return unet.from_config(config.model, config.sde)
   from vdae.io import pretrained  # reads the directory's JSON (cached), no tensors
 

@@ -225,7 +225,7 @@ SDES: dict[str, type[SDE]] = {c.kind: c for c in (VP, SubVP, VE, VPCosine)}
 
 def make(kind: str, *args, **kwargs) -> SDE:
   """The SDE of `kind` (a key of SDES) with these parameters (SDE's fields)."""
-  return SDES[schema.require("sde.kind", kind)](*args, **kwargs)
+  return SDES[schema.require("sde.kind", kind, tuple(SDES))](*args, **kwargs)
 
 
 def log_snr(sde: SDE, t: Array) -> Array:

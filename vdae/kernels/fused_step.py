@@ -22,8 +22,11 @@ from vdae.kernels.reference import (
 __all__ = ["StepSpec", "reverse_step", "stage2_residual"]
 
 
+IMPLS = ("auto", "pallas", "reference")  # sampling.kernel: auto = Pallas on GPU/TPU
+
+
 def _use_pallas(impl: str) -> bool:
-  schema.require("sampling.kernel", impl)
+  schema.require("sampling.kernel", impl, IMPLS)
   if impl == "auto":
     return jax.default_backend() in ("gpu", "tpu")
   return impl == "pallas"

@@ -13,6 +13,10 @@ from vdae.kernels import fused_step
 from vdae.latent import correction
 from vdae.types import Array, EncodeFn, EpsFn
 
+# stage2.weighting: none (the official unweighted eps loss), likelihood, truncated_snr
+WEIGHTINGS = ("none", "likelihood", "truncated_snr")
+FORMS = ("eps", "score")  # stage2.loss: eps (official) or sigma(t)^2-weighted score space
+
 
 def vdae_loss(
   eps_fn: EpsFn,
@@ -53,7 +57,7 @@ def vdae_loss(
   """
   b = x0.shape[0]
   kt, kn, kz = jax.random.split(key, 3)
-  weighting = schema.require("stage2.weighting", weighting)
+  weighting = schema.require("stage2.weighting", weighting, WEIGHTINGS)
   if weighting == "likelihood":
     t, w = importance_time(kt, b, sde, time_sampling)
   else:
@@ -76,7 +80,7 @@ def vdae_loss(
   eps = jax.lax.stop_gradient(eps_fn(xt, t))
 
   flat = lambda a: a.reshape(b, -1)
-  if schema.require("stage2.loss", form) == "eps":
+  if schema.require("stage2.loss", form, FORMS) == "eps":
     per_ex = fused_step.stage2_residual(flat(eps), flat(c), flat(n), t, spec, kernel)
   else:
     _, sigma = sde.marginal(t)

@@ -10,6 +10,8 @@ import jax.numpy as jnp
 
 from vdae import schema
 
+KINDS = ("sinusoidal", "fourier")  # model.embedding
+
 
 def sinusoidal(
   t: jax.Array, dim: int, time_scale: float, flip_sin_to_cos: bool = False, freq_shift: float = 1.0
@@ -70,7 +72,7 @@ class TimeEmbedding(nn.Module):
   @nn.compact
   def __call__(self, t: jax.Array, temb: jax.Array | None = None) -> jax.Array:
     if temb is None:
-      if schema.require("model.embedding", self.kind) == "sinusoidal":
+      if schema.require("model.embedding", self.kind, KINDS) == "sinusoidal":
         temb = sinusoidal(t, self.raw_dim, self.time_scale)
       else:
         temb = FourierFeatures(self.raw_dim, self.fourier_scale, self.min_time)(t)

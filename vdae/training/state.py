@@ -25,6 +25,9 @@ class TrainState:
   rng: jax.Array  # [2] uint32 raw key data, so Orbax stores a plain array
 
 
+SCHEDULES = ("constant", "cosine")  # optim.schedule: the learning rate after warmup
+
+
 def make_optimizer(
   lr: float, warmup: int, total: int, optim_cfg
 ) -> tuple[optax.GradientTransformation, optax.Schedule]:
@@ -32,7 +35,7 @@ def make_optimizer(
 
   Returns the optimizer and its learning-rate schedule (for logging).
   """
-  if schema.require("optim.schedule", optim_cfg.schedule) == "cosine":
+  if schema.require("optim.schedule", optim_cfg.schedule, SCHEDULES) == "cosine":
     sched = optax.warmup_cosine_decay_schedule(
       0.0, lr, max(warmup, 1), max(total, warmup + 1), end_value=lr * 0.05
     )
