@@ -31,7 +31,7 @@ from vdae.training import state
 
 
 def _stage(num_steps: int, batch_size: int, lr: float, image_every: int):
-  """The fields every trained stage's group has (vdae/training/stages.py reads them)."""
+  """The fields every trained stage's group has (vdae/training/stages/ reads them)."""
   g = ml_collections.ConfigDict()
   g.num_steps = field(num_steps, positive=True)
   g.batch_size = field(batch_size, positive=True)  # global, over all processes and devices

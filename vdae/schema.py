@@ -19,7 +19,7 @@ import ml_collections
 
 from vdae.io.errors import ConfigError
 
-# Every trained stage's config group has these fields (training/stages.py).
+# Every trained stage's config group has these fields (vdae/training/stages/base.py).
 STAGE_FIELDS = (
   "num_steps",
   "batch_size",

@@ -1,8 +1,8 @@
 """A diffusers DDPM directory -> Flax parameters + vdae's SDE.
 
 The score-model stage's second source (`model.source=diffusers`, `model.path=DIR`;
-training/stages.py): no second loader, the stage table asks this module for the
-parameters instead of a checkpoint. Layouts read, as `save_pretrained` or a hub
+vdae/training/stages/score_model.py): no second loader, the stage table asks this module
+for the parameters instead of a checkpoint. Layouts read, as `save_pretrained` or a hub
 snapshot leave them:
 
   DIR/config.json + DIR/diffusion_pytorch_model.safetensors [+ DIR/scheduler_config.json]
