@@ -75,25 +75,13 @@ def field(default, *, choices=None, positive=False, at_least=None, why="") -> Fi
 
 
 def fields(config, prefix: str = ""):
-  """(dotted key, Field) of every declared field of `config`, in declaration order."""
+  """(dotted key, Field) of every declared field of `config`, in key order."""
   for name, value in config.items(preserve_field_references=True):
     key = f"{prefix}{name}"
     if isinstance(value, Field):
       yield key, value
     elif isinstance(value, ml_collections.ConfigDict):
       yield from fields(value, key + ".")
-
-
-def declared(config, key: str) -> Field:
-  """The declaration of field `key` of `config`."""
-  group, _, name = key.rpartition(".")
-  node = config
-  for part in group.split(".") if group else ():
-    node = node[part]
-  ref = dict(node.items(preserve_field_references=True))[name]
-  if not isinstance(ref, Field):
-    raise KeyError(f"{key} has no declared rule")
-  return ref
 
 
 def require(key: str, value: str, choices: Sequence[str]) -> str:
@@ -107,16 +95,16 @@ def check(config) -> None:
   """Raises ConfigError naming every field whose value breaks its rule, and every
   cross-field rule broken. `config` is one configs/ built (or a deep copy): a
   copy_and_resolve_references() copy has dropped its declarations."""
-  declarations = list(fields(config))
+  declarations = dict(fields(config))
   if not declarations:
     raise ValueError("config carries no field declarations: check the ConfigDict configs/ built")
-  problems = [p for key, f in declarations if (p := f.problem(key))]
+  problems = [p for key, f in declarations.items() if (p := f.problem(key))]
   temb = config.model.temb_dim
   if temb < 2 or temb % 2:
     problems.append(f"model.temb_dim={temb} must be even (half sines, half cosines)")
   if not 0.0 < config.sde.eps < 1.0:
     problems.append(f"sde.eps={config.sde.eps} must lie in (0, 1)")
-  methods = declared(config, "sampling.method").choices
+  methods = declarations["sampling.method"].choices
   bad = [m for m in config.eval.timing_methods if m and m not in methods]
   if bad:
     problems.append(f"eval.timing_methods has {bad}; the samplers are {', '.join(methods)}")

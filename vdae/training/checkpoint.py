@@ -224,11 +224,11 @@ class Checkpointer:
     if jax.process_count() > 1:
       candidates = self._agreed(candidates, data_iter is not None)
     errors = []
+    target = abstract_state if part is None else {part: abstract_state}
+    restore_args = ocp.checkpoint_utils.construct_restore_args(target)
+    state_args = ocp.args.PyTreeRestore(target, restore_args, partial_restore=part is not None)
     with _QuietAbandonedReads() as quiet:
       for s in candidates:
-        target = abstract_state if part is None else {part: abstract_state}
-        restore_args = ocp.checkpoint_utils.construct_restore_args(target)
-        state_args = ocp.args.PyTreeRestore(target, restore_args, partial_restore=part is not None)
         items = {"state": state_args}
         if data_iter is not None:
           items["data"] = grain.checkpoint.CheckpointRestore(data_iter)
