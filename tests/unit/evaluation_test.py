@@ -110,7 +110,7 @@ def test_unlabelled_data_gets_label_free_metrics(tiny_config):
 def test_psnr_and_levels(tiny_config):
   x = np.zeros((2, 4))
   np.testing.assert_allclose(metrics.psnr(x, x + 0.02), 10 * np.log10(4 / 4e-4))
-  assert sources.data_levels(tiny_config) == 17
+  assert sources.data_levels(tiny_config.data, tiny_config.eval) == 17
 
 
 @pytest.mark.timeout(120)

@@ -140,7 +140,7 @@ def test_odd_and_smallest_sides_round_trip_through_the_unet(tiny_config, side, m
   c = tiny_config
   c.model.channel_mults = mults
   c.model.attn_resolutions = ()
-  sizes.check_score_model(c, (side, side, 1))  # accepted...
+  sizes.check_score_model(c.model, (side, side, 1))  # accepted...
   model = unet.from_config(c.model, c.sde)
   x = jnp.zeros((2, side, side, 1))
   v = model.init(jax.random.key(0), x, jnp.ones(2))
@@ -156,9 +156,9 @@ def test_sizes_below_the_downsampling_are_refused(tiny_config):
   with pytest.raises(
     DataError, match=r"3x3 are too small .*model.channel_mults=\(1, 2, 2\).*at least 4"
   ):
-    sizes.check_score_model(c, (3, 3, 1))
+    sizes.check_score_model(c.model, (3, 3, 1))
   c.encoder.channel_mults = (1, 2)
   with pytest.raises(DataError, match=r"encoder.channel_mults.*at least 2"):
-    sizes.check_encoder(c, (1, 1, 1))
+    sizes.check_encoder(c.encoder, (1, 1, 1))
   with pytest.raises(DataError, match=r"vae.decoder_channel_mults=\(2, 1\).*divide by 2"):
-    sizes.check_vae(c, (6, 7, 1))
+    sizes.check_vae_decoder(c.vae, (6, 7, 1))

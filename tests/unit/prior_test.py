@@ -46,7 +46,7 @@ def test_prior_trained_on_gaussian_codes_recovers_their_mean_and_covariance(tiny
   images = (rng.normal(size=(50000, 3)) @ np.linalg.cholesky(COV_MU).T + MEAN).astype(np.float32)
   encode = lambda params, x: (x, jnp.full_like(x, np.log(POST_VAR)))
   norm = prior_lib.Normaliser.from_posteriors(images, np.full_like(images, np.log(POST_VAR)))
-  model = prior_lib.model_from_config(c)
+  model = prior_lib.model_from_config(c.prior, c.encoder.latent_dim, c.sde.time_scale)
   loss_fn = prior_lib.prior_loss(model, encode, sde_lib.from_config(c.sde))
   params = prior_lib.init_params(model, jax.random.key(0))
   steps = 1500
@@ -95,7 +95,8 @@ def test_posterior_table_gives_the_codes_encoding_each_step_would(tiny_config):
   x = images[pos]
   x[flipped] = mirror(x[flipped])
   batch = {"image": x, "index": rows[pos], "flipped": flipped}
-  model, sde = prior_lib.model_from_config(c), sde_lib.from_config(c.sde)
+  model = prior_lib.model_from_config(c.prior, c.encoder.latent_dim, c.sde.time_scale)
+  sde = sde_lib.from_config(c.sde)
   params = prior_lib.init_params(model, jax.random.key(0))
   # A non-zero output layer, so the loss depends on the network and the codes both.
   params = jax.tree.map(lambda p: p + 0.1, params)

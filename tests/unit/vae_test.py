@@ -40,7 +40,8 @@ def test_neg_elbo_is_gaussian_nll_plus_beta_kl(tiny_config):
 def test_vae_autoencoder_rate_and_decode_protocols(tiny_config):
   model = vae_lib.model_from_config(tiny_config, (8, 8, 1))
   params = model.init(jax.random.key(0), (8, 8, 1))
-  ae = vae_lib.VAE(tiny_config, params, (8, 8, 1), sources.data_levels(tiny_config))
+  levels = sources.data_levels(tiny_config.data, tiny_config.eval)
+  ae = vae_lib.VAE(tiny_config, params, (8, 8, 1), levels)
   x = np.asarray(jax.random.uniform(jax.random.key(1), (4, 8, 8, 1), minval=-1, maxval=1))
   mu, lv = ae.posterior(x)
   np.testing.assert_allclose(ae.rate(x), 0.5 * np.sum(mu**2 + np.exp(lv) - 1 - lv, -1), rtol=1e-5)

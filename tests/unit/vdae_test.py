@@ -105,7 +105,7 @@ def test_neg_elbo_is_exact_on_a_linear_gaussian_model(tiny_config, monkeypatch):
   z = rng.standard_normal(N)
   x = (z[:, None] * A + TAU * rng.standard_normal((N, 2))).astype(np.float32)
   x = x.reshape(N, 1, 2, 1)
-  levels = sources.data_levels(c)
+  levels = sources.data_levels(c.data, c.eval)
 
   got = _vdae(c, sde, monkeypatch).neg_elbo_bits_per_dim(x, seed=0)
   want, sd, kl = _expected_bpd(x, sde, levels)

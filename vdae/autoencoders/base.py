@@ -24,13 +24,13 @@ from vdae.latent.correction import kl_standard_normal
 PROTOCOLS = ("sample", "mode")  # what decode takes; the harness adds "mean"
 
 
-def with_method(config, method: str, num_steps: int | None = None):
-  """A copy of the config whose sampling.method is `method` (and num_steps, if given)."""
-  cfg = config.copy_and_resolve_references()
+def with_method(sampling, method: str, num_steps: int | None = None):
+  """A copy of the `sampling` group whose method is `method` (and num_steps, if given)."""
+  cfg = sampling.copy_and_resolve_references()
   with cfg.unlocked():
-    cfg.sampling.method = method
+    cfg.method = method
     if num_steps is not None:
-      cfg.sampling.num_steps = num_steps
+      cfg.num_steps = num_steps
   return cfg
 
 

@@ -54,9 +54,11 @@ ARCH_FIELDS = (
 )
 
 
-def network(config, channels: int) -> unet.UNet:
-  """The noise predictor eps(concat(u_t, x_bar), t) -> [B, H, W, channels]."""
-  rf, m = config.refiner, config.model
+def network(refiner, model, channels: int) -> unet.UNet:
+  """The noise predictor eps(concat(u_t, x_bar), t) -> [B, H, W, channels] of the
+  `refiner` group, with the score network's (`model` group's) norm groups, time
+  embedding width and dtype."""
+  rf, m = refiner, model
   return unet.UNet(
     channels=rf.channels,
     channel_mults=tuple(rf.channel_mults),
@@ -74,7 +76,7 @@ def network(config, channels: int) -> unet.UNet:
 def init_params(config, image_shape) -> Callable[[Key], Params]:
   """init(key) -> the refiner's parameters for images of image_shape [H, W, C];
   joint: {"vae": the VAE's, "refiner": the refiner's}."""
-  net = network(config, image_shape[-1])
+  net = network(config.refiner, config.model, image_shape[-1])
   h, w, c = image_shape
   x = jnp.zeros((1, h, w, 2 * c), jnp.float32)
   init_refiner = lambda key: net.init(key, x, jnp.ones((1,)))["params"]
@@ -108,10 +110,10 @@ def x_bar_of(vae: VAEModel, vae_params: Params, x: Array, key: Key, stop: bool =
   return jax.lax.stop_gradient(x_bar) if stop else x_bar
 
 
-def _refiner_dsm(config, image_shape):
+def _refiner_dsm(refiner, model, image_shape):
   """dsm(refiner_params, x, x_bar, key) -> (DSM loss of u under the mean-reverting SDE, aux)."""
-  mr = mr_lib.from_config(config.refiner)
-  net = network(config, image_shape[-1])
+  mr = mr_lib.from_config(refiner)
+  net = network(refiner, model, image_shape[-1])
 
   def dsm(params, x, x_bar, key):
     loss, aux = losses.dsm_loss(
@@ -126,7 +128,7 @@ def _refiner_dsm(config, image_shape):
 def make_loss(config, vae: VAEModel, image_shape):
   """Two-stage: loss_fn(refiner_params, batch, key, vae_params) -> (DSM loss, aux).
   Joint: loss_fn({"vae", "refiner"}, batch, key, None) -> (-ELBO + DSM loss, aux)."""
-  dsm = _refiner_dsm(config, image_shape)
+  dsm = _refiner_dsm(config.refiner, config.model, image_shape)
   rf = config.refiner
 
   def two_stage(params, batch, key, vae_params):
@@ -159,7 +161,7 @@ class RefinedVAE(Autoencoder):
     self.image_shape = tuple(image_shape)
     self.latent_dim = vae.latent_dim
     self.mr = mr_lib.from_config(config.refiner)
-    self.net = network(config, self.image_shape[-1])
+    self.net = network(config.refiner, config.model, self.image_shape[-1])
     self._samplers: dict = {}
 
   def posterior(self, x):
@@ -170,7 +172,7 @@ class RefinedVAE(Autoencoder):
     if key not in self._samplers:
       self._samplers[key] = samplers.compile_sampler(
         lambda args: (eps_fn_for(self.net, args[0], args[1]), None),
-        with_method(self.config, method, steps).sampling,
+        with_method(self.config.sampling, method, steps),
         self.mr.unit,
         StepSpec(self.mr.unit, self.config.model.temb_dim, 1000.0),
         (n, *self.image_shape),

@@ -31,7 +31,7 @@ def load_vdae(config, workdir: str, mesh, image_shape) -> VDAE:
 
 def load_vae(config, workdir: str, mesh, image_shape) -> VAE:
   params, _ = load_stage("vae", config, workdir, mesh, image_shape)
-  return VAE(config, params, image_shape, data_levels(config))
+  return VAE(config, params, image_shape, data_levels(config.data, config.eval))
 
 
 def load_refined_vae(config, workdir: str, mesh, image_shape) -> RefinedVAE:
@@ -39,7 +39,7 @@ def load_refined_vae(config, workdir: str, mesh, image_shape) -> RefinedVAE:
   trained jointly, with the VAE its own checkpoint holds."""
   params, meta = load_stage("refiner", config, workdir, mesh, image_shape)
   if config.refiner.joint:
-    vae = VAE(config, params["vae"], image_shape, data_levels(config))
+    vae = VAE(config, params["vae"], image_shape, data_levels(config.data, config.eval))
     return RefinedVAE(config, vae, params["refiner"], mesh, image_shape)
   Refiner.check_upstream(meta, config, workdir)
   return RefinedVAE(config, load_vae(config, workdir, mesh, image_shape), params, mesh, image_shape)

@@ -32,7 +32,7 @@ class SDEditVAE(Autoencoder):
     self.config, self.vae, self.score_params, self.mesh = config, vae, score_params, mesh
     self.image_shape = tuple(image_shape)
     self.latent_dim = vae.latent_dim
-    self.model = score.model_from_config(config)
+    self.model = score.model_from_config(config.model, config.sde)
     self.sde = sde_lib.from_config(config.sde)
     self._samplers: dict = {}
 
@@ -42,12 +42,12 @@ class SDEditVAE(Autoencoder):
   def _sampler(self, n: int, method: str, steps: int) -> samplers.CompiledSampler:
     key = (n, method, steps)
     if key not in self._samplers:
-      cfg = with_method(self.config, method, steps)
+      cfg = self.config
       self._samplers[key] = samplers.compile_sampler(
-        lambda params: (score.eps_fn_for(self.model, params, cfg), None),
-        cfg.sampling,
+        lambda params: (score.eps_fn_for(self.model, params, cfg.model), None),
+        with_method(cfg.sampling, method, steps),
         self.sde,
-        StepSpec.from_config(cfg),
+        StepSpec.from_config(cfg.model, cfg.sde),
         (n, *self.image_shape),
         out_sharding=sharding.replicated(self.mesh),
         mesh=self.mesh,  # each device refines its own rows

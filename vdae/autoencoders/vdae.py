@@ -26,24 +26,25 @@ from vdae.types import Params
 
 
 def make_decode_fn(
-  score_model, enc_model, config, shape, invert: bool = False, mesh=None
+  score_model, enc_model, config, sampling, shape, invert: bool = False, mesh=None
 ) -> samplers.CompiledSampler:
-  """decoder((score_params, enc_params, z [N, L]), key, x_init=None) -> x [N, H, W, C];
-  with invert, x_init = x_0 -> its x_1 under the conditional PF ODE at z. mesh:
-  the batch split over its batch axes (every device decodes its own rows)."""
+  """decoder((score_params, enc_params, z [N, L]), key, x_init=None) -> x [N, H, W, C]
+  by the `sampling` group's solver; with invert, x_init = x_0 -> its x_1 under the
+  conditional PF ODE at z. mesh: the batch split over its batch axes (every device
+  decodes its own rows)."""
   lv = config.encoder.logvar_term
 
   def make_fns(args):
     score_params, enc_params, z = args
-    eps_fn = score.eps_fn_for(score_model, score_params, config)
+    eps_fn = score.eps_fn_for(score_model, score_params, config.model)
     encode_fn = lambda x, t: enc_model.apply({"params": enc_params}, x, t)
     return eps_fn, lambda x, t: correction.correction_score(encode_fn, x, t, z, lv)
 
   return samplers.compile_sampler(
     make_fns,
-    config.sampling,
+    sampling,
     sde_lib.from_config(config.sde),
-    StepSpec.from_config(config),
+    StepSpec.from_config(config.model, config.sde),
     shape,
     invert=invert,
     mesh=mesh,
@@ -76,7 +77,7 @@ class VDAE(Autoencoder):
     self.config, self.mesh, self.image_shape = config, mesh, tuple(image_shape)
     self.score_params, self.enc_params = score_params, enc_params
     self.latent_prior = latent_prior  # a latent.prior.LearnedPrior, or None: N(0, I)
-    self.score_model = score.model_from_config(config)
+    self.score_model = score.model_from_config(config.model, config.sde)
     self.encoder = encoder_lib.from_config(config.encoder, config.model, config.sde)
     self.latent_dim = config.encoder.latent_dim
     self._encode = make_encode_fn(self.encoder)
@@ -120,12 +121,18 @@ class VDAE(Autoencoder):
     method = method or self.config.sampling.method
     key = (n, method, num_steps, invert, denoise)
     if key not in self._decoders:
-      cfg = with_method(self.config, method, num_steps)
+      sampling = with_method(self.config.sampling, method, num_steps)
       if denoise is not None:
-        with cfg.unlocked():
-          cfg.sampling.denoise = denoise
+        with sampling.unlocked():
+          sampling.denoise = denoise
       self._decoders[key] = make_decode_fn(
-        self.score_model, self.encoder, cfg, (n, *self.image_shape), invert, self.mesh
+        self.score_model,
+        self.encoder,
+        self.config,
+        sampling,
+        (n, *self.image_shape),
+        invert,
+        self.mesh,
       )
     return self._decoders[key]
 
@@ -192,7 +199,7 @@ class VDAE(Autoencoder):
     divergence is Hutchinson's estimate (eval.hutchinson_probes), unbiased."""
     ev, config = self.config.eval, self.config
     sde = sde_lib.from_config(config.sde)
-    levels = sources.data_levels(config)
+    levels = sources.data_levels(config.data, config.eval)
     lv_term = config.encoder.logvar_term
     d = math.prod(x.shape[1:])
 
@@ -202,7 +209,7 @@ class VDAE(Autoencoder):
       z = mu + jnp.exp(0.5 * lv) * jax.random.normal(k_z, mu.shape)
       if ev.dequantize:
         xb = likelihood.dequantize(xb, levels, k_deq)
-      eps_fn = score.eps_fn_for(self.score_model, score_params, config)
+      eps_fn = score.eps_fn_for(self.score_model, score_params, config.model)
       encode_fn = lambda xt, t: self.encoder.apply({"params": enc_params}, xt, t)
 
       def score_fn(xt, t):

@@ -56,7 +56,7 @@ def _noised(ae, config):
   draw n at time t, the score model's noise prediction alone (eps) and corrected by the
   code z ~ q(z | x_0) as stage 2 trains it (eps_c = eps - sigma c)."""
   sde = sde_lib.from_config(config.sde)
-  eps_fn = score.eps_fn_for(ae.score_model, ae.score_params, config)
+  eps_fn = score.eps_fn_for(ae.score_model, ae.score_params, config.model)
   lv = config.encoder.logvar_term
 
   @jax.jit

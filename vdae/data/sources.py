@@ -397,8 +397,8 @@ def load_splits(data_cfg) -> dict[str, Split]:
   return SOURCES[schema.require("data.source", data_cfg.source, tuple(SOURCES))](data_cfg)
 
 
-def data_levels(config) -> int:
+def data_levels(data_cfg, eval_cfg) -> int:
   """Levels of the raw pixels: eval.data_levels, or 17 for digits (0..16), else 256."""
-  if config.eval.data_levels:
-    return int(config.eval.data_levels)
-  return 17 if config.data.source == "digits" else 256
+  if eval_cfg.data_levels:
+    return int(eval_cfg.data_levels)
+  return 17 if data_cfg.source == "digits" else 256

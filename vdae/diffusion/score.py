@@ -64,20 +64,19 @@ class ImportedScoreNet(nn.Module):
 SOURCES = ("native", "diffusers")  # model.source: trained here, or an imported DDPM
 
 
-def model_from_config(config) -> Any:
-  """The score network of `config`: vdae's U-Net or the imported model (model.source)."""
-  if schema.require("model.source", config.model.source, SOURCES) == "native":
-    return unet.from_config(config.model, config.sde)
+def model_from_config(model, sde) -> Any:
+  """The score network of the config's `model` and `sde` groups: vdae's U-Net or the
+  imported model (model.source)."""
+  if schema.require("model.source", model.source, SOURCES) == "native":
+    return unet.from_config(model, sde)
   from vdae.io import pretrained  # reads the directory's JSON (cached), no tensors
 
-  sched = pretrained.check_resolved(config)
+  sched = pretrained.check_resolved(model.path, sde)
   return ImportedScoreNet(
-    diffusers_unet.UNet2DModel(
-      pretrained.unet_spec(config.model.path), jnp.dtype(config.model.dtype)
-    ),
+    diffusers_unet.UNet2DModel(pretrained.unet_spec(model.path), jnp.dtype(model.dtype)),
     sched.prediction_type,
-    sde_lib.from_config(config.sde),
-    config.sde.time_scale,
+    sde_lib.from_config(sde),
+    sde.time_scale,
   )
 
 
@@ -96,11 +95,12 @@ def init_params(model: unet.UNet, key: Key, image_shape: tuple[int, ...]) -> Par
   return model.init(key, x, jnp.ones((1,)))["params"]
 
 
-def eps_fn_for(model: unet.UNet, params: Params, config, train: bool = False, rngs=None) -> EpsFn:
-  """eps(x, t, temb=None): the sampler's precomputed embedding is used when it applies."""
-  use_temb = config.model.source == "native" and config.model.embedding == "sinusoidal"
+def eps_fn_for(net: unet.UNet, params: Params, model, train: bool = False, rngs=None) -> EpsFn:
+  """eps(x, t, temb=None) of `net` built from the `model` group: the sampler's
+  precomputed embedding is used when it applies."""
+  use_temb = model.source == "native" and model.embedding == "sinusoidal"
 
   def eps_fn(x, t, temb=None):
-    return model.apply({"params": params}, x, t, train, temb if use_temb else None, rngs=rngs or {})
+    return net.apply({"params": params}, x, t, train, temb if use_temb else None, rngs=rngs or {})
 
   return eps_fn

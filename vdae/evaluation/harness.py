@@ -282,11 +282,11 @@ def score_model_bpd(config, score_params, x: np.ndarray) -> dict[str, float]:
   (score_model/bits_per_dim, score_model/bpd_solver_steps)."""
   ev = config.eval
   sde = sde_lib.from_config(config.sde)
-  levels = sources.data_levels(config)
-  model = score.model_from_config(config)
+  levels = sources.data_levels(config.data, config.eval)
+  model = score.model_from_config(config.model, config.sde)
 
   def run(params, xb, key):
-    score_fn = score.score_fn_from_eps(score.eps_fn_for(model, params, config), sde)
+    score_fn = score.score_fn_from_eps(score.eps_fn_for(model, params, config.model), sde)
     k_deq, k_probe = jax.random.split(key)
     if ev.dequantize:
       xb = likelihood.dequantize(xb, levels, k_deq)

@@ -266,10 +266,10 @@ def resolve_config(config) -> None:
   )
 
 
-def check_resolved(config) -> Schedule:
-  """The imported schedule, or a ConfigError if config.sde is not it."""
-  sched = schedule(config.model.path)
-  got = {k: config.sde[k] for k in sched.sde_fields()}
+def check_resolved(path: str, sde) -> Schedule:
+  """The schedule imported from `path`, or a ConfigError if the `sde` group is not it."""
+  sched = schedule(path)
+  got = {k: sde[k] for k in sched.sde_fields()}
   want = sched.sde_fields()
   if any(got[k] != (type(got[k])(v)) for k, v in want.items()):
     raise ConfigError(
@@ -433,12 +433,12 @@ def check_image_shape(spec, image_shape, path: str) -> None:
     )
 
 
-def load_params(config, mesh, image_shape) -> tuple[dict, dict]:
-  """(params, meta) of the imported score model, sharded on `mesh` like stage 1's.
+def load_params(path: str, mesh, param_rules, image_shape) -> tuple[dict, dict]:
+  """(params, meta) of the model imported from `path`, sharded on `mesh` by
+  `param_rules` (mesh.param_rules) like stage 1's.
 
   params is the tree of vdae.diffusion.score's wrapper ({"unet": ...}); meta names
   the source and the weights' hash."""
-  path = config.model.path
   layout = find_layout(path)
   spec = unet_spec(path)
   check_image_shape(spec, tuple(image_shape), path)
@@ -448,7 +448,7 @@ def load_params(config, mesh, image_shape) -> tuple[dict, dict]:
     log.info("%s: %s weights upcast to float32", layout.weights, "/".join(dtypes))
   tree = {"unet": to_flax_tree(tensors, spec, layout.weights)}
   shapes = jax.tree_util.tree_map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), tree)
-  shardings = sharding.state_shardings({"ema_params": shapes}, mesh, config.mesh.param_rules)
+  shardings = sharding.state_shardings({"ema_params": shapes}, mesh, param_rules)
   params = jax.tree_util.tree_map(
     lambda a, s: jax.make_array_from_callback(a.shape, s, lambda i, a=a: a[i]),
     tree,

@@ -26,9 +26,9 @@ class StepSpec:
   time_scale: float
 
   @classmethod
-  def from_config(cls, config) -> StepSpec:
-    """The step for this config's SDE and time embedding."""
-    return cls(sde_lib.from_config(config.sde), config.model.temb_dim, config.sde.time_scale)
+  def from_config(cls, model, sde) -> StepSpec:
+    """The step of the score network built from the `model` and `sde` groups."""
+    return cls(sde_lib.from_config(sde), model.temb_dim, sde.time_scale)
 
 
 def reference_reverse_step(

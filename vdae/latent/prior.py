@@ -55,14 +55,15 @@ class LatentDenoiser(nn.Module):
     return nn.Dense(self.latent_dim, kernel_init=nn.initializers.zeros)(h)
 
 
-def model_from_config(config) -> LatentDenoiser:
-  p = config.prior
+def model_from_config(prior, latent_dim: int, time_scale: float) -> LatentDenoiser:
+  """The denoiser of the `prior` group for codes of latent_dim (encoder.latent_dim),
+  its time scaled like the score network's (sde.time_scale)."""
   return LatentDenoiser(
-    latent_dim=config.encoder.latent_dim,
-    width=p.width,
-    depth=p.depth,
-    temb_dim=p.temb_dim,
-    time_scale=config.sde.time_scale,
+    latent_dim=latent_dim,
+    width=prior.width,
+    depth=prior.depth,
+    temb_dim=prior.temb_dim,
+    time_scale=time_scale,
   )
 
 
@@ -157,11 +158,11 @@ def prior_loss_from_table(model: LatentDenoiser, sde: sde_lib.SDE):
   return loss_fn
 
 
-def sampling_config(config):
-  """config.sampling with the prior's own method and step count."""
-  cfg = config.sampling.copy_and_resolve_references()
+def sampling_config(sampling, prior):
+  """The `sampling` group with the `prior` group's own method and step count."""
+  cfg = sampling.copy_and_resolve_references()
   with cfg.unlocked():
-    cfg.method, cfg.num_steps = config.prior.sample_method, config.prior.sample_num_steps
+    cfg.method, cfg.num_steps = prior.sample_method, prior.sample_num_steps
   return cfg
 
 
@@ -170,7 +171,7 @@ class LearnedPrior:
 
   def __init__(self, config, params: Params, norm: Normaliser):
     self.config, self.params, self.norm = config, params, norm
-    self.model = model_from_config(config)
+    self.model = model_from_config(config.prior, config.encoder.latent_dim, config.sde.time_scale)
     self.sde = sde_lib.from_config(config.sde)
     self.spec = StepSpec(self.sde, config.prior.temb_dim, config.sde.time_scale)
     self._samplers: dict[int, samplers.CompiledSampler] = {}
@@ -180,7 +181,7 @@ class LearnedPrior:
       model = self.model
       self._samplers[n] = samplers.compile_sampler(
         lambda params: (lambda z, t, temb=None: model.apply({"params": params}, z, t), None),
-        sampling_config(self.config),
+        sampling_config(self.config.sampling, self.config.prior),
         self.sde,
         self.spec,
         (n, model.latent_dim),

@@ -29,22 +29,24 @@ def check_downsampling(image_shape, channel_mults, field: str, what: str) -> Non
     )
 
 
-def check_score_model(config, image_shape) -> None:
-  check_downsampling(image_shape, config.model.channel_mults, "model.channel_mults", "score U-Net")
+def check_score_model(model, image_shape) -> None:
+  """The config's `model` group against the images."""
+  check_downsampling(image_shape, model.channel_mults, "model.channel_mults", "score U-Net")
 
 
-def check_refiner(config, image_shape) -> None:
-  check_vae(config, image_shape)
-  check_downsampling(image_shape, config.refiner.channel_mults, "refiner.channel_mults", "refiner")
+def check_encoder(encoder, image_shape) -> None:
+  """The config's `encoder` group (the VDAE's and the VAE's) against the images."""
+  check_downsampling(image_shape, encoder.channel_mults, "encoder.channel_mults", "encoder")
 
 
-def check_encoder(config, image_shape) -> None:
-  check_downsampling(image_shape, config.encoder.channel_mults, "encoder.channel_mults", "encoder")
+def check_refiner(refiner, image_shape) -> None:
+  """The config's `refiner` group against the images."""
+  check_downsampling(image_shape, refiner.channel_mults, "refiner.channel_mults", "refiner")
 
 
-def check_vae(config, image_shape) -> None:
-  check_encoder(config, image_shape)
-  mults = tuple(config.vae.decoder_channel_mults)
+def check_vae_decoder(vae, image_shape) -> None:
+  """The config's `vae` group against the images: its decoder doubles a fixed map."""
+  mults = tuple(vae.decoder_channel_mults)
   scale = _min_side(len(mults))
   h, w = image_shape[0], image_shape[1]
   if h % scale or w % scale:

@@ -55,7 +55,7 @@ def load(
   stage's compare_keys) or image shape.
   """
   if stage.imported(config):
-    return pretrained.load_params(config, mesh, image_shape)
+    return pretrained.load_params(config.model.path, mesh, config.mesh.param_rules, image_shape)
   g = config[stage.name]
   opt, _ = state_lib.make_optimizer(g.lr, g.warmup_steps, g.num_steps, config.optim)
   hint = f"Run --mode={stage.mode} first"

@@ -19,9 +19,10 @@ from vdae.training.stages.score_model import ScoreModel, check_pairing, score_pa
 
 def make_encoder_loss(config, correction_impl: str = "reverse", kernel: str | None = None):
   """loss_fn(enc_params, batch, key, score_params) -> (loss, aux)."""
-  score_model = score.model_from_config(config)
+  score_model = score.model_from_config(config.model, config.sde)
   enc = encoder_lib.from_config(config.encoder, config.model, config.sde)
-  sde, spec, s2 = sde_lib.from_config(config.sde), StepSpec.from_config(config), config.stage2
+  sde, s2 = sde_lib.from_config(config.sde), config.stage2
+  spec = StepSpec.from_config(config.model, config.sde)
 
   def loss_fn(params, batch, key, score_params):
     return objective.vdae_loss(
@@ -56,7 +57,7 @@ class Encoder(Stage):
   @classmethod
   def check_shape(cls, config, image_shape):
     ScoreModel.check_shape(config, image_shape)
-    sizes.check_encoder(config, image_shape)
+    sizes.check_encoder(config.encoder, image_shape)
 
   def __init__(self, ctx, score_params=None):
     """score_params: the score model's (a benchmark's); by default the stage-1

@@ -22,6 +22,10 @@ from vdae.training.stages.score_model import ScoreModel, check_pairing
 log = logging.getLogger(__name__)
 
 
+def _model(config) -> prior_lib.LatentDenoiser:
+  return prior_lib.model_from_config(config.prior, config.encoder.latent_dim, config.sde.time_scale)
+
+
 def _encode_at_zero(config):
   """jit(enc_params, x) -> (mu, log_var) of q(z | x_0): the VDAE's own encode."""
   return make_encode_fn(encoder_lib.from_config(config.encoder, config.model, config.sde))
@@ -53,7 +57,7 @@ class Prior(Stage):
   @classmethod
   def init(cls, config, image_shape):
     del image_shape
-    model = prior_lib.model_from_config(config)
+    model = _model(config)
     return lambda key: prior_lib.init_params(model, key)
 
   def __init__(self, ctx):
@@ -67,7 +71,7 @@ class Prior(Stage):
     # q(z)'s moments over the images as stored (flips or not).
     self.norm = norm = prior_lib.Normaliser.from_posteriors(*posteriors[0])
     rep = lambda a: sharding.replicated_from_host(a, ctx.mesh)
-    model, sde = prior_lib.model_from_config(cfg), sde_lib.from_config(cfg.sde)
+    model, sde = _model(cfg), sde_lib.from_config(cfg.sde)
     rows = np.arange(len(split)) if split.rows is None else np.asarray(split.rows)
     flips = bool(cfg.data.random_flip)
     size = prior_lib.PosteriorTable.nbytes_for(int(rows.max()) + 1, cfg.encoder.latent_dim, flips)

@@ -31,12 +31,13 @@ class Refiner(Stage):
 
   @classmethod
   def check_shape(cls, config, image_shape):
-    sizes.check_refiner(config, image_shape)
+    VAE.check_shape(config, image_shape)
+    sizes.check_refiner(config.refiner, image_shape)
 
   def __init__(self, ctx):
     super().__init__(ctx)
     cfg = ctx.config
-    self._x, self._levels = ctx.recon_batch(), sources.data_levels(cfg)
+    self._x, self._levels = ctx.recon_batch(), sources.data_levels(cfg.data, cfg.eval)
     if cfg.refiner.joint:  # its own VAE, trained with it (refined_vae.make_loss)
       model = vae_lib.model_from_config(cfg, ctx.image_shape)
       self.loss_fn = refined_vae.make_loss(cfg, model, ctx.image_shape)

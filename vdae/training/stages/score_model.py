@@ -19,12 +19,12 @@ from vdae.training.stages.base import Stage
 
 def make_sample_fn(config, shape, mesh):
   """f(score_params, key) -> unconditional samples [N, H, W, C], replicated."""
-  model = score.model_from_config(config)
+  model = score.model_from_config(config.model, config.sde)
   fn = samplers.compile_sampler(
-    lambda params: (score.eps_fn_for(model, params, config), None),
+    lambda params: (score.eps_fn_for(model, params, config.model), None),
     config.sampling,
     sde_lib.from_config(config.sde),
-    StepSpec.from_config(config),
+    StepSpec.from_config(config.model, config.sde),
     shape,
     out_sharding=sharding.replicated(mesh),
   )
@@ -38,7 +38,7 @@ class ScoreModel(Stage):
 
   @classmethod
   def init(cls, config, image_shape):
-    model = score.model_from_config(config)
+    model = score.model_from_config(config.model, config.sde)
     return lambda key: score.init_params(model, key, image_shape)
 
   @classmethod
@@ -47,7 +47,7 @@ class ScoreModel(Stage):
       path = config.model.path
       pretrained.check_image_shape(pretrained.unet_spec(path), tuple(image_shape), path)
     else:
-      sizes.check_score_model(config, image_shape)
+      sizes.check_score_model(config.model, image_shape)
 
   @classmethod
   def imported(cls, config):
@@ -56,12 +56,12 @@ class ScoreModel(Stage):
   def __init__(self, ctx):
     super().__init__(ctx)
     cfg = ctx.config
-    model, sde = score.model_from_config(cfg), sde_lib.from_config(cfg.sde)
+    model, sde = score.model_from_config(cfg.model, cfg.sde), sde_lib.from_config(cfg.sde)
 
     def loss_fn(params, batch, key, frozen):
       del frozen
       k_loss, k_drop = jax.random.split(key)
-      eps_fn = score.eps_fn_for(model, params, cfg, train=True, rngs={"dropout": k_drop})
+      eps_fn = score.eps_fn_for(model, params, cfg.model, train=True, rngs={"dropout": k_drop})
       return losses.dsm_loss(eps_fn, batch["image"], k_loss, sde, cfg.stage1.likelihood_weighting)
 
     self.loss_fn = loss_fn

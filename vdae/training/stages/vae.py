@@ -24,7 +24,8 @@ class VAE(Stage):
 
   @classmethod
   def check_shape(cls, config, image_shape):
-    sizes.check_vae(config, image_shape)
+    sizes.check_encoder(config.encoder, image_shape)
+    sizes.check_vae_decoder(config.vae, image_shape)
 
   def __init__(self, ctx):
     super().__init__(ctx)
