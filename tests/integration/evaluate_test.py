@@ -204,7 +204,7 @@ def test_stage2_gain_reads_the_losses_and_the_factors_of_the_run(tiny_run):
   assert read["background"][0] > 0.8, read["background"]
   from vdae.evaluation import classifier
 
-  model, params, meta = classifier.load_or_train(config, workdir, ctx.splits)
+  model, params, meta = classifier.load_or_train(config.eval, config.data, workdir, ctx.splits)
   judge = classifier.make_factor_predict(model, params, classifier.codec_from_meta(meta))
   f = train.factors.take(np.arange(32))
   judged = stage2_gain.judge_reads(ae, config, x0[:32], f, ts, judge, seed=0, batch=16)

@@ -57,7 +57,7 @@ def digits_classifier(tmp_path_factory):
   config = digits.get_config()
   workdir = str(tmp_path_factory.mktemp("clf"))
   splits = sources.load_splits(config.data)
-  model, params, meta = classifier.load_or_train(config, workdir, splits)
+  model, params, meta = classifier.load_or_train(config.eval, config.data, workdir, splits)
   return config, workdir, splits, model, params, meta
 
 
@@ -76,7 +76,7 @@ def test_classifier_reaches_95_percent_on_digits(digits_classifier):
 def test_classifier_is_cached_and_reused(digits_classifier):
   config, workdir, splits, model, params, _ = digits_classifier
   assert os.path.exists(os.path.join(workdir, "classifier", "params.npz"))
-  _, again, _ = classifier.load_or_train(config, workdir, splits)  # no retraining
+  _, again, _ = classifier.load_or_train(config.eval, config.data, workdir, splits)  # no retraining
   x = splits["test"].arrays(8)["image"]
   np.testing.assert_allclose(
     classifier.make_predict(model, again)(x)[0],
@@ -175,7 +175,7 @@ def test_the_judge_reads_every_factor_of_shapes_and_is_cached(tiny_config, tmp_p
   c.data.shapes_num_train, c.data.shapes_num_test = 1000, 300
   c.eval.classifier_steps = 250
   splits = sources.load_splits(c.data)
-  _, _, meta = classifier.load_or_train(c, str(tmp_path), splits)
+  _, _, meta = classifier.load_or_train(c.eval, c.data, str(tmp_path), splits)
   err, truth = meta["factor_error"], splits["test"].factors
   spread = {n: float(np.std(truth.values[:, j])) for j, n in enumerate(truth.names)}
   assert err["shape"] < 0.4 and meta["test_accuracy"] > 0.6  # chance: 1/3
@@ -185,5 +185,5 @@ def test_the_judge_reads_every_factor_of_shapes_and_is_cached(tiny_config, tmp_p
     assert err[name] < 0.5, (name, err)
   # Cached: a second call reads the judge back instead of training it.
   monkeypatch.setattr(classifier, "train_classifier", lambda *a, **k: 1 / 0)
-  _, _, again = classifier.load_or_train(c, str(tmp_path), splits)
+  _, _, again = classifier.load_or_train(c.eval, c.data, str(tmp_path), splits)
   assert again["factor_error"] == err

@@ -211,7 +211,8 @@ def main():
       "from the code:", ", ".join(f"{n} {v:.3f}" for n, v in rows["readable_from_code"].items())
     )
     if args.judge:
-      model, params, meta = classifier.load_or_train(config, args.workdir, ctx.splits)
+      judge = classifier.load_or_train(config.eval, config.data, args.workdir, ctx.splits)
+      model, params, meta = judge
       read = classifier.make_factor_predict(model, params, classifier.codec_from_meta(meta))
       n = min(len(x0), 512)
       judged = judge_reads(ae, config, x0[:n], f.take(np.arange(n)), ts, read, config.seed)

@@ -114,7 +114,7 @@ def edit(config, workdir: str) -> str:
   f = train.factors
   names, kinds = f.names, f.kinds
   sds = [factor_sd(f.values[:, j], k) for j, k in enumerate(kinds)]
-  model, params, meta = classifier.load_or_train(config, workdir, ctx.splits)
+  model, params, meta = classifier.load_or_train(config.eval, config.data, workdir, ctx.splits)
   codec = classifier.codec_from_meta(meta)
   read_factors = classifier.make_factor_predict(model, params, codec)
   n_train = min(len(train), ed.num_train)

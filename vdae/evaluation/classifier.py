@@ -264,8 +264,9 @@ def factor_errors(read: np.ndarray, truth) -> dict[str, float]:
   return out
 
 
-def load_or_train(config, workdir: str, splits) -> tuple[Classifier, Params, dict]:
-  """The cached (or freshly trained) classifier for this workdir's data.
+def load_or_train(eval_cfg, data_cfg, workdir: str, splits) -> tuple[Classifier, Params, dict]:
+  """The cached (or freshly trained) classifier for this workdir's data: its shape and
+  training from the `eval` group, the `data` group recorded beside it.
 
   Returns (model, params, meta); meta['test_accuracy'] is its accuracy on the
   whole test split. Raises DataError if the data has no labels.
@@ -273,7 +274,7 @@ def load_or_train(config, workdir: str, splits) -> tuple[Classifier, Params, dic
   train, test = splits["train"], splits["test"]
   if not train.has_labels:
     raise DataError("the classifier needs labels; this dataset has none.")
-  ev = config.eval
+  ev = eval_cfg
   tr = train.arrays()
   num_classes = int(tr["label"].max()) + 1
   codec = None
@@ -281,7 +282,7 @@ def load_or_train(config, workdir: str, splits) -> tuple[Classifier, Params, dic
     codec = FactorCodec.fit(train.factors.kinds, train.factors.values)
   width = 0 if codec is None else codec.width
   model = Classifier(num_classes, ev.classifier_channels, ev.classifier_features, width)
-  meta = _meta(ev, config.data, train.image_shape, num_classes, codec)
+  meta = _meta(ev, data_cfg, train.image_shape, num_classes, codec)
   path = os.path.join(workdir, "classifier")
   params = _load(path, meta)
   if params is None:

@@ -93,7 +93,7 @@ class Judge:
     if not self.labelled:
       log.info("the data has no labels: skipping classifier, FID and probe metrics")
       return
-    model, params, meta = classifier.load_or_train(config, workdir, splits)
+    model, params, meta = classifier.load_or_train(config.eval, config.data, workdir, splits)
     self.predict = classifier.make_predict(model, params)
     _, self.test_feats = self.predict(splits["test"].arrays()["image"])
     n = min(len(splits["train"]), max(config.eval.num_samples, 2))
