@@ -41,6 +41,15 @@ def tiny_config():
   return tiny.get_config()
 
 
+@pytest.fixture
+def mini_config(tiny_config):
+  """The tiny config with procs.MINI's networks and constant schedule, for tests of a
+  loop's or a stage's wiring: cheaper to compile, and programs shared across run lengths."""
+  from tests.support import procs
+
+  return procs.mini(tiny_config)
+
+
 # pytest-xdist's --dist loadfile hands files to workers in collection order, so a long
 # file collected last runs alone at the end. Longest first (measured, BUILD.md "Test")
 # keeps both workers busy to the end; files not named keep their order after these.

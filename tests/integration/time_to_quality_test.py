@@ -13,12 +13,8 @@ from vdae.training import stages
 
 @pytest.mark.slow
 @pytest.mark.timeout(600)
-def test_each_checkpoint_is_scored_at_its_wall_time(tmp_path, tiny_config):
-  from tests.support import procs
-
-  cfg, wd = tiny_config, str(tmp_path)
-  # procs.MINI's networks (one level, no attention): the benchmark's wiring, cheaper to compile.
-  ttq.apply_overrides(cfg, [flag.removeprefix("--config.") for flag in procs.MINI[1:]])
+def test_each_checkpoint_is_scored_at_its_wall_time(tmp_path, mini_config):
+  cfg, wd = mini_config, str(tmp_path)
   rows, judged = ttq.measure(cfg, wd, "stage1", every=2)
   assert [r["step"] for r in rows] == [2, 4, 6]
   walls = [r["wall_seconds"] for r in rows]

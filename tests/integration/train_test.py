@@ -45,8 +45,8 @@ def test_same_step_same_numbers_on_1_and_4_devices(tmp_path, tiny_config):
 
 @pytest.mark.slow
 @pytest.mark.timeout(240)
-def test_profile_steps_write_a_trace_tensorboard_opens(tmp_path, tiny_config):
-  cfg = tiny_config
+def test_profile_steps_write_a_trace_tensorboard_opens(tmp_path, mini_config):
+  cfg = mini_config
   cfg.stage1.num_steps = 4
   cfg.loop.profile_steps = (2, 3)
   stages.train("stage1", cfg, str(tmp_path))
@@ -57,8 +57,8 @@ def test_profile_steps_write_a_trace_tensorboard_opens(tmp_path, tiny_config):
 
 @pytest.mark.slow
 @pytest.mark.timeout(240)
-def test_resume_after_preemption_reaches_the_same_parameters(tmp_path, tiny_config, monkeypatch):
-  cfg = tiny_config
+def test_resume_after_preemption_reaches_the_same_parameters(tmp_path, mini_config, monkeypatch):
+  cfg = mini_config
   cfg.stage1.num_steps = 6
   cfg.stage1.checkpoint_every = 100  # only the preemption save and the final one
   full = stages.train("stage1", cfg, str(tmp_path / "full"))
@@ -83,8 +83,8 @@ def test_resume_after_preemption_reaches_the_same_parameters(tmp_path, tiny_conf
 
 @pytest.mark.slow
 @pytest.mark.timeout(240)
-def test_stage2_gradient_path_and_checkpoint_errors(tmp_path, tiny_config):
-  cfg = tiny_config
+def test_stage2_gradient_path_and_checkpoint_errors(tmp_path, mini_config):
+  cfg = mini_config
   with pytest.raises(CheckpointError, match="no stage-1 checkpoint"):
     stages.trainer("stage2", cfg, str(tmp_path))
   assert not (tmp_path / "stage2").exists()

@@ -33,8 +33,8 @@ def test_the_refiners_gradient_never_reaches_the_vae(tiny_config):
 
 @pytest.mark.slow
 @pytest.mark.timeout(300)
-def test_training_the_refiner_leaves_the_vae_checkpoint_alone_and_decodes(tmp_path, tiny_config):
-  cfg = tiny_config
+def test_training_the_refiner_leaves_the_vae_checkpoint_alone_and_decodes(tmp_path, mini_config):
+  cfg = mini_config
   wd = str(tmp_path)
   mesh = sharding.make_mesh(cfg.mesh)
   stages.train("vae", cfg, wd, mesh)
@@ -101,9 +101,9 @@ def test_joint_training_lets_the_dsm_gradient_into_the_vae_only_through_x_bar(
 @pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_a_jointly_trained_refiner_needs_no_vae_stage_and_decodes_with_its_own_vae(
-  tmp_path, tiny_config
+  tmp_path, mini_config
 ):
-  cfg = tiny_config
+  cfg = mini_config
   cfg.refiner.joint = True
   wd = str(tmp_path)
   mesh = sharding.make_mesh(cfg.mesh)
