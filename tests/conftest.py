@@ -50,19 +50,29 @@ def mini_config(tiny_config):
   return procs.mini(tiny_config)
 
 
-# pytest-xdist's --dist loadfile hands files to workers in collection order, so a long
-# file collected last runs alone at the end. Longest first (measured, BUILD.md "Test")
-# keeps both workers busy to the end; files not named keep their order after these.
+# pytest-xdist's --dist loadfile hands files to workers in the order it queues them, the next
+# to a worker with two tests or fewer left, so a long file queued last runs alone at the end.
+# Longest first (worker seconds, measured: BUILD.md "Test") keeps both workers busy to the
+# end; files not named keep their order after these. pytest-xdist (3.8) would queue files by
+# their number of tests instead (--loadscope-reorder, its default): pytest_configure turns
+# that off.
 LONGEST_FIRST = (
-  "tests/integration/pipeline_faults_test.py",
   "tests/integration/multihost_test.py",
+  "tests/integration/pipeline_faults_test.py",
   "tests/integration/evaluate_test.py",
   "tests/integration/imported_test.py",
-  "tests/integration/accelerator_check_test.py",
-  "tests/unit/refined_vae_test.py",
   "tests/integration/faults_test.py",
   "tests/integration/train_test.py",
+  "tests/integration/accelerator_check_test.py",
+  "tests/unit/refined_vae_test.py",
+  "tests/unit/evaluation_test.py",
+  "tests/integration/time_to_quality_test.py",
 )
+
+
+def pytest_configure(config):
+  if hasattr(config.option, "loadscopereorder"):
+    config.option.loadscopereorder = False
 
 
 def pytest_collection_modifyitems(config, items):
