@@ -57,16 +57,18 @@ def mini_config(tiny_config):
 # their number of tests instead (--loadscope-reorder, its default): pytest_configure turns
 # that off.
 LONGEST_FIRST = (
-  "tests/integration/multihost_test.py",
   "tests/integration/pipeline_faults_test.py",
+  "tests/integration/multihost_test.py",
   "tests/integration/evaluate_test.py",
   "tests/integration/imported_test.py",
   "tests/integration/faults_test.py",
-  "tests/integration/train_test.py",
   "tests/integration/accelerator_check_test.py",
-  "tests/unit/refined_vae_test.py",
   "tests/unit/evaluation_test.py",
-  "tests/integration/time_to_quality_test.py",
+  "tests/unit/refined_vae_test.py",
+  "tests/integration/train_test.py",
+  "tests/integration/bad_input_test.py",
+  "tests/unit/models_test.py",
+  "tests/unit/samplers_test.py",
 )
 
 
