@@ -94,3 +94,30 @@ def test_a_reader_restores_only_the_copy_it_asks_for_and_reuses_it_within_a_scop
     np.testing.assert_array_equal(load()["dense"]["bias"], 4 * np.ones(2))
   ck.close()
   assert load() is not first
+
+
+def test_a_checkpoint_of_other_networks_is_named_as_such_and_left_in_place(tmp_path):
+  """Not "damaged": its arrays are whole, under other names. Nothing is moved aside."""
+  ck = checkpoint.Checkpointer(str(tmp_path / "ck"), keep=3, async_save=False)
+  saved = {"params": {"Dense_0": {"kernel": jnp.ones((2, 3))}}, "step": jnp.int32(2)}
+  ck.save(2, saved, None, {"stage": "x", "config": {}, "image_shape": []}, force=True)
+  ck.wait()
+  renamed = {"params": {"out": {"kernel": jnp.ones((2, 3))}}, "step": jnp.int32(0)}
+  target = checkpoint.abstract_like(renamed, jax.tree.map(lambda a: a.sharding, renamed))
+  with pytest.raises(CheckpointError, match=r"holds other networks") as e:
+    ck.restore(target)
+  ck.close()
+  assert "params/out/kernel" in str(e.value) and "params/Dense_0/kernel" in str(e.value)
+  assert ck.steps() == [2] and not os.path.exists(tmp_path / "ck.damaged")
+  # Damage is still damage: the same tree with its arrays gone is not "other networks".
+  ck = checkpoint.Checkpointer(str(tmp_path / "ck2"), keep=3, async_save=False)
+  ck.save(2, saved, None, {"stage": "x", "config": {}, "image_shape": []}, force=True)
+  ck.wait()
+  for root, _, names in os.walk(tmp_path / "ck2" / "2" / "state"):
+    for n in names:
+      if "ocdbt" in root or n.endswith(".ocdbt"):
+        os.remove(os.path.join(root, n))
+  target = checkpoint.abstract_like(saved, jax.tree.map(lambda a: a.sharding, saved))
+  with pytest.raises(CheckpointError, match=r"none of the checkpoints .* could be restored"):
+    ck.restore(target)
+  ck.close()

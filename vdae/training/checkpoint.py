@@ -142,6 +142,13 @@ def _state_handler() -> ocp.PyTreeCheckpointHandler:
   )
 
 
+def _array_paths(tree: Any) -> set[str]:
+  """'params/Dense_0/kernel'-style paths of a tree's leaves, alike for a live state (struct
+  fields, optax's named tuples) and for Orbax's metadata of it (nested dicts)."""
+  name = lambda k: str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k))))
+  return {"/".join(map(name, p)) for p, _ in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+
 class Checkpointer:
   """Saves and restores {state, data iterator, meta} for one training stage."""
 
@@ -248,10 +255,37 @@ class Checkpointer:
             str(e).splitlines()[0][:300],
           )
           errors.append(f"step {s}: {type(e).__name__}")
+    newest = candidates[0]
+    differs = self._tree_difference(newest, target)
+    if differs:
+      raise CheckpointError(
+        f"{self.directory}/{newest} holds other networks than this config and this vdae "
+        f"build ({differs}). Read it with the config and vdae version that wrote it (its "
+        "meta records both), or move the directory aside to start afresh."
+      )
     raise CheckpointError(
       f"none of the checkpoints in {self.directory} could be restored ({'; '.join(errors)}). "
       "Move the directory aside to start afresh."
     )
+
+  def _tree_difference(self, step: int, target: Any) -> str | None:
+    """What `step`'s saved state lacks of `target`'s arrays, when it lacks any: a
+    checkpoint of other networks, not a damaged one. None when it has them all or its
+    metadata does not read (then it is damage, said as such)."""
+    reader = ocp.StandardCheckpointer()
+    try:
+      saved = reader.metadata(os.path.join(self.directory, str(step), "state")).item_metadata
+      have = _array_paths(saved.tree)
+    except Exception:  # noqa: BLE001 - unreadable metadata is damage, not a format
+      return None
+    finally:
+      reader.close()
+    missing = sorted(_array_paths(target) - have)
+    if not missing:
+      return None
+    extra = sorted(have - _array_paths(target))
+    said = f"{len(missing)} of the arrays it needs are not in it, e.g. {missing[0]}"
+    return said + (f"; it has {len(extra)} it does not need, e.g. {extra[0]}" if extra else "")
 
   def _readable(self, step: int, with_data: bool) -> bool:
     """Whether this process can read what it alone reads of `step`: the metadata and
