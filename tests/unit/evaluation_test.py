@@ -61,6 +61,7 @@ def digits_classifier(tmp_path_factory):
   return config, workdir, splits, model, params, meta
 
 
+@pytest.mark.slow  # trains a judge to a quality threshold
 @pytest.mark.timeout(120)
 def test_classifier_reaches_95_percent_on_digits(digits_classifier):
   _, _, splits, model, params, meta = digits_classifier
@@ -72,6 +73,7 @@ def test_classifier_reaches_95_percent_on_digits(digits_classifier):
   assert feats.shape == (len(test["image"]), meta["features"])
 
 
+@pytest.mark.slow  # trains a judge to a quality threshold
 @pytest.mark.timeout(60)
 def test_classifier_is_cached_and_reused(digits_classifier):
   config, workdir, splits, model, params, _ = digits_classifier
@@ -165,6 +167,7 @@ def test_factor_codec_round_trips_and_scores_its_own_targets_zero():
   assert float(codec.loss(wrong, values)) > 0.3
 
 
+@pytest.mark.slow  # trains a judge to a quality threshold
 @pytest.mark.timeout(300)
 def test_the_judge_reads_every_factor_of_shapes_and_is_cached(tiny_config, tmp_path, monkeypatch):
   """On shapes the judge predicts all 7 factors from the features FID uses: far better

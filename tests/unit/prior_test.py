@@ -32,6 +32,7 @@ def test_normaliser_is_the_aggregate_posteriors_mean_and_std():
   np.testing.assert_array_equal(back.scale, norm.scale)
 
 
+@pytest.mark.slow  # trains the prior to a quality threshold
 def test_prior_trained_on_gaussian_codes_recovers_their_mean_and_covariance(tiny_config):
   """The codes z ~ q(z | x) of 'images' x = posterior means (an identity encoder with
   log-variance log POST_VAR) are N(MEAN, COV_MU + POST_VAR I); the trained prior's
