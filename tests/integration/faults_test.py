@@ -10,7 +10,6 @@ import os
 import random
 import re
 import shutil
-import signal
 import sys
 import time
 
@@ -130,14 +129,9 @@ def test_sigterm_saves_at_the_next_step_and_exits_143(cache, reference, tmp_path
     "--config.stage1.checkpoint_every=1000",
   )  # only the preemption save
   p = procs.Proc(procs.driver(*flags), procs.child_env(cache), str(tmp_path / "cut.log"))
-  try:
-    tb = os.path.join(wd, "tensorboard", "stage1")
-    procs.wait_for(lambda: os.path.isdir(tb) and os.listdir(tb), 120, "training", [p])
-    p.signal(signal.SIGTERM)
-    rc = p.wait(timeout=120)
-  finally:
-    p.kill()
-  out = p.output()
+  tb = os.path.join(wd, "tensorboard", "stage1")
+  training = lambda: os.path.isdir(tb) and os.listdir(tb)
+  rc, out = procs.sigterm_when(p, training, 120, "training", grace=120)
   assert rc == 143, out[-4000:]
   k = int(re.search(r"stage1: preempted; checkpoint saved at step (\d+)", out).group(1))
   assert procs.steps(_ckpt(wd)) == [k] and k < N

@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import shutil
 
+import jax
 import numpy as np
 import pytest
 
@@ -54,10 +55,4 @@ def test_every_stage_resumes_from_its_saved_state(workdir):
     state = stages.train(name, cfg, workdir)
     assert int(state.step) == workdir_fixture.STEPS + 1, name
     assert procs.steps(stages.checkpoint_dir(name, cfg, workdir)) == [workdir_fixture.STEPS + 1]
-    assert np.all([np.isfinite(np.asarray(a)).all() for a in _leaves(state.params)]), name
-
-
-def _leaves(tree):
-  import jax
-
-  return jax.tree.leaves(tree)
+    assert all(np.isfinite(np.asarray(a)).all() for a in jax.tree.leaves(state.params)), name

@@ -12,7 +12,6 @@ import os
 import random
 import re
 import shutil
-import signal
 import sys
 import time
 
@@ -142,13 +141,8 @@ def test_sigterm_during_evaluation_exits_143_and_writes_nothing(cache, reference
     *FLAGS,
   ]
   job = _start(cache, argv, str(tmp_path / "eval.log"))
-  try:
-    procs.wait_for(lambda: "evaluate: classifier took" in job.output(), 240, "evaluation", [job])
-    job.signal(signal.SIGTERM)
-    rc = job.wait(timeout=240)
-  finally:
-    job.kill()
-  out = job.output()
+  began = lambda: "evaluate: classifier took" in job.output()
+  rc, out = procs.sigterm_when(job, began, 240, "evaluation")
   assert rc == 143, out[-4000:]
   assert "preempted during evaluation" in out and "Traceback" not in out
   assert not os.path.exists(os.path.join(wd, "eval", "metrics.json"))
@@ -184,15 +178,9 @@ def _sigterm_between_stages(cache, wd: str, log: str) -> None:
   (A stage's progress bar in this run's log: its SIGTERM handler is in place, even where
   an earlier run wrote that checkpoint.)"""
   job = _start(cache, _all(wd), log)
-  try:
-    final = os.path.join(wd, "stage1", "checkpoints", "60")
-    done = lambda: os.path.isdir(final) and re.search(r"stage[12]: ", job.output())
-    procs.wait_for(done, 300, "stage 1's last checkpoint", [job])
-    job.signal(signal.SIGTERM)
-    rc = job.wait(timeout=240)
-  finally:
-    job.kill()
-  out = job.output()
+  final = os.path.join(wd, "stage1", "checkpoints", "60")
+  done = lambda: os.path.isdir(final) and re.search(r"stage[12]: ", job.output())
+  rc, out = procs.sigterm_when(job, done, 300, "stage 1's last checkpoint")
   assert rc == 143, out[-4000:]
   assert "Traceback" not in out
   assert not os.path.exists(os.path.join(wd, "eval", "metrics.json"))

@@ -61,12 +61,17 @@ MINI_FIELDS = {
 MINI = ("--config=configs/tiny.py", *(f"--config.{k}={v}" for k, v in MINI_FIELDS.items()))
 
 
-def mini(config):
-  """`config` (in this process) with MINI's fields."""
-  for key, value in MINI_FIELDS.items():
+def set_fields(config, fields: dict):
+  """`config` (in this process) with {"group.field": value} set."""
+  for key, value in fields.items():
     group, field = key.split(".")
     config[group][field] = value
   return config
+
+
+def mini(config):
+  """`config` (in this process) with MINI's fields."""
+  return set_fields(config, MINI_FIELDS)
 
 
 def compile_cache(request, tmp_path_factory) -> str:
@@ -156,6 +161,18 @@ class Proc:
       raise AssertionError(f"timed out after {timeout}s:\n{self.output()[-4000:]}") from e
     self._f.close()
     return rc
+
+
+def sigterm_when(p: Proc, cond, timeout: float, what: str, grace: float = 240) -> tuple[int, str]:
+  """SIGTERM to `p` once cond() holds, then its exit status (within `grace` s) and output;
+  `p` is killed whatever happens."""
+  try:
+    wait_for(cond, timeout, what, [p])
+    p.signal(signal.SIGTERM)
+    rc = p.wait(timeout=grace)
+  finally:
+    p.kill()
+  return rc, p.output()
 
 
 def run(argv: Sequence[str], env: dict[str, str], log: str, timeout: float) -> tuple[int, str]:

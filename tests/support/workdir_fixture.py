@@ -37,11 +37,7 @@ def config():
   """procs.MINI's tiny config with FIELDS: the config the fixture was trained with."""
   from configs import tiny
 
-  c = procs.mini(tiny.get_config())
-  for key, value in FIELDS.items():
-    group, field = key.split(".")
-    c[group][field] = value
-  return c
+  return procs.set_fields(procs.mini(tiny.get_config()), FIELDS)
 
 
 def inputs(latent_dim: int) -> dict[str, np.ndarray]:
