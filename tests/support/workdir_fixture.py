@@ -69,21 +69,21 @@ def outputs(cfg, workdir: str) -> dict[str, np.ndarray]:
   x, t, z = (jnp.asarray(inp[k]) for k in ("x", "t", "z"))
   out = {}
   net = score.model_from_config(cfg.model, cfg.sde)
-  out["score_model"] = net.apply({"params": load("stage1")}, x, t)
+  out["score_model"] = net.apply(load("stage1"), x, t)
   enc = encoder_lib.from_config(cfg.encoder, cfg.model, cfg.sde)
-  out["encoder_mu"], out["encoder_log_var"] = enc.apply({"params": load("stage2")}, x, t)
+  out["encoder_mu"], out["encoder_log_var"] = enc.apply(load("stage2"), x, t)
   vae = vae_lib.model_from_config(cfg, SHAPE)
   vae_params = load("vae")
   out["vae_mu"], out["vae_log_var"] = vae.encode(vae_params, x)
   out["vae_decoded"] = vae.decode(vae_params, z)
   refiner = refined_vae.network(cfg.refiner, cfg.model, SHAPE[-1])
   u_and_x_bar = jnp.concatenate([x, x[::-1]], axis=-1)
-  out["refiner"] = refiner.apply({"params": load("refiner")}, u_and_x_bar, t)
+  out["refiner"] = refiner.apply(load("refiner"), u_and_x_bar, t)
   prior = prior_lib.model_from_config(cfg.prior, cfg.encoder.latent_dim, cfg.sde.time_scale)
-  out["prior"] = prior.apply({"params": load("prior")}, z, t)
+  out["prior"] = prior.apply(load("prior"), z, t)
   splits = sources.load_splits(cfg.data)
   judge, judge_params, _ = classifier.load_or_train(cfg.eval, cfg.data, workdir, splits)
-  out["judge_logits"], out["judge_features"], _ = judge.apply({"params": judge_params}, x)
+  out["judge_logits"], out["judge_features"], _ = judge.apply(judge_params, x)
   return {k: np.asarray(v) for k, v in out.items()}
 
 

@@ -13,6 +13,7 @@ from vdae.kernels import fused_step
 from vdae.latent import correction as latent
 from vdae.latent import objective
 from vdae.models import encoder as encoder_lib
+from vdae.models.network import Network
 
 L, D, S2_NOISE = 2, 6, 0.05
 
@@ -70,11 +71,17 @@ def test_log_q_matches_scipy_and_drops_only_the_logvar_term():
 
 
 def _conv_encoder(latent_dim=3):
-  enc = encoder_lib.Encoder(
-    latent_dim=latent_dim, channels=8, channel_mults=(1, 2), num_res_blocks=1, groups=4, temb_dim=16
+  enc = Network(
+    encoder_lib.Encoder,
+    latent_dim=latent_dim,
+    channels=8,
+    channel_mults=(1, 2),
+    num_res_blocks=1,
+    groups=4,
+    temb_dim=16,
   )
   x = jax.random.normal(jax.random.key(0), (4, 8, 8, 1))
-  params = enc.init(jax.random.key(1), x, jnp.ones((4,)))["params"]
+  params = enc.init(jax.random.key(1), x.shape[1:])
   # Random (non-zero) params everywhere so the test sees a real dependence on x.
   leaves, tree = jax.tree.flatten(params)
   keys = jax.random.split(jax.random.key(2), len(leaves))
@@ -87,7 +94,7 @@ def _conv_encoder(latent_dim=3):
 @pytest.mark.parametrize("logvar_term", [True, False])
 def test_reverse_mode_equals_jacfwd(logvar_term):
   enc, params, x = _conv_encoder()
-  encode_fn = lambda xx, t: enc.apply({"params": params}, xx, t)
+  encode_fn = lambda xx, t: enc.apply(params, xx, t)
   t = jnp.array([0.1, 0.3, 0.6, 0.9])
   z = jax.random.normal(jax.random.key(3), (4, 3))
   # Jitted: one compile each, not one per op of the encoder's forward and backward passes.
@@ -107,17 +114,19 @@ def _stage2_setup(form="eps"):
 
   sde = sde_lib.make("vp")
   spec = fused_step.StepSpec(sde, 16, 1000.0)
-  score = unet.UNet(channels=8, channel_mults=(1, 2), num_res_blocks=1, groups=4, temb_dim=16)
+  score = Network(
+    unet.UNet, channels=8, channel_mults=(1, 2), num_res_blocks=1, groups=4, temb_dim=16
+  )
   enc, enc_params, x = _conv_encoder()
-  sp = score.init(jax.random.key(5), x, jnp.ones((4,)))["params"]
+  sp = score.init(jax.random.key(5), x.shape[1:])
   leaves, tree = jax.tree.flatten(sp)
   keys = jax.random.split(jax.random.key(6), len(leaves))
   sp = jax.tree.unflatten(tree, [0.2 * jax.random.normal(k, p.shape) for k, p in zip(keys, leaves)])
 
   def loss(enc_params, score_params, form=form):
     return objective.vdae_loss(
-      lambda xx, t: score.apply({"params": score_params}, xx, t),
-      lambda xx, t: enc.apply({"params": enc_params}, xx, t),
+      lambda xx, t: score.apply(score_params, xx, t),
+      lambda xx, t: enc.apply(enc_params, xx, t),
       x,
       jax.random.key(7),
       sde,

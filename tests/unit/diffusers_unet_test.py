@@ -32,7 +32,7 @@ def _load(name: str):
 
 
 def _apply(spec, tree, x, t):
-  return np.asarray(diffusers_unet.UNet2DModel(spec).apply({"params": tree}, x, t))
+  return np.asarray(diffusers_unet.network_of(spec).apply(tree, x, t))
 
 
 @pytest.mark.parametrize("name", sorted(MODELS))

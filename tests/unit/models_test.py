@@ -7,6 +7,7 @@ import pytest
 
 from configs import cifar10, digits, mnist, shapes
 from vdae.models import embedding, encoder, unet
+from vdae.models.network import Network
 
 SHAPES_ACCELERATOR = lambda: shapes.get_config("accelerator")
 
@@ -29,11 +30,11 @@ def test_unet_shapes_for_every_experiment_config(get_config, shape):
   model = unet.from_config(c.model, c.sde)
   x = jax.ShapeDtypeStruct((2, *shape), jnp.float32)
   t = jax.ShapeDtypeStruct((2,), jnp.float32)
-  variables = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros(x.shape), jnp.ones(2)))
+  variables = jax.eval_shape(lambda: model.init(jax.random.key(0), shape))
   out = jax.eval_shape(lambda v, x, t: model.apply(v, x, t), variables, x, t)
   assert out.shape == x.shape and out.dtype == jnp.float32
   enc = encoder.from_config(c.encoder, c.model, c.sde)
-  ev = jax.eval_shape(lambda: enc.init(jax.random.key(0), jnp.zeros(x.shape), jnp.ones(2)))
+  ev = jax.eval_shape(lambda: enc.init(jax.random.key(0), shape))
   mu, lv = jax.eval_shape(lambda v, x, t: enc.apply(v, x, t), ev, x, t)
   assert mu.shape == lv.shape == (2, c.encoder.latent_dim)
 
@@ -45,7 +46,7 @@ def test_the_shapes_accelerator_config_shards_over_4_devices():
 
   c = SHAPES_ACCELERATOR()
   model = unet.from_config(c.model, c.sde)
-  v = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)), jnp.ones(1)))
+  v = jax.eval_shape(lambda: model.init(jax.random.key(0), (32, 32, 3)))
   for data, fsdp in ((-1, 1), (2, 2)):
     c.mesh.data, c.mesh.fsdp = data, fsdp
     mesh = sharding.make_mesh(c.mesh)
@@ -59,14 +60,15 @@ def test_the_shapes_accelerator_config_shards_over_4_devices():
 def test_cifar10_is_literature_scale():
   c = cifar10.get_config()
   model = unet.from_config(c.model, c.sde)
-  v = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)), jnp.ones(1)))
+  v = jax.eval_shape(lambda: model.init(jax.random.key(0), (32, 32, 3)))
   n = sum(int(np.prod(p.shape)) for p in jax.tree.leaves(v))
   assert 30e6 < n < 120e6, n  # DDPM++-sized (tens of millions of parameters)
 
 
 @pytest.mark.parametrize("emb,dtype", [("sinusoidal", "bfloat16"), ("fourier", "float32")])
 def test_unet_runs_with_bf16_compute_and_fourier_embedding(emb, dtype):
-  model = unet.UNet(
+  model = Network(
+    unet.UNet,
     channels=8,
     channel_mults=(1, 2),
     num_res_blocks=1,
@@ -79,34 +81,36 @@ def test_unet_runs_with_bf16_compute_and_fourier_embedding(emb, dtype):
   x = jax.random.normal(jax.random.key(0), (3, 8, 8, 1))
   t = jnp.array([0.1, 0.5, 0.9])
   # Jitted: one compile, not one per op (most of this test's time when eager).
-  params = jax.jit(model.init)(jax.random.key(1), x, t)["params"]
+  params = jax.jit(model.init, static_argnums=1)(jax.random.key(1), x.shape[1:])
   assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(params))  # params stay f32
-  out = jax.jit(model.apply)({"params": params}, x, t)
+  out = jax.jit(model.apply)(params, x, t)
   assert out.dtype == jnp.float32 and bool(jnp.all(jnp.isfinite(out)))
 
 
 def test_precomputed_time_features_equal_computed_ones():
-  model = unet.UNet(channels=8, channel_mults=(1,), num_res_blocks=1, groups=4, temb_dim=16)
+  model = Network(
+    unet.UNet, channels=8, channel_mults=(1,), num_res_blocks=1, groups=4, temb_dim=16
+  )
   x = jax.random.normal(jax.random.key(0), (2, 8, 8, 1))
   t = jnp.array([0.3, 0.8])
-  params = model.init(jax.random.key(1), x, t)["params"]
+  params = model.init(jax.random.key(1), x.shape[1:])
   params = jax.tree.map(lambda p: p + 0.1, params)  # make every block active
-  a = model.apply({"params": params}, x, t)
-  b = model.apply({"params": params}, x, t, False, embedding.sinusoidal(t, 16, 1000.0))
+  a = model.apply(params, x, t)
+  b = model.apply(params, x, t, False, embedding.sinusoidal(t, 16, 1000.0))
   np.testing.assert_allclose(a, b, rtol=1e-6)
-  c = model.apply({"params": params}, x, t, False, embedding.sinusoidal(t + 0.1, 16, 1000.0))
+  c = model.apply(params, x, t, False, embedding.sinusoidal(t + 0.1, 16, 1000.0))
   assert not np.allclose(a, c)
 
 
 def test_encoder_has_no_batch_coupling():
   """Each example's (mu, log_var) depends on its own input only."""
-  enc = encoder.Encoder(latent_dim=3, channels=8, groups=4, temb_dim=16)
+  enc = Network(encoder.Encoder, latent_dim=3, channels=8, groups=4, temb_dim=16)
   x = jax.random.normal(jax.random.key(0), (4, 8, 8, 1))
   t = jnp.array([0.0, 0.2, 0.5, 0.9])
-  params = enc.init(jax.random.key(1), x, t)["params"]
-  mu, lv = enc.apply({"params": params}, x, t)
+  params = enc.init(jax.random.key(1), x.shape[1:])
+  mu, lv = enc.apply(params, x, t)
   x2 = x.at[1:].set(jax.random.normal(jax.random.key(2), (3, 8, 8, 1)))
-  mu2, lv2 = enc.apply({"params": params}, x2, t)
+  mu2, lv2 = enc.apply(params, x2, t)
   np.testing.assert_allclose(mu[0], mu2[0], rtol=1e-6)
   np.testing.assert_allclose(lv[0], lv2[0], rtol=1e-6)
   assert not np.allclose(mu[1], mu2[1])
@@ -120,9 +124,9 @@ def test_encoder_with_fourier_features_is_finite_at_t0_and_reads_fourier_scale(t
   enc = encoder.from_config(c.encoder, c.model, c.sde)
   x = jax.random.normal(jax.random.key(1), (2, 8, 8, 1))
   params = encoder.init_params(enc, jax.random.key(0), (8, 8, 1))
-  mu, lv = enc.apply({"params": params}, x, jnp.zeros((2,)))
+  mu, lv = enc.apply(params, x, jnp.zeros((2,)))
   assert np.all(np.isfinite(mu)) and np.all(np.isfinite(lv))
-  at_eps = enc.apply({"params": params}, x, jnp.full((2,), c.sde.eps))
+  at_eps = enc.apply(params, x, jnp.full((2,), c.sde.eps))
   np.testing.assert_array_equal(mu, at_eps[0])  # t = 0 is read as t = eps
   w = params["TimeEmbedding_0"]["FourierFeatures_0"]["w"]
   c.model.fourier_scale = 0.5
@@ -143,7 +147,7 @@ def test_odd_and_smallest_sides_round_trip_through_the_unet(tiny_config, side, m
   sizes.check_score_model(c.model, (side, side, 1))  # accepted...
   model = unet.from_config(c.model, c.sde)
   x = jnp.zeros((2, side, side, 1))
-  v = model.init(jax.random.key(0), x, jnp.ones(2))
+  v = model.init(jax.random.key(0), x.shape[1:])
   assert model.apply(v, x, jnp.ones(2)).shape == x.shape  # ...and reproduced
 
 

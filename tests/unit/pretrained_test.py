@@ -12,10 +12,10 @@ from __future__ import annotations
 import json
 import os
 
-import flax.linen as nn
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import nnx
 
 from vdae.diffusion import score
 from vdae.diffusion import sde as sde_lib
@@ -71,15 +71,13 @@ def test_vp_sdes_drift_and_diffusion_are_consistent_with_their_marginals(kind):
   np.testing.assert_allclose(sde.time_of_noise_level(level), t, atol=1e-4)
 
 
-class _ExactGaussian(nn.Module):
+class _ExactGaussian(nnx.Module):
   """Predicts eps (or v) of Gaussian data exactly, reading t from the network timestep."""
 
-  sde: sde_lib.SDE
-  n: int
-  kind: str
+  def __init__(self, sde: sde_lib.SDE, n: int, kind: str):
+    self.sde, self.n, self.kind = sde, n, kind
 
-  @nn.compact
-  def __call__(self, x, timesteps, train=False):
+  def __call__(self, x, timesteps, train=False, rngs=None):
     t = timesteps / (self.n - 1)
     a, s = (sde_lib.bcast(v, x) for v in self.sde.marginal(t))
     eps = s * (x - a * M) / (a**2 * S**2 + s**2)
@@ -95,7 +93,7 @@ def test_imported_predictions_become_the_true_score(kind):
   net = score.ImportedScoreNet(_ExactGaussian(sde, 1000, kind), kind, sde, 999.0)
   x = jnp.asarray(np.random.default_rng(0).standard_normal((6, 4, 4, 1)), jnp.float32)
   t = jnp.asarray([0.01, 0.1, 0.3, 0.5, 0.8, 1.0])
-  eps = net.apply({}, x, t)
+  eps = net(x, t)
   a, s = (sde_lib.bcast(v, x) for v in sde.marginal(t))
   true_score = -(x - a * M) / (a**2 * S**2 + s**2)  # grad log N(x; a m, a^2 s^2 + s^2)
   got = score.eps_to_score(eps, sde.marginal(t)[1])
@@ -109,7 +107,7 @@ def test_imported_timestep_mapping_is_t_times_n_minus_1():
   x = jnp.ones((1, 2, 2, 1))
   t = jnp.asarray([0.5])
   right = score.ImportedScoreNet(_ExactGaussian(sde, 1000, "epsilon"), "epsilon", sde, 999.0)
-  assert not np.allclose(net.apply({}, x, t), right.apply({}, x, t), rtol=1e-4)
+  assert not np.allclose(net(x, t), right(x, t), rtol=1e-4)
 
 
 @pytest.mark.parametrize(

@@ -36,6 +36,7 @@ from vdae.diffusion import losses, samplers
 from vdae.diffusion import mean_reverting as mr_lib
 from vdae.kernels.reference import StepSpec
 from vdae.models import unet
+from vdae.models.network import Network
 from vdae.parallel import sharding
 from vdae.types import Array, Key, Params
 
@@ -54,12 +55,13 @@ ARCH_FIELDS = (
 )
 
 
-def network(refiner, model, channels: int) -> unet.UNet:
+def network(refiner, model, channels: int) -> Network:
   """The noise predictor eps(concat(u_t, x_bar), t) -> [B, H, W, channels] of the
   `refiner` group, with the score network's (`model` group's) norm groups, time
   embedding width and dtype."""
   rf, m = refiner, model
-  return unet.UNet(
+  return Network(
+    unet.UNet,
     channels=rf.channels,
     channel_mults=tuple(rf.channel_mults),
     num_res_blocks=rf.num_res_blocks,
@@ -78,8 +80,7 @@ def init_params(config, image_shape) -> Callable[[Key], Params]:
   joint: {"vae": the VAE's, "refiner": the refiner's}."""
   net = network(config.refiner, config.model, image_shape[-1])
   h, w, c = image_shape
-  x = jnp.zeros((1, h, w, 2 * c), jnp.float32)
-  init_refiner = lambda key: net.init(key, x, jnp.ones((1,)))["params"]
+  init_refiner = lambda key: net.init(key, (h, w, 2 * c))
   if not config.refiner.joint:
     return init_refiner
   vae = vae_lib.model_from_config(config, tuple(image_shape))
@@ -91,12 +92,12 @@ def init_params(config, image_shape) -> Callable[[Key], Params]:
   return init_joint
 
 
-def eps_fn_for(net: unet.UNet, params: Params, x_bar: Array):
+def eps_fn_for(net: Network, params: Params, x_bar: Array):
   """eps(u, t, temb=None) of the unit-variable SDE, conditioned on x_bar."""
 
   def eps_fn(u, t, temb=None):
     del temb  # the network embeds t itself
-    return net.apply({"params": params}, jnp.concatenate([u, x_bar], axis=-1), t)
+    return net.apply(params, jnp.concatenate([u, x_bar], axis=-1), t)
 
   return eps_fn
 

@@ -25,6 +25,7 @@ from vdae.diffusion import likelihood
 from vdae.latent.correction import kl_standard_normal
 from vdae.models import decoder as decoder_lib
 from vdae.models import encoder as encoder_lib
+from vdae.models.network import Network
 from vdae.parallel import sharding
 from vdae.types import Array, Key, Params
 
@@ -41,8 +42,8 @@ ARCH_FIELDS = (
 class VAEModel:
   """The two networks; params are {'encoder', 'decoder'[, 'obs_log_var']}."""
 
-  encoder: encoder_lib.Encoder
-  decoder: decoder_lib.VAEDecoder
+  encoder: Network
+  decoder: Network
   obs_log_var: float
   learn_obs_var: bool
 
@@ -50,7 +51,7 @@ class VAEModel:
     k_e, k_d = jax.random.split(key)
     params = {
       "encoder": encoder_lib.init_params(self.encoder, k_e, image_shape),
-      "decoder": self.decoder.init(k_d, jnp.zeros((1, self.encoder.latent_dim)))["params"],
+      "decoder": self.decoder.init(k_d, (self.encoder.latent_dim,)),
     }
     if self.learn_obs_var:
       params["obs_log_var"] = jnp.asarray(self.obs_log_var, jnp.float32)
@@ -58,13 +59,11 @@ class VAEModel:
 
   def encode(self, params: Params, x: Array) -> tuple[Array, Array]:
     """x [B, H, W, C] -> (mu, log_var) [B, L] of q(z | x): the encoder at t = 0."""
-    return self.encoder.apply(
-      {"params": params["encoder"]}, x, jnp.zeros((x.shape[0],), jnp.float32)
-    )
+    return self.encoder.apply(params["encoder"], x, jnp.zeros((x.shape[0],), jnp.float32))
 
   def decode(self, params: Params, z: Array) -> Array:
     """z [B, L] -> mean of p(x | z) [B, H, W, C]."""
-    return self.decoder.apply({"params": params["decoder"]}, z)
+    return self.decoder.apply(params["decoder"], z)
 
   def log_var(self, params: Params) -> Array:
     return params["obs_log_var"] if self.learn_obs_var else jnp.asarray(self.obs_log_var)

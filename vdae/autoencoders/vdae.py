@@ -37,7 +37,7 @@ def make_decode_fn(
   def make_fns(args):
     score_params, enc_params, z = args
     eps_fn = score.eps_fn_for(score_model, score_params, config.model)
-    encode_fn = lambda x, t: enc_model.apply({"params": enc_params}, x, t)
+    encode_fn = lambda x, t: enc_model.apply(enc_params, x, t)
     return eps_fn, lambda x, t: correction.correction_score(encode_fn, x, t, z, lv)
 
   return samplers.compile_sampler(
@@ -55,7 +55,7 @@ def make_encode_fn(enc_model):
   """jit(enc_params, x [N, H, W, C]) -> (mu, log_var) of q(z | x_0, t=0)."""
 
   def run(enc_params, x):
-    return enc_model.apply({"params": enc_params}, x, jnp.zeros((x.shape[0],), jnp.float32))
+    return enc_model.apply(enc_params, x, jnp.zeros((x.shape[0],), jnp.float32))
 
   return jax.jit(run)
 
@@ -205,12 +205,12 @@ class VDAE(Autoencoder):
 
     def run(score_params, enc_params, xb, key):
       k_deq, k_z, k_probe = jax.random.split(key, 3)
-      mu, lv = self.encoder.apply({"params": enc_params}, xb, jnp.zeros((len(xb),)))
+      mu, lv = self.encoder.apply(enc_params, xb, jnp.zeros((len(xb),)))
       z = mu + jnp.exp(0.5 * lv) * jax.random.normal(k_z, mu.shape)
       if ev.dequantize:
         xb = likelihood.dequantize(xb, levels, k_deq)
       eps_fn = score.eps_fn_for(self.score_model, score_params, config.model)
-      encode_fn = lambda xt, t: self.encoder.apply({"params": enc_params}, xt, t)
+      encode_fn = lambda xt, t: self.encoder.apply(enc_params, xt, t)
 
       def score_fn(xt, t):
         s = score.eps_to_score(eps_fn(xt, t), sde.marginal(t)[1])

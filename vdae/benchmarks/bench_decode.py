@@ -131,7 +131,7 @@ class Bench:
     t = jnp.full((self.batch,), 0.5)
     z = jnp.asarray(self.mu[: self.batch])
     eps_fn = lambda p, x: score.eps_fn_for(ae.score_model, p, cfg.model)(x, t)
-    enc = lambda p, x, t: ae.encoder.apply({"params": p}, x, t)
+    enc = lambda p, x, t: ae.encoder.apply(p, x, t)
     corr = lambda p, x: correction.correction_score(
       lambda xx, tt: enc(p, xx, tt), x, t, z, cfg.encoder.logvar_term
     )

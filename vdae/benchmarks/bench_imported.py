@@ -24,7 +24,6 @@ import os
 import tempfile
 
 import jax
-import numpy as np
 
 from configs import cifar10_ddpm
 from vdae.benchmarks import common
@@ -52,11 +51,8 @@ def random_checkpoint(directory: str, **changes) -> str:
   with open(os.path.join(CIFAR10_CONFIG, "scheduler_config.json")) as f:
     sched = json.load(f)
   spec = diffusers_unet.UNetSpec.from_json(cfg, "config.json")
-  model = diffusers_unet.UNet2DModel(spec)
-  x = np.zeros((1, spec.sample_size, spec.sample_size, spec.in_channels), np.float32)
-  tree = jax.jit(lambda k: model.init(k, x, np.zeros((1,), np.float32))["params"])(
-    jax.random.key(0)
-  )
+  shape = (spec.sample_size, spec.sample_size, spec.in_channels)
+  tree = jax.jit(lambda k: diffusers_unet.network_of(spec).init(k, shape))(jax.random.key(0))
   pretrained.write_checkpoint(directory, cfg, tree, sched)
   return directory
 

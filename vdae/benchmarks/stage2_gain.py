@@ -65,7 +65,7 @@ def _noised(ae, config):
     tb = jnp.full((x.shape[0],), t, jnp.float32)
     n = jax.random.normal(kn, x.shape, jnp.float32)
     xt = sde.perturb(x, tb, n)
-    encode = lambda xx, tt: ae.encoder.apply({"params": enc_params}, xx, tt)
+    encode = lambda xx, tt: ae.encoder.apply(enc_params, xx, tt)
     mu, logvar = encode(x, jnp.zeros_like(tb))
     z = mu + jnp.exp(0.5 * logvar) * jax.random.normal(kz, mu.shape)
     alpha, sigma = (a[:, None, None, None] for a in sde.marginal(tb))

@@ -10,14 +10,12 @@ imported model is the same eps_theta(x_t, t) to all of them.
 
 from __future__ import annotations
 
-from typing import Any
-
-import flax.linen as nn
 import jax.numpy as jnp
+from flax import nnx
 
 from vdae import schema
 from vdae.diffusion import sde as sde_lib
-from vdae.models import diffusers_unet, unet
+from vdae.models import diffusers_unet, network, unet
 from vdae.types import Array, EpsFn, Key, Params, ScoreFn
 
 
@@ -42,29 +40,36 @@ def prediction_to_eps(pred: Array, x_t: Array, alpha: Array, sigma: Array, kind:
   raise ValueError(f"prediction type {kind!r}")
 
 
-class ImportedScoreNet(nn.Module):
+class ImportedScoreNet(nnx.Module):
   """eps(x [B, H, W, C], t [B]) of an imported UNet2DModel: its timestep is
   t * time_scale, its output converted to a noise prediction under `sde`.
 
   Data range: vdae's images are in [-1, 1], the range DDPM checkpoints are
   trained in, so x goes in unchanged."""
 
-  unet: diffusers_unet.UNet2DModel
-  prediction_type: str
-  sde: sde_lib.SDE
-  time_scale: float
+  NAMED = network.ALL
 
-  def __call__(self, x, t, train: bool = False, temb=None):
+  def __init__(self, unet: nnx.Module, prediction_type: str, sde: sde_lib.SDE, time_scale):
+    self.unet = unet
+    self.prediction_type, self.sde, self.time_scale = prediction_type, sde, time_scale
+
+  def __call__(self, x, t, train: bool = False, temb=None, *, rngs=None):
     del temb  # the sampler's precomputed features are vdae's embedding, not this one's
-    out = self.unet(x, t * self.time_scale, train)
+    out = self.unet(x, t * self.time_scale, train, rngs=rngs)
     alpha, sigma = self.sde.marginal(t)
     return prediction_to_eps(out, x, alpha, sigma, self.prediction_type)
+
+
+def imported_score_net(in_shape, *, spec, dtype, prediction_type, sde, time_scale, rngs):
+  """The network of an imported UNet2DModel (`Network`'s builder)."""
+  unet = diffusers_unet.UNet2DModel(in_shape, spec=spec, dtype=dtype, rngs=rngs)
+  return ImportedScoreNet(unet, prediction_type, sde, time_scale)
 
 
 SOURCES = ("native", "diffusers")  # model.source: trained here, or an imported DDPM
 
 
-def model_from_config(model, sde) -> Any:
+def model_from_config(model, sde) -> network.Network:
   """The score network of the config's `model` and `sde` groups: vdae's U-Net or the
   imported model (model.source)."""
   if schema.require("model.source", model.source, SOURCES) == "native":
@@ -72,11 +77,13 @@ def model_from_config(model, sde) -> Any:
   from vdae.io import pretrained  # reads the directory's JSON (cached), no tensors
 
   sched = pretrained.check_resolved(model.path, sde)
-  return ImportedScoreNet(
-    diffusers_unet.UNet2DModel(pretrained.unet_spec(model.path), jnp.dtype(model.dtype)),
-    sched.prediction_type,
-    sde_lib.from_config(sde),
-    sde.time_scale,
+  return network.Network(
+    imported_score_net,
+    spec=pretrained.unet_spec(model.path),
+    dtype=jnp.dtype(model.dtype),
+    prediction_type=sched.prediction_type,
+    sde=sde_lib.from_config(sde),
+    time_scale=sde.time_scale,
   )
 
 
@@ -89,18 +96,19 @@ def score_fn_from_eps(eps_fn: EpsFn, sde: sde_lib.SDE) -> ScoreFn:
   return score_fn
 
 
-def init_params(model: unet.UNet, key: Key, image_shape: tuple[int, ...]) -> Params:
+def init_params(model: network.Network, key: Key, image_shape: tuple[int, ...]) -> Params:
   """The score network's parameters for images of `image_shape` [H, W, C]."""
-  x = jnp.zeros((1, *image_shape), jnp.float32)
-  return model.init(key, x, jnp.ones((1,)))["params"]
+  return model.init(key, image_shape)
 
 
-def eps_fn_for(net: unet.UNet, params: Params, model, train: bool = False, rngs=None) -> EpsFn:
+def eps_fn_for(
+  net: network.Network, params: Params, model, train: bool = False, rngs=None
+) -> EpsFn:
   """eps(x, t, temb=None) of `net` built from the `model` group: the sampler's
   precomputed embedding is used when it applies."""
   use_temb = model.source == "native" and model.embedding == "sinusoidal"
 
   def eps_fn(x, t, temb=None):
-    return net.apply({"params": params}, x, t, train, temb if use_temb else None, rngs=rngs or {})
+    return net.apply(params, x, t, train, temb if use_temb else None, rngs=rngs)
 
   return eps_fn

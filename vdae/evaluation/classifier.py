@@ -21,17 +21,17 @@ import logging
 import os
 from collections.abc import Callable
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from flax import traverse_util
+from flax import nnx, traverse_util
 
 from vdae.data import pipeline
 from vdae.evaluation import factors
 from vdae.io import files
 from vdae.io.errors import DataError
+from vdae.models.network import Network
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +99,7 @@ class FactorCodec:
     return np.stack(cols, 1).astype(np.float32)
 
 
-class Classifier(nn.Module):
+class Classifier(nnx.Module):
   """x [B, H, W, C] in [-1, 1] -> (logits [B, K], features [B, F], factor outputs
   [B, factor_width]; [B, 0] when the data has no factors).
 
@@ -107,26 +107,38 @@ class Classifier(nn.Module):
   which matters for digits), a dense feature layer, the logits and the factor head.
   """
 
-  num_classes: int
-  channels: int = 32
-  features: int = 64
-  factor_width: int = 0
+  NAMED = ("factor_head",)
 
-  @nn.compact
+  def __init__(
+    self,
+    in_shape: tuple[int, int, int],
+    *,
+    num_classes: int,
+    channels: int = 32,
+    features: int = 64,
+    factor_width: int = 0,
+    rngs: nnx.Rngs,
+  ):
+    side, _, in_ch = in_shape
+    conv = lambda i, o, s=1: nnx.Conv(i, o, (3, 3), strides=(s, s), rngs=rngs)
+    self.convs, ch = nnx.List([conv(in_ch, channels)]), channels
+    while side > 4 and side % 2 == 0:
+      self.convs.extend([conv(ch, 2 * ch, 2), conv(2 * ch, 2 * ch)])
+      ch, side = 2 * ch, side // 2
+    self.features = nnx.Linear(side * side * ch, features, rngs=rngs)
+    self.factor_head = nnx.Linear(features, factor_width, rngs=rngs) if factor_width else None
+    self.logits = nnx.Linear(features, num_classes, rngs=rngs)
+
   def __call__(self, x: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
-    h = nn.silu(nn.Conv(self.channels, (3, 3))(x))
-    ch = self.channels
-    while h.shape[1] > 4 and h.shape[1] % 2 == 0:
-      ch *= 2
-      h = nn.silu(nn.Conv(ch, (3, 3), strides=(2, 2))(h))
-      h = nn.silu(nn.Conv(ch, (3, 3))(h))
-    h = h.reshape(h.shape[0], -1)
-    feats = nn.silu(nn.Dense(self.features)(h))
-    if self.factor_width:
-      factor_out = nn.Dense(self.factor_width, name="factor_head")(feats)
+    h = x
+    for conv in self.convs:
+      h = nnx.silu(conv(h))
+    feats = nnx.silu(self.features(h.reshape(h.shape[0], -1)))
+    if self.factor_head is not None:
+      factor_out = self.factor_head(feats)
     else:
       factor_out = jnp.zeros((x.shape[0], 0), feats.dtype)
-    return nn.Dense(self.num_classes)(feats), feats, factor_out
+    return self.logits(feats), feats, factor_out
 
 
 def _meta(eval_cfg, data_cfg, image_shape, num_classes, codec) -> dict:
@@ -145,7 +157,7 @@ def _meta(eval_cfg, data_cfg, image_shape, num_classes, codec) -> dict:
 
 
 def train_classifier(
-  model: Classifier,
+  model: Network,
   images: np.ndarray,
   labels: np.ndarray,
   *,
@@ -165,7 +177,7 @@ def train_classifier(
   """
   key = jax.random.key(seed)
   k_init, k_data = jax.random.split(key)
-  params = model.init(k_init, jnp.zeros((1, *images.shape[1:])))["params"]
+  params = model.init(k_init, images.shape[1:])
   sched = optax.cosine_decay_schedule(lr, max(steps, 1), alpha=0.05)
   opt = optax.adamw(sched, weight_decay=1e-4)
   images_d, labels_d = jnp.asarray(images), jnp.asarray(labels)
@@ -188,7 +200,7 @@ def train_classifier(
     y = labels_d[idx]
 
     def loss_fn(p):
-      logits, _, factor_out = model.apply({"params": p}, x)
+      logits, _, factor_out = model.apply(p, x)
       loss = optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
       if codec is not None:
         loss = loss + codec.loss(factor_out, factors_d[idx])
@@ -206,18 +218,18 @@ def train_classifier(
   return jax.device_get(params)
 
 
-def _batched_apply(model: Classifier, params: Params, batch: int, pick) -> Callable:
+def _batched_apply(model: Network, params: Params, batch: int, pick) -> Callable:
   """x [N, H, W, C] -> pick(the model's outputs) as numpy, in batches."""
-  fn = jax.jit(lambda x: pick(model.apply({"params": params}, x)))
+  fn = jax.jit(lambda x: pick(model.apply(params, x)))
   return lambda x: pipeline.map_batched(fn, np.asarray(x, np.float32), min(batch, len(x)))
 
 
-def make_predict(model: Classifier, params: Params, batch: int = 256) -> Callable:
+def make_predict(model: Network, params: Params, batch: int = 256) -> Callable:
   """predict(x [N, H, W, C]) -> (logits [N, K], features [N, F]) as numpy, in batches."""
   return _batched_apply(model, params, batch, lambda out: out[:2])
 
 
-def make_factor_predict(model: Classifier, params: Params, codec: FactorCodec, batch=256):
+def make_factor_predict(model: Network, params: Params, codec: FactorCodec, batch=256):
   """predict(x [N, H, W, C]) -> the factors the judge reads from the images [N, K]."""
   outputs = _batched_apply(model, params, batch, lambda out: out[2])
   return lambda x: codec.decode(outputs(x))
@@ -281,7 +293,13 @@ def load_or_train(eval_cfg, data_cfg, workdir: str, splits) -> tuple[Classifier,
   if train.factors is not None:
     codec = FactorCodec.fit(train.factors.kinds, train.factors.values)
   width = 0 if codec is None else codec.width
-  model = Classifier(num_classes, ev.classifier_channels, ev.classifier_features, width)
+  model = Network(
+    Classifier,
+    num_classes=num_classes,
+    channels=ev.classifier_channels,
+    features=ev.classifier_features,
+    factor_width=width,
+  )
   meta = _meta(ev, data_cfg, train.image_shape, num_classes, codec)
   path = os.path.join(workdir, "classifier")
   params = _load(path, meta)

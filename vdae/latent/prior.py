@@ -19,46 +19,62 @@ from __future__ import annotations
 
 import dataclasses
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import nnx
 
 from vdae.diffusion import losses, samplers
 from vdae.diffusion import sde as sde_lib
 from vdae.kernels.reference import StepSpec
 from vdae.models.embedding import sinusoidal
+from vdae.models.network import Network
 from vdae.parallel import sharding
 from vdae.types import Array, Params
 
 
-class LatentDenoiser(nn.Module):
+class LatentDenoiser(nnx.Module):
   """eps(z_t [B, L], t [B]) -> [B, L]: residual MLP blocks (LayerNorm, SiLU, the
   time embedding added in each block), the output layer zero-initialised."""
 
-  latent_dim: int
-  width: int = 512
-  depth: int = 4
-  temb_dim: int = 64
-  time_scale: float = 1000.0
+  def __init__(
+    self,
+    in_shape: tuple[int],
+    *,
+    latent_dim: int,
+    width: int = 512,
+    depth: int = 4,
+    temb_dim: int = 64,
+    time_scale: float = 1000.0,
+    rngs: nnx.Rngs,
+  ):
+    if tuple(in_shape) != (latent_dim,):
+      raise ValueError(f"codes of shape {in_shape} for a denoiser of {latent_dim} dimensions")
+    self.temb_dim, self.time_scale = temb_dim, time_scale
+    linear = lambda i, o, **kw: nnx.Linear(i, o, rngs=rngs, **kw)
+    # Dense layers in their checkpoint order (vdae/models/network.py): the outer layer
+    # of each pair first, as Linen named them.
+    self.temb2, self.temb1 = linear(width, width), linear(temb_dim, width)
+    self.z_in = linear(latent_dim, width)
+    self.norms = nnx.List([nnx.LayerNorm(width, rngs=rngs) for _ in range(depth + 1)])
+    self.pairs = nnx.List([linear(width, width) for _ in range(2 * depth)])  # (2nd, 1st)
+    self.out = linear(width, latent_dim, kernel_init=nnx.initializers.zeros)
 
-  @nn.compact
   def __call__(self, z: Array, t: Array) -> Array:
     emb = sinusoidal(t, self.temb_dim, self.time_scale)
-    emb = nn.Dense(self.width)(nn.silu(nn.Dense(self.width)(emb)))
-    h = nn.Dense(self.width)(z)
-    for _ in range(self.depth):
-      r = nn.silu(nn.LayerNorm()(h)) + emb
-      r = nn.Dense(self.width)(nn.silu(nn.Dense(self.width)(r)))
-      h = h + r
-    h = nn.silu(nn.LayerNorm()(h))
-    return nn.Dense(self.latent_dim, kernel_init=nn.initializers.zeros)(h)
+    emb = self.temb2(nnx.silu(self.temb1(emb)))
+    h = self.z_in(z)
+    for i in range(len(self.pairs) // 2):
+      r = nnx.silu(self.norms[i](h)) + emb
+      h = h + self.pairs[2 * i](nnx.silu(self.pairs[2 * i + 1](r)))
+    return self.out(nnx.silu(self.norms[-1](h)))
 
 
-def model_from_config(prior, latent_dim: int, time_scale: float) -> LatentDenoiser:
+def model_from_config(prior, latent_dim: int, time_scale: float) -> Network:
   """The denoiser of the `prior` group for codes of latent_dim (encoder.latent_dim),
   its time scaled like the score network's (sde.time_scale)."""
-  return LatentDenoiser(
+  return Network(
+    LatentDenoiser,
     latent_dim=latent_dim,
     width=prior.width,
     depth=prior.depth,
@@ -67,8 +83,8 @@ def model_from_config(prior, latent_dim: int, time_scale: float) -> LatentDenois
   )
 
 
-def init_params(model: LatentDenoiser, key) -> Params:
-  return model.init(key, jnp.zeros((1, model.latent_dim)), jnp.ones((1,)))["params"]
+def init_params(model: Network, key) -> Params:
+  return model.init(key, (model.latent_dim,))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -126,12 +142,10 @@ def _dsm_on_codes(model, sde, params, mu, log_var, key, shift, scale):
   k_z, k_dsm = jax.random.split(key)
   z = mu + jnp.exp(0.5 * log_var) * jax.random.normal(k_z, mu.shape)
   zn = (jax.lax.stop_gradient(z) - shift) / scale
-  return losses.dsm_loss(
-    lambda zt, t: model.apply({"params": params}, zt, t), zn, k_dsm, sde, False
-  )
+  return losses.dsm_loss(lambda zt, t: model.apply(params, zt, t), zn, k_dsm, sde, False)
 
 
-def prior_loss(model: LatentDenoiser, encode_fn, sde: sde_lib.SDE):
+def prior_loss(model: Network, encode_fn, sde: sde_lib.SDE):
   """loss_fn(params, batch, key, (enc_params, shift, scale)): DSM on normalised codes
   z ~ q(z | x_0) of the batch's images, encoded every step (for splits whose
   `PosteriorTable` would not fit in memory)."""
@@ -144,7 +158,7 @@ def prior_loss(model: LatentDenoiser, encode_fn, sde: sde_lib.SDE):
   return loss_fn
 
 
-def prior_loss_from_table(model: LatentDenoiser, sde: sde_lib.SDE):
+def prior_loss_from_table(model: Network, sde: sde_lib.SDE):
   """loss_fn(params, batch, key, (mu, log_var, shift, scale)) with a `PosteriorTable`'s
   arrays: `prior_loss` without the encoder, the batch's posteriors looked up by its
   images' `index` and `flipped`."""
@@ -180,7 +194,7 @@ class LearnedPrior:
     if n not in self._samplers:
       model = self.model
       self._samplers[n] = samplers.compile_sampler(
-        lambda params: (lambda z, t, temb=None: model.apply({"params": params}, z, t), None),
+        lambda params: (lambda z, t, temb=None: model.apply(params, z, t), None),
         sampling_config(self.config.sampling, self.config.prior),
         self.sde,
         self.spec,

@@ -9,52 +9,71 @@ the two networks are of comparable size and shape.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from flax import nnx
 
 from vdae.io.errors import ConfigError
-from vdae.models.layers import ResBlock, group_count
+from vdae.models.layers import ResBlock, group_norm
+from vdae.models.network import Network
 
 
-class VAEDecoder(nn.Module):
+class VAEDecoder(nnx.Module):
   """z [B, L] -> mean [B, H, W, C] (float32, unconstrained)."""
 
-  image_shape: tuple[int, int, int]
-  channels: int = 32
-  channel_mults: Sequence[int] = (2, 1)  # coarsest level first
-  num_res_blocks: int = 1
-  groups: int = 8
-
-  @nn.compact
-  def __call__(self, z: jax.Array) -> jax.Array:
-    h_img, w_img, c_img = self.image_shape
-    scale = 2 ** (len(self.channel_mults) - 1)
+  def __init__(
+    self,
+    in_shape: tuple[int],
+    *,
+    image_shape: tuple[int, int, int],
+    channels: int = 32,
+    channel_mults: Sequence[int] = (2, 1),  # coarsest level first
+    num_res_blocks: int = 1,
+    groups: int = 8,
+    rngs: nnx.Rngs,
+  ):
+    (latent_dim,) = in_shape
+    h_img, w_img, c_img = image_shape
+    scale = 2 ** (len(channel_mults) - 1)
     if h_img % scale or w_img % scale:
       raise ConfigError(
-        f"vae.decoder_channel_mults has {len(self.channel_mults)} levels, so the image side "
+        f"vae.decoder_channel_mults has {len(channel_mults)} levels, so the image side "
         f"must divide by {scale}; the images are {h_img}x{w_img}."
       )
-    emb = nn.silu(nn.Dense(4 * self.channels)(z))
-    emb = nn.Dense(4 * self.channels)(emb)
-    ch0 = self.channels * self.channel_mults[0]
-    h = nn.Dense((h_img // scale) * (w_img // scale) * ch0)(nn.silu(emb))
-    h = h.reshape(z.shape[0], h_img // scale, w_img // scale, ch0)
-    for level, mult in enumerate(self.channel_mults):
+    self.coarse = (h_img // scale, w_img // scale, channels * channel_mults[0])
+    self.num_res_blocks, emb_dim = num_res_blocks, 4 * channels
+    self.emb1 = nnx.Linear(latent_dim, emb_dim, rngs=rngs)
+    self.emb2 = nnx.Linear(emb_dim, emb_dim, rngs=rngs)
+    self.dense_in = nnx.Linear(emb_dim, math.prod(self.coarse), rngs=rngs)
+    self.blocks, self.ups, ch = nnx.List(), nnx.List(), self.coarse[-1]
+    for level, mult in enumerate(channel_mults):
+      for _ in range(num_res_blocks):
+        self.blocks.append(ResBlock(ch, channels * mult, emb_dim, groups, rngs=rngs))
+        ch = channels * mult
+      if level != len(channel_mults) - 1:
+        self.ups.append(nnx.Conv(ch, ch, (3, 3), rngs=rngs))
+    self.norm = group_norm(ch, groups, jnp.float32, rngs)
+    self.conv_out = nnx.Conv(ch, c_img, (3, 3), rngs=rngs)
+
+  def __call__(self, z: jax.Array) -> jax.Array:
+    emb = self.emb2(nnx.silu(self.emb1(z)))
+    h = self.dense_in(nnx.silu(emb)).reshape(z.shape[0], *self.coarse)
+    blocks = iter(self.blocks)
+    for up in [*self.ups, None]:
       for _ in range(self.num_res_blocks):
-        h = ResBlock(self.channels * mult, self.groups)(h, emb, False)
-      if level != len(self.channel_mults) - 1:
+        h = next(blocks)(h, emb, False)
+      if up is not None:
         b, hh, ww, c = h.shape
-        h = jax.image.resize(h, (b, 2 * hh, 2 * ww, c), "nearest")
-        h = nn.Conv(c, (3, 3))(h)
-    h = nn.silu(nn.GroupNorm(group_count(h.shape[-1], self.groups))(h))
-    return nn.Conv(c_img, (3, 3))(h).astype(jnp.float32)
+        h = up(jax.image.resize(h, (b, 2 * hh, 2 * ww, c), "nearest"))
+    return self.conv_out(nnx.silu(self.norm(h))).astype(jnp.float32)
 
 
-def from_config(vae_cfg, enc_cfg, image_shape: tuple[int, int, int]) -> VAEDecoder:
-  return VAEDecoder(
+def from_config(vae_cfg, enc_cfg, image_shape: tuple[int, int, int]) -> Network:
+  return Network(
+    VAEDecoder,
     image_shape=tuple(image_shape),
     channels=vae_cfg.decoder_channels,
     channel_mults=tuple(vae_cfg.decoder_channel_mults),

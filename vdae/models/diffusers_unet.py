@@ -19,21 +19,22 @@ import dataclasses
 import math
 from typing import Any
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from flax import nnx
 
 from vdae.io.errors import CheckpointError
+from vdae.models import network
 from vdae.models.embedding import sinusoidal
 
 DOWN_BLOCKS = ("DownBlock2D", "AttnDownBlock2D")
 UP_BLOCKS = ("UpBlock2D", "AttnUpBlock2D")
 ACTIVATIONS = {
-  "silu": nn.silu,
-  "swish": nn.silu,
+  "silu": jax.nn.silu,
+  "swish": jax.nn.silu,
   "mish": lambda x: x * jnp.tanh(jax.nn.softplus(x)),
-  "gelu": lambda x: nn.gelu(x, approximate=False),
-  "relu": nn.relu,
+  "gelu": lambda x: jax.nn.gelu(x, approximate=False),
+  "relu": jax.nn.relu,
 }
 
 # Fields with exactly one supported value (or None = unset), and what they select.
@@ -175,187 +176,209 @@ class UNetSpec:
     )
 
 
-def _conv(ch: int, name: str, dtype, kernel: int = 3, stride: int = 1, pad=((1, 1), (1, 1))):
-  return nn.Conv(ch, (kernel, kernel), (stride, stride), padding=pad, name=name, dtype=dtype)
+def _conv(i: int, o: int, dtype, rngs, kernel: int = 3, stride: int = 1, pad=((1, 1), (1, 1))):
+  return nnx.Conv(i, o, (kernel, kernel), (stride, stride), padding=pad, dtype=dtype, rngs=rngs)
 
 
-def _norm(groups: int, eps: float, name: str, dtype):
+def _norm(channels: int, groups: int, eps: float, dtype, rngs):
   # The two-pass variance: torch's GroupNorm, to the fixtures' 1e-4.
-  return nn.GroupNorm(groups, epsilon=eps, use_fast_variance=False, name=name, dtype=dtype)
-
-
-class ResnetBlock2D(nn.Module):
-  spec: UNetSpec
-  out_ch: int
-  output_scale: float = 1.0
-  dtype: Any = jnp.float32
-
-  @nn.compact
-  def __call__(self, x, temb, train: bool):
-    s, act = self.spec, ACTIVATIONS[self.spec.act_fn]
-    h = _conv(self.out_ch, "conv1", self.dtype)(
-      act(_norm(s.norm_num_groups, s.norm_eps, "norm1", self.dtype)(x))
-    )
-    proj = nn.Dense(
-      self.out_ch * (2 if s.scale_shift else 1), name="time_emb_proj", dtype=self.dtype
-    )
-    t = proj(act(temb))[:, None, None, :]
-    if not s.scale_shift:
-      h = h + t
-    h = _norm(s.norm_num_groups, s.norm_eps, "norm2", self.dtype)(h)
-    if s.scale_shift:
-      scale, shift = jnp.split(t, 2, axis=-1)
-      h = h * (1 + scale) + shift
-    h = nn.Dropout(s.dropout, deterministic=not train)(act(h))
-    h = _conv(self.out_ch, "conv2", self.dtype)(h)
-    if x.shape[-1] != self.out_ch:
-      x = _conv(self.out_ch, "conv_shortcut", self.dtype, kernel=1, pad=((0, 0), (0, 0)))(x)
-    return (x + h) / self.output_scale
-
-
-class Attention(nn.Module):
-  """Single-block self-attention over the H*W positions, with a residual."""
-
-  heads: int
-  head_dim: int
-  groups: int | None  # None: no GroupNorm before the projections
-  eps: float
-  output_scale: float = 1.0
-  dtype: Any = jnp.float32
-
-  @nn.compact
-  def __call__(self, x):
-    b, hh, ww, c = x.shape
-    y = x if self.groups is None else _norm(self.groups, self.eps, "group_norm", self.dtype)(x)
-    y = y.reshape(b, hh * ww, c)
-    inner = self.heads * self.head_dim
-    split = lambda a: a.reshape(b, hh * ww, self.heads, self.head_dim)
-    q, k, v = (
-      split(nn.Dense(inner, name=n, dtype=self.dtype)(y)) for n in ("to_q", "to_k", "to_v")
-    )
-    logits = jnp.einsum("bqhd,bkhd->bhqk", q, k).astype(jnp.float32) / math.sqrt(self.head_dim)
-    w = jax.nn.softmax(logits, axis=-1).astype(v.dtype)  # softmax in f32, as diffusers upcasts
-    o = jnp.einsum("bhqk,bkhd->bqhd", w, v).reshape(b, hh * ww, inner)
-    o = nn.Dense(c, name="to_out_0", dtype=self.dtype)(o).reshape(b, hh, ww, c)
-    return (o + x) / self.output_scale
-
-
-def _attention(spec: UNetSpec, ch: int, name: str, dtype, groups=-1, output_scale=1.0):
-  head_dim = spec.attention_head_dim or ch  # null: one head over all channels
-  return Attention(
-    ch // head_dim,
-    head_dim,
-    spec.norm_num_groups if groups == -1 else groups,
-    spec.norm_eps,
-    output_scale,
-    dtype,
-    name=name,
+  return nnx.GroupNorm(
+    channels, num_groups=groups, epsilon=eps, use_fast_variance=False, dtype=dtype, rngs=rngs
   )
 
 
-class DownBlock(nn.Module):
-  spec: UNetSpec
-  out_ch: int
-  attn: bool
-  downsample: bool
-  dtype: Any = jnp.float32
+class ResnetBlock2D(nnx.Module):
+  NAMED = network.ALL
 
-  @nn.compact
-  def __call__(self, h, temb, train):
-    outs = []
-    for j in range(self.spec.layers_per_block):
-      h = ResnetBlock2D(self.spec, self.out_ch, dtype=self.dtype, name=f"resnets_{j}")(
-        h, temb, train
-      )
-      if self.attn:
-        h = _attention(self.spec, self.out_ch, f"attentions_{j}", self.dtype)(h)
-      outs.append(h)
-    if self.downsample:
-      p = self.spec.downsample_padding
+  def __init__(self, spec: UNetSpec, in_ch, out_ch, output_scale=1.0, dtype=jnp.float32, *, rngs):
+    s, self.spec, self.output_scale = spec, spec, output_scale
+    self.norm1 = _norm(in_ch, s.norm_num_groups, s.norm_eps, dtype, rngs)
+    self.conv1 = _conv(in_ch, out_ch, dtype, rngs)
+    proj_out = out_ch * (2 if s.scale_shift else 1)
+    self.time_emb_proj = nnx.Linear(s.time_embedding_dim, proj_out, dtype=dtype, rngs=rngs)
+    self.norm2 = _norm(out_ch, s.norm_num_groups, s.norm_eps, dtype, rngs)
+    self.dropout = nnx.Dropout(s.dropout)
+    self.conv2 = _conv(out_ch, out_ch, dtype, rngs)
+    shortcut = lambda: _conv(in_ch, out_ch, dtype, rngs, kernel=1, pad=((0, 0), (0, 0)))
+    self.conv_shortcut = shortcut() if in_ch != out_ch else None
+
+  def __call__(self, x, temb, train: bool, rngs=None):
+    s, act = self.spec, ACTIVATIONS[self.spec.act_fn]
+    h = self.conv1(act(self.norm1(x)))
+    t = self.time_emb_proj(act(temb))[:, None, None, :]
+    if not s.scale_shift:
+      h = h + t
+    h = self.norm2(h)
+    if s.scale_shift:
+      scale, shift = jnp.split(t, 2, axis=-1)
+      h = h * (1 + scale) + shift
+    h = self.conv2(self.dropout(act(h), deterministic=not train, rngs=rngs))
+    if self.conv_shortcut is not None:
+      x = self.conv_shortcut(x)
+    return (x + h) / self.output_scale
+
+
+class Attention(nnx.Module):
+  """Single-block self-attention over the H*W positions, with a residual."""
+
+  NAMED = network.ALL
+
+  def __init__(self, spec: UNetSpec, ch: int, dtype, groups=-1, output_scale=1.0, *, rngs):
+    self.head_dim = spec.attention_head_dim or ch  # null: one head over all channels
+    self.heads, self.output_scale = ch // self.head_dim, output_scale
+    groups = spec.norm_num_groups if groups == -1 else groups
+    # None: no GroupNorm before the projections
+    self.group_norm = None if groups is None else _norm(ch, groups, spec.norm_eps, dtype, rngs)
+    inner = self.heads * self.head_dim
+    linear = lambda i, o: nnx.Linear(i, o, dtype=dtype, rngs=rngs)
+    self.to_q, self.to_k, self.to_v = linear(ch, inner), linear(ch, inner), linear(ch, inner)
+    self.to_out = nnx.List([linear(inner, ch)])
+
+  def __call__(self, x):
+    b, hh, ww, c = x.shape
+    y = x if self.group_norm is None else self.group_norm(x)
+    y = y.reshape(b, hh * ww, c)
+    split = lambda a: a.reshape(b, hh * ww, self.heads, self.head_dim)
+    q, k, v = split(self.to_q(y)), split(self.to_k(y)), split(self.to_v(y))
+    logits = jnp.einsum("bqhd,bkhd->bhqk", q, k).astype(jnp.float32) / math.sqrt(self.head_dim)
+    w = jax.nn.softmax(logits, axis=-1).astype(v.dtype)  # softmax in f32, as diffusers upcasts
+    o = jnp.einsum("bhqk,bkhd->bqhd", w, v).reshape(b, hh * ww, self.heads * self.head_dim)
+    return (self.to_out[0](o).reshape(b, hh, ww, c) + x) / self.output_scale
+
+
+class Downsample(nnx.Module):
+  NAMED = network.ALL
+
+  def __init__(self, ch: int, pad, dtype, *, rngs):
+    self.conv = _conv(ch, ch, dtype, rngs, stride=2, pad=pad)
+
+  def __call__(self, h):
+    return self.conv(h)
+
+
+class Upsample(nnx.Module):
+  NAMED = network.ALL
+
+  def __init__(self, ch: int, dtype, *, rngs):
+    self.conv = _conv(ch, ch, dtype, rngs)
+
+  def __call__(self, h):
+    h = jnp.repeat(jnp.repeat(h, 2, axis=1), 2, axis=2)  # nearest, x2
+    return self.conv(h)
+
+
+class DownBlock(nnx.Module):
+  NAMED = network.ALL
+
+  def __init__(self, spec, in_ch, out_ch, attn: bool, downsample: bool, dtype, *, rngs):
+    n = spec.layers_per_block
+    chans = [in_ch] + [out_ch] * n
+    self.resnets = nnx.List(
+      [ResnetBlock2D(spec, chans[j], out_ch, dtype=dtype, rngs=rngs) for j in range(n)]
+    )
+    self.attentions = nnx.List(
+      [Attention(spec, out_ch, dtype, rngs=rngs) for _ in range(n if attn else 0)]
+    )
+    self.downsamplers = nnx.List()
+    if downsample:
+      p = spec.downsample_padding
       # padding 0 pads one zero row/column after the image only (diffusers' Downsample2D).
       pad = ((0, 1), (0, 1)) if p == 0 else ((p, p), (p, p))
-      h = Downsample(self.out_ch, pad, self.dtype, name="downsamplers_0")(h)
+      self.downsamplers.append(Downsample(out_ch, pad, dtype, rngs=rngs))
+
+  def __call__(self, h, temb, train, rngs=None):
+    outs = []
+    for j, resnet in enumerate(self.resnets):
+      h = resnet(h, temb, train, rngs)
+      if self.attentions:
+        h = self.attentions[j](h)
+      outs.append(h)
+    for down in self.downsamplers:
+      h = down(h)
       outs.append(h)
     return h, outs
 
 
-class Downsample(nn.Module):
-  ch: int
-  pad: tuple
-  dtype: Any = jnp.float32
+class UpBlock(nnx.Module):
+  NAMED = network.ALL
 
-  @nn.compact
-  def __call__(self, h):
-    return _conv(self.ch, "conv", self.dtype, stride=2, pad=self.pad)(h)
+  def __init__(self, spec, in_ch, out_ch, skip_chs, attn: bool, upsample: bool, dtype, *, rngs):
+    self.resnets, self.attentions = nnx.List(), nnx.List()
+    for skip_ch in skip_chs:
+      self.resnets.append(ResnetBlock2D(spec, in_ch + skip_ch, out_ch, dtype=dtype, rngs=rngs))
+      in_ch = out_ch
+      if attn:
+        self.attentions.append(Attention(spec, out_ch, dtype, rngs=rngs))
+    self.upsamplers = nnx.List([Upsample(out_ch, dtype, rngs=rngs)] if upsample else [])
 
-
-class Upsample(nn.Module):
-  ch: int
-  dtype: Any = jnp.float32
-
-  @nn.compact
-  def __call__(self, h):
-    h = jnp.repeat(jnp.repeat(h, 2, axis=1), 2, axis=2)  # nearest, x2
-    return _conv(self.ch, "conv", self.dtype)(h)
-
-
-class UpBlock(nn.Module):
-  spec: UNetSpec
-  out_ch: int
-  attn: bool
-  upsample: bool
-  dtype: Any = jnp.float32
-
-  @nn.compact
-  def __call__(self, h, skips: list, temb, train):
-    for j in range(self.spec.layers_per_block + 1):
-      h = jnp.concatenate([h, skips.pop()], axis=-1)
-      h = ResnetBlock2D(self.spec, self.out_ch, dtype=self.dtype, name=f"resnets_{j}")(
-        h, temb, train
-      )
-      if self.attn:
-        h = _attention(self.spec, self.out_ch, f"attentions_{j}", self.dtype)(h)
-    if self.upsample:
-      h = Upsample(self.out_ch, self.dtype, name="upsamplers_0")(h)
+  def __call__(self, h, skips: list, temb, train, rngs=None):
+    for j, resnet in enumerate(self.resnets):
+      h = resnet(jnp.concatenate([h, skips.pop()], axis=-1), temb, train, rngs)
+      if self.attentions:
+        h = self.attentions[j](h)
+    for up in self.upsamplers:
+      h = up(h)
     return h
 
 
-class MidBlock(nn.Module):
-  spec: UNetSpec
-  dtype: Any = jnp.float32
+class MidBlock(nnx.Module):
+  NAMED = network.ALL
 
-  @nn.compact
-  def __call__(self, h, temb, train):
-    s, ch = self.spec, self.spec.block_out_channels[-1]
+  def __init__(self, spec: UNetSpec, dtype, *, rngs):
+    s, ch = spec, spec.block_out_channels[-1]
     scale = s.mid_block_scale_factor
-    h = ResnetBlock2D(s, ch, scale, self.dtype, name="resnets_0")(h, temb, train)
     # diffusers' mid block: attn_norm_num_groups, else the resnets' groups, except
     # that scale_shift conditioning leaves its attention without a GroupNorm.
     groups = s.attn_norm_num_groups
     if groups is None and not s.scale_shift:
       groups = s.norm_num_groups
-    h = _attention(s, ch, "attentions_0", self.dtype, groups, scale)(h)
-    return ResnetBlock2D(s, ch, scale, self.dtype, name="resnets_1")(h, temb, train)
+    block = lambda: ResnetBlock2D(s, ch, ch, scale, dtype, rngs=rngs)
+    self.resnets = nnx.List([block(), block()])
+    self.attentions = nnx.List([Attention(s, ch, dtype, groups, scale, rngs=rngs)])
+
+  def __call__(self, h, temb, train, rngs=None):
+    h = self.resnets[0](h, temb, train, rngs)
+    return self.resnets[1](self.attentions[0](h), temb, train, rngs)
 
 
-class TimestepEmbedding(nn.Module):
-  dim: int
-  dtype: Any = jnp.float32
+class TimestepEmbedding(nnx.Module):
+  NAMED = network.ALL
 
-  @nn.compact
+  def __init__(self, in_dim: int, dim: int, dtype, *, rngs):
+    self.linear_1 = nnx.Linear(in_dim, dim, dtype=dtype, rngs=rngs)
+    self.linear_2 = nnx.Linear(dim, dim, dtype=dtype, rngs=rngs)
+
   def __call__(self, feats):
-    h = nn.Dense(self.dim, name="linear_1", dtype=self.dtype)(feats)
-    return nn.Dense(self.dim, name="linear_2", dtype=self.dtype)(nn.silu(h))
+    return self.linear_2(nnx.silu(self.linear_1(feats)))
 
 
-class UNet2DModel(nn.Module):
+class UNet2DModel(nnx.Module):
   """model(x [B, H, W, C], timesteps [B] on the network's scale) -> [B, H, W, C_out] (f32)."""
 
-  spec: UNetSpec
-  dtype: Any = jnp.float32
+  NAMED = network.ALL
 
-  @nn.compact
-  def __call__(self, x, timesteps, train: bool = False):
+  def __init__(self, in_shape=None, *, spec: UNetSpec, dtype=jnp.float32, rngs: nnx.Rngs):
+    s, self.spec, self.dtype = spec, spec, dtype
+    chans, last = s.block_out_channels, len(s.block_out_channels) - 1
+    self.time_embedding = TimestepEmbedding(chans[0], s.time_embedding_dim, dtype, rngs=rngs)
+    self.conv_in = _conv(s.in_channels, chans[0], dtype, rngs)
+    self.down_blocks, skips, ch = nnx.List(), [chans[0]], chans[0]
+    for i, (kind, out) in enumerate(zip(s.down_block_types, chans, strict=True)):
+      attn = kind == "AttnDownBlock2D"
+      self.down_blocks.append(DownBlock(s, ch, out, attn, i != last, dtype, rngs=rngs))
+      skips += [out] * (s.layers_per_block + (i != last))
+      ch = out
+    self.mid_block = MidBlock(s, dtype, rngs=rngs)
+    self.up_blocks = nnx.List()
+    for i, (kind, out) in enumerate(zip(s.up_block_types, chans[::-1], strict=True)):
+      take = [skips.pop() for _ in range(s.layers_per_block + 1)]
+      attn = kind == "AttnUpBlock2D"
+      self.up_blocks.append(UpBlock(s, ch, out, take, attn, i != last, dtype, rngs=rngs))
+      ch = out
+    self.conv_norm_out = _norm(ch, s.norm_num_groups, s.norm_eps, dtype, rngs)
+    self.conv_out = _conv(ch, s.out_channels, dtype, rngs)
+
+  def __call__(self, x, timesteps, train: bool = False, *, rngs: nnx.Rngs | None = None):
     s, dt = self.spec, self.dtype
     if s.center_input_sample:
       x = 2 * x - 1.0
@@ -366,30 +389,29 @@ class UNet2DModel(nn.Module):
       flip_sin_to_cos=s.flip_sin_to_cos,
       freq_shift=s.freq_shift,
     )
-    temb = TimestepEmbedding(s.time_embedding_dim, dt, name="time_embedding")(feats.astype(dt))
-    h = _conv(s.block_out_channels[0], "conv_in", dt)(x.astype(dt))
+    temb = self.time_embedding(feats.astype(dt))
+    h = self.conv_in(x.astype(dt))
     skips = [h]
-    last = len(s.block_out_channels) - 1
-    for i, (kind, ch) in enumerate(zip(s.down_block_types, s.block_out_channels, strict=True)):
-      block = DownBlock(s, ch, kind == "AttnDownBlock2D", i != last, dt, name=f"down_blocks_{i}")
-      h, outs = block(h, temb, train)
+    for block in self.down_blocks:
+      h, outs = block(h, temb, train, rngs)
       skips += outs
-    h = MidBlock(s, dt, name="mid_block")(h, temb, train)
-    rev = s.block_out_channels[::-1]
-    for i, kind in enumerate(s.up_block_types):
-      block = UpBlock(s, rev[i], kind == "AttnUpBlock2D", i != last, dt, name=f"up_blocks_{i}")
-      h = block(h, skips, temb, train)
+    h = self.mid_block(h, temb, train, rngs)
+    for block in self.up_blocks:
+      h = block(h, skips, temb, train, rngs)
     assert not skips
     # SiLU whatever act_fn says: diffusers' conv_act is fixed.
-    h = nn.silu(_norm(s.norm_num_groups, s.norm_eps, "conv_norm_out", dt)(h))
-    return _conv(s.out_channels, "conv_out", dt)(h).astype(jnp.float32)
+    h = nnx.silu(self.conv_norm_out(h))
+    return self.conv_out(h).astype(jnp.float32)
+
+
+def network_of(spec: UNetSpec, dtype=jnp.float32) -> network.Network:
+  return network.Network(UNet2DModel, spec=spec, dtype=jnp.dtype(dtype))
 
 
 def init_abstract(spec: UNetSpec) -> Any:
   """The parameter tree's shapes (no memory): what a checkpoint's tensors must fill."""
-  model = UNet2DModel(spec)
-  x = jnp.zeros((1, spec.sample_size, spec.sample_size, spec.in_channels))
-  return jax.eval_shape(lambda: model.init(jax.random.key(0), x, jnp.zeros((1,)))["params"])
+  shape = (spec.sample_size, spec.sample_size, spec.in_channels)
+  return jax.eval_shape(lambda: network_of(spec).init(jax.random.key(0), shape))
 
 
 def num_params(tree) -> int:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import math
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from flax import nnx
 
 from vdae import schema
 
@@ -36,53 +36,60 @@ def sinusoidal(
   return jnp.concatenate(parts, axis=-1)
 
 
-class FourierFeatures(nn.Module):
+class FourierFeatures(nnx.Module):
   """Gaussian random Fourier features of log-time (Song et al. 2021), not trained."""
 
-  dim: int
-  scale: float = 16.0
-  # log t is -inf at t = 0 (where the encoder sees clean images): t is clamped
-  # to the SDE's smallest time, where x_t is x_0 up to sigma(eps) noise.
-  min_time: float = 1e-3
+  def __init__(self, dim: int, scale: float = 16.0, min_time: float = 1e-3, *, rngs: nnx.Rngs):
+    self.w = nnx.Param(scale * jax.random.normal(rngs.params(), (dim // 2,)))
+    # log t is -inf at t = 0 (where the encoder sees clean images): t is clamped to the
+    # SDE's smallest time, where x_t is x_0 up to sigma(eps) noise.
+    self.min_time = min_time
 
-  @nn.compact
   def __call__(self, t: jax.Array) -> jax.Array:
-    w = self.param("w", nn.initializers.normal(self.scale), (self.dim // 2,))
-    w = jax.lax.stop_gradient(w)
+    w = jax.lax.stop_gradient(self.w[...])
     t = jnp.maximum(t.astype(jnp.float32), self.min_time)
     arg = jnp.log(t)[:, None] * w[None, :] * 2 * math.pi
     return jnp.concatenate([jnp.sin(arg), jnp.cos(arg)], axis=-1)
 
 
-class TimeEmbedding(nn.Module):
+class TimeEmbedding(nnx.Module):
   """Raw time features -> 2-layer MLP of width `out_dim`.
 
   `temb` lets a caller pass precomputed sinusoidal features (the fused decoding
   step computes them for the next time while it updates x).
   """
 
-  kind: str
-  raw_dim: int
-  out_dim: int
-  time_scale: float
-  fourier_scale: float = 16.0
-  min_time: float = 1e-3
-  dtype: jnp.dtype = jnp.float32
+  def __init__(
+    self,
+    kind: str,
+    raw_dim: int,
+    out_dim: int,
+    time_scale: float,
+    fourier_scale: float = 16.0,
+    min_time: float = 1e-3,
+    dtype=jnp.float32,
+    *,
+    rngs: nnx.Rngs,
+  ):
+    self.kind = schema.require("model.embedding", kind, KINDS)
+    self.raw_dim, self.time_scale = raw_dim, time_scale
+    if self.kind == "fourier":
+      self.fourier = FourierFeatures(raw_dim, fourier_scale, min_time, rngs=rngs)
+    self.dense1 = nnx.Linear(raw_dim, out_dim, dtype=dtype, rngs=rngs)
+    self.dense2 = nnx.Linear(out_dim, out_dim, dtype=dtype, rngs=rngs)
 
-  @nn.compact
   def __call__(self, t: jax.Array, temb: jax.Array | None = None) -> jax.Array:
     if temb is None:
-      if schema.require("model.embedding", self.kind, KINDS) == "sinusoidal":
+      if self.kind == "sinusoidal":
         temb = sinusoidal(t, self.raw_dim, self.time_scale)
       else:
-        temb = FourierFeatures(self.raw_dim, self.fourier_scale, self.min_time)(t)
-    h = nn.Dense(self.out_dim, dtype=self.dtype)(temb)
-    return nn.Dense(self.out_dim, dtype=self.dtype)(nn.silu(h))
+        temb = self.fourier(t)
+    return self.dense2(nnx.silu(self.dense1(temb)))
 
 
-def for_network(net: nn.Module, out_dim: int) -> TimeEmbedding:
-  """The time embedding of a network with the usual fields (`embedding`, `temb_dim`,
-  `time_scale`, `fourier_scale`, `min_time`, `dtype`); call it inside its compact method."""
+def for_network(kind, temb_dim, out_dim, time_scale, fourier_scale, min_time, dtype, rngs):
+  """The time embedding of a network with the usual hyper-parameters (`embedding`,
+  `temb_dim`, `time_scale`, `fourier_scale`, `min_time`, `dtype`)."""
   return TimeEmbedding(
-    net.embedding, net.temb_dim, out_dim, net.time_scale, net.fourier_scale, net.min_time, net.dtype
+    kind, temb_dim, out_dim, time_scale, fourier_scale, min_time, dtype, rngs=rngs
   )

@@ -10,51 +10,76 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from flax import nnx
 
-from vdae.models import embedding
-from vdae.models.layers import ResBlock, group_count
+from vdae.models import embedding as embedding_lib
+from vdae.models.layers import ResBlock, group_norm
+from vdae.models.network import Network
 
 
-class Encoder(nn.Module):
+class Encoder(nnx.Module):
   """x [B, H, W, C], t [B] -> mu [B, L], log_var [B, L] (float32)."""
 
-  latent_dim: int = 16
-  channels: int = 32
-  channel_mults: Sequence[int] = (1, 2)
-  num_res_blocks: int = 1
-  groups: int = 8
-  embedding: str = "sinusoidal"
-  temb_dim: int = 64
-  time_scale: float = 1000.0
-  fourier_scale: float = 16.0
-  min_time: float = 1e-3  # Fourier features of log t: t = 0 (clean x) is clamped here
-  dtype: jnp.dtype = jnp.float32
+  def __init__(
+    self,
+    in_shape: tuple[int, int, int],
+    *,
+    latent_dim: int = 16,
+    channels: int = 32,
+    channel_mults: Sequence[int] = (1, 2),
+    num_res_blocks: int = 1,
+    groups: int = 8,
+    embedding: str = "sinusoidal",
+    temb_dim: int = 64,
+    time_scale: float = 1000.0,
+    fourier_scale: float = 16.0,
+    min_time: float = 1e-3,  # Fourier features of log t: t = 0 (clean x) is clamped here
+    dtype=jnp.float32,
+    rngs: nnx.Rngs,
+  ):
+    side_h, side_w, in_ch = in_shape
+    emb_dim, self.dtype, self.num_res_blocks = 4 * channels, dtype, num_res_blocks
+    linear = lambda i, o: nnx.Linear(i, o, dtype=dtype, rngs=rngs)
+    self.temb = embedding_lib.for_network(
+      embedding, temb_dim, emb_dim, time_scale, fourier_scale, min_time, dtype, rngs
+    )
+    self.conv_in = nnx.Conv(in_ch, channels, (3, 3), dtype=dtype, rngs=rngs)
+    self.blocks, self.downs, ch = nnx.List(), nnx.List(), channels
+    for level, mult in enumerate(channel_mults):
+      for _ in range(num_res_blocks):
+        self.blocks.append(ResBlock(ch, channels * mult, emb_dim, groups, 0.0, dtype, rngs=rngs))
+        ch = channels * mult
+      if level != len(channel_mults) - 1:
+        self.downs.append(nnx.Conv(ch, ch, (3, 3), strides=(2, 2), dtype=dtype, rngs=rngs))
+        side_h, side_w = -(-side_h // 2), -(-side_w // 2)  # SAME padding, stride 2
+    self.norm = group_norm(ch, groups, dtype, rngs)
+    self.hidden = linear(side_h * side_w * ch, emb_dim)
+    self.emb_proj = linear(emb_dim, emb_dim)
+    self.out = linear(emb_dim, 2 * latent_dim)
 
-  @nn.compact
   def __call__(self, x: jax.Array, t: jax.Array) -> tuple[jax.Array, jax.Array]:
-    emb = embedding.for_network(self, 4 * self.channels)(t)
-    h = nn.Conv(self.channels, (3, 3), dtype=self.dtype)(x.astype(self.dtype))
-    for level, mult in enumerate(self.channel_mults):
+    emb = self.temb(t)
+    h = self.conv_in(x.astype(self.dtype))
+    blocks = iter(self.blocks)
+    for down in [*self.downs, None]:
       for _ in range(self.num_res_blocks):
-        h = ResBlock(self.channels * mult, self.groups, 0.0, self.dtype)(h, emb, False)
-      if level != len(self.channel_mults) - 1:
-        h = nn.Conv(h.shape[-1], (3, 3), strides=(2, 2), dtype=self.dtype)(h)
-    h = nn.silu(nn.GroupNorm(group_count(h.shape[-1], self.groups), dtype=self.dtype)(h))
-    h = h.reshape(h.shape[0], -1)
-    h = nn.silu(nn.Dense(4 * self.channels, dtype=self.dtype)(h))
-    h = h + nn.Dense(4 * self.channels, dtype=self.dtype)(nn.silu(emb))
-    out = nn.Dense(2 * self.latent_dim, dtype=self.dtype)(h).astype(jnp.float32)
+        h = next(blocks)(h, emb, False)
+      if down is not None:
+        h = down(h)
+    h = nnx.silu(self.norm(h)).reshape(h.shape[0], -1)
+    h = nnx.silu(self.hidden(h)) + self.emb_proj(nnx.silu(emb))
+    out = self.out(h).astype(jnp.float32)
     mu, log_var = jnp.split(out, 2, axis=-1)
     # Soft-clip log-variance: keeps exp(-log_var) in log q finite early on.
     log_var = 8.0 * jnp.tanh(log_var / 8.0)
     return mu, log_var
 
 
-def from_config(enc_cfg, model_cfg, sde_cfg) -> Encoder:
-  return Encoder(
+def from_config(enc_cfg, model_cfg, sde_cfg) -> Network:
+  return Network(
+    Encoder,
     latent_dim=enc_cfg.latent_dim,
     channels=enc_cfg.channels,
     channel_mults=tuple(enc_cfg.channel_mults),
@@ -69,6 +94,6 @@ def from_config(enc_cfg, model_cfg, sde_cfg) -> Encoder:
   )
 
 
-def init_params(model: Encoder, key: jax.Array, image_shape: tuple[int, ...]):
+def init_params(model: Network, key: jax.Array, image_shape: tuple[int, ...]):
   """The encoder's parameters for images of `image_shape` [H, W, C]."""
-  return model.init(key, jnp.zeros((1, *image_shape), jnp.float32), jnp.zeros((1,)))["params"]
+  return model.init(key, image_shape)

@@ -7,9 +7,9 @@ depending on its own input alone.
 
 from __future__ import annotations
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from flax import nnx
 
 
 def group_count(channels: int, groups: int) -> int:
@@ -20,35 +20,61 @@ def group_count(channels: int, groups: int) -> int:
   return g
 
 
-class ResBlock(nn.Module):
-  out_ch: int
-  groups: int
-  dropout: float = 0.0
-  dtype: jnp.dtype = jnp.float32
+def group_norm(channels: int, groups: int, dtype, rngs: nnx.Rngs) -> nnx.GroupNorm:
+  return nnx.GroupNorm(channels, num_groups=group_count(channels, groups), dtype=dtype, rngs=rngs)
 
-  @nn.compact
-  def __call__(self, x: jax.Array, emb: jax.Array, train: bool) -> jax.Array:
-    h = nn.GroupNorm(group_count(x.shape[-1], self.groups), dtype=self.dtype)(x)
-    h = nn.Conv(self.out_ch, (3, 3), dtype=self.dtype)(nn.silu(h))
-    h = h + nn.Dense(self.out_ch, dtype=self.dtype)(nn.silu(emb))[:, None, None, :]
-    h = nn.GroupNorm(group_count(self.out_ch, self.groups), dtype=self.dtype)(h)
-    h = nn.Dropout(self.dropout, deterministic=not train)(nn.silu(h))
+
+class ResBlock(nnx.Module):
+  """x [B, H, W, in_ch], emb [B, emb_dim] -> [B, H, W, out_ch]."""
+
+  def __init__(
+    self,
+    in_ch: int,
+    out_ch: int,
+    emb_dim: int,
+    groups: int,
+    dropout: float = 0.0,
+    dtype=jnp.float32,
+    *,
+    rngs: nnx.Rngs,
+  ):
+    self.norm1 = group_norm(in_ch, groups, dtype, rngs)
+    self.conv1 = nnx.Conv(in_ch, out_ch, (3, 3), dtype=dtype, rngs=rngs)
+    self.emb_proj = nnx.Linear(emb_dim, out_ch, dtype=dtype, rngs=rngs)
+    self.norm2 = group_norm(out_ch, groups, dtype, rngs)
+    self.dropout = nnx.Dropout(dropout)
     # Zero-init the last conv so each block starts as the identity.
-    h = nn.Conv(self.out_ch, (3, 3), dtype=self.dtype, kernel_init=nn.initializers.zeros)(h)
-    if x.shape[-1] != self.out_ch:
-      x = nn.Conv(self.out_ch, (1, 1), dtype=self.dtype)(x)
+    zeros = nnx.initializers.zeros
+    self.conv2 = nnx.Conv(out_ch, out_ch, (3, 3), dtype=dtype, kernel_init=zeros, rngs=rngs)
+    self.skip = nnx.Conv(in_ch, out_ch, (1, 1), dtype=dtype, rngs=rngs) if in_ch != out_ch else None
+
+  def __call__(self, x: jax.Array, emb: jax.Array, train: bool, rngs=None) -> jax.Array:
+    h = self.conv1(nnx.silu(self.norm1(x)))
+    h = h + self.emb_proj(nnx.silu(emb))[:, None, None, :]
+    h = self.dropout(nnx.silu(self.norm2(h)), deterministic=not train, rngs=rngs)
+    h = self.conv2(h)
+    if self.skip is not None:
+      x = self.skip(x)
     return (x + h) / jnp.sqrt(2.0).astype(h.dtype)
 
 
-class AttnBlock(nn.Module):
-  groups: int
-  dtype: jnp.dtype = jnp.float32
+class AttnBlock(nnx.Module):
+  """Single-head self-attention over the H*W positions, with a residual."""
 
-  @nn.compact
+  def __init__(self, channels: int, groups: int, dtype=jnp.float32, *, rngs: nnx.Rngs):
+    self.norm = group_norm(channels, groups, dtype, rngs)
+    self.attn = nnx.MultiHeadAttention(
+      num_heads=1,
+      in_features=channels,
+      dtype=dtype,
+      out_kernel_init=nnx.initializers.zeros,
+      decode=False,
+      deterministic=True,
+      keep_rngs=False,
+      rngs=rngs,
+    )
+
   def __call__(self, x: jax.Array) -> jax.Array:
     b, hh, ww, c = x.shape
-    h = nn.GroupNorm(group_count(c, self.groups), dtype=self.dtype)(x).reshape(b, hh * ww, c)
-    h = nn.MultiHeadDotProductAttention(
-      num_heads=1, dtype=self.dtype, out_kernel_init=nn.initializers.zeros
-    )(h)
+    h = self.attn(self.norm(x).reshape(b, hh * ww, c))
     return (x + h.reshape(b, hh, ww, c)) / jnp.sqrt(2.0).astype(h.dtype)

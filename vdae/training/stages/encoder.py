@@ -26,8 +26,8 @@ def make_encoder_loss(config, correction_impl: str = "reverse", kernel: str | No
 
   def loss_fn(params, batch, key, score_params):
     return objective.vdae_loss(
-      lambda x, t: score_model.apply({"params": score_params}, x, t),
-      lambda x, t: enc.apply({"params": params}, x, t),
+      lambda x, t: score_model.apply(score_params, x, t),
+      lambda x, t: enc.apply(params, x, t),
       batch["image"],
       key,
       sde,
