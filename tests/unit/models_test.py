@@ -166,3 +166,21 @@ def test_sizes_below_the_downsampling_are_refused(tiny_config):
     sizes.check_encoder(c.encoder, (1, 1, 1))
   with pytest.raises(DataError, match=r"vae.decoder_channel_mults=\(2, 1\).*divide by 2"):
     sizes.check_vae_decoder(c.vae, (6, 7, 1))
+
+
+def test_dropout_draws_from_the_key_it_is_given_and_only_in_training():
+  model = Network(
+    unet.UNet, channels=8, channel_mults=(1,), num_res_blocks=1, groups=4, temb_dim=16, dropout=0.5
+  )
+  x = jax.random.normal(jax.random.key(0), (2, 8, 8, 1))
+  t = jnp.array([0.3, 0.8])
+  params = jax.tree.map(lambda p: p + 0.1, model.init(jax.random.key(1), x.shape[1:]))
+  run = jax.jit(
+    lambda k, train: model.apply(params, x, t, train, rngs={"dropout": k}), static_argnums=1
+  )
+  a, b = run(jax.random.key(2), True), run(jax.random.key(3), True)
+  np.testing.assert_array_equal(a, run(jax.random.key(2), True))  # a key gives one mask
+  assert not np.allclose(a, b)  # another key another
+  off = run(jax.random.key(2), False)
+  np.testing.assert_array_equal(off, run(jax.random.key(3), False))  # no draw at evaluation
+  assert not np.allclose(a, off)
