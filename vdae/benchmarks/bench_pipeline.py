@@ -77,7 +77,7 @@ def stage_figures(cfg, workdir: str, steps: int, repeats: int, peak: float) -> l
     rows.append(
       {
         "stage": name,
-        "batch": spec.batch_size,
+        "batch": spec.group.batch_size,
         "bare_step_s": bare,
         "pipelined_step_s": piped,
         "loop_step_s": loop,

@@ -57,10 +57,10 @@ def main():
       t = stages.trainer("stage1", cfg, wd)
       compiled, state, spec, flops, it, batch = common.compiled_step(t)
       sec, _ = common.time_steps(compiled, state, spec.frozen, batch, args.repeats)
-      consumed = spec.batch_size / sec
-      delivered = common.pipeline_rate(it, spec.batch_size)
+      consumed = spec.group.batch_size / sec
+      delivered = common.pipeline_rate(it, spec.group.batch_size)
       print(
-        f"{name:36s} {spec.batch_size:5d} {1 / sec:8.2f} {consumed:8.0f} "
+        f"{name:36s} {spec.group.batch_size:5d} {1 / sec:8.2f} {consumed:8.0f} "
         f"{flops / sec / 1e9:8.2f} {flops / sec / peak:8.1%} {delivered:14.0f} "
         f"{delivered / consumed:8.1f}x"
       )

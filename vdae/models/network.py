@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import collections
 import functools
+from collections.abc import Callable
 
 import jax
 from flax import nnx, traverse_util
@@ -32,14 +33,14 @@ _TYPE_NAMES = {nnx.Linear: "Dense", nnx.MultiHeadAttention: "MultiHeadDotProduct
 
 
 class Network:
-  """The hyper-parameters of an NNX module class, and the module as pure functions.
+  """The hyper-parameters of an NNX module, and the module as pure functions.
 
-  `module(in_shape, **hparams, rngs=...)` builds the network for inputs of `in_shape`
-  (one example's shape). Hyper-parameters read as attributes (`net.latent_dim`); two
-  Networks with the same class and hyper-parameters are equal (jit caches by them).
-  """
+  `module(in_shape, **hparams, rngs=...)` (its class, or a function) builds the network for
+  inputs of `in_shape` (one example's shape). Hyper-parameters read as attributes
+  (`net.latent_dim`); two Networks of the same module and hyper-parameters are equal (jit
+  caches by them)."""
 
-  def __init__(self, module: type[nnx.Module], **hparams):
+  def __init__(self, module: Callable[..., nnx.Module], **hparams):
     self.__dict__["module"] = module
     self.__dict__["hparams"] = hparams
 
