@@ -85,11 +85,3 @@ class TimeEmbedding(nnx.Module):
       else:
         temb = self.fourier(t)
     return self.dense2(nnx.silu(self.dense1(temb)))
-
-
-def for_network(kind, temb_dim, out_dim, time_scale, fourier_scale, min_time, dtype, rngs):
-  """The time embedding of a network with the usual hyper-parameters (`embedding`,
-  `temb_dim`, `time_scale`, `fourier_scale`, `min_time`, `dtype`)."""
-  return TimeEmbedding(
-    kind, temb_dim, out_dim, time_scale, fourier_scale, min_time, dtype, rngs=rngs
-  )

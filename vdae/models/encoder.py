@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from vdae.models import embedding as embedding_lib
+from vdae.models.embedding import TimeEmbedding
 from vdae.models.layers import ResBlock, group_norm
 from vdae.models.network import Network
 
@@ -42,8 +42,8 @@ class Encoder(nnx.Module):
     side_h, side_w, in_ch = in_shape
     emb_dim, self.dtype, self.num_res_blocks = 4 * channels, dtype, num_res_blocks
     linear = lambda i, o: nnx.Linear(i, o, dtype=dtype, rngs=rngs)
-    self.temb = embedding_lib.for_network(
-      embedding, temb_dim, emb_dim, time_scale, fourier_scale, min_time, dtype, rngs
+    self.temb = TimeEmbedding(
+      embedding, temb_dim, emb_dim, time_scale, fourier_scale, min_time, dtype, rngs=rngs
     )
     self.conv_in = nnx.Conv(in_ch, channels, (3, 3), dtype=dtype, rngs=rngs)
     self.blocks, self.downs, ch = nnx.List(), nnx.List(), channels

@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from vdae.models import embedding as embedding_lib
+from vdae.models.embedding import TimeEmbedding
 from vdae.models.layers import AttnBlock, ResBlock, group_norm
 from vdae.models.network import Network
 
@@ -51,8 +51,8 @@ class UNet(nnx.Module):
     block = lambda i, o: ResBlock(i, o, emb_dim, groups, dropout, dtype, rngs=rngs)
     attn = lambda ch: AttnBlock(ch, groups, dtype, rngs=rngs)
     conv = lambda i, o, **kw: nnx.Conv(i, o, (3, 3), dtype=dtype, rngs=rngs, **kw)
-    self.temb = embedding_lib.for_network(
-      embedding, temb_dim, emb_dim, time_scale, fourier_scale, min_time, dtype, rngs
+    self.temb = TimeEmbedding(
+      embedding, temb_dim, emb_dim, time_scale, fourier_scale, min_time, dtype, rngs=rngs
     )
     self.conv_in = conv(in_ch, channels)
     # The skips' channels and sides, as the forward pass pushes them.
