@@ -142,3 +142,24 @@ def _flat(tree, prefix=()):
     else:
       out[prefix + (k,)] = v
   return out
+
+
+def test_a_traced_init_draws_flaxs_keys_and_stages_no_counter_arithmetic():
+  """Network.init gives the parameters nnx.Rngs would (the k-th draw of a stream is
+  fold_in(key, k)), and traced it stages no uint32 counter update: with flax's counters
+  each draw adds one, and JAX 0.10 answers flax's sharding probe of that tracer by walking
+  every equation traced so far (quadratic in the draws: network._rngs)."""
+  net, key = Network(_Net, width=4), jax.random.key(3)
+  want = nnx.to_pure_dict(nnx.state(_Net((5,), width=4, rngs=nnx.Rngs(params=key))))
+  got = net.init(key, (5,))
+  assert len(_flat(got)) == 16
+  # Same arrays, up to the checkpoint names: as multisets of values, each layer's draw.
+  leaves = lambda tree: sorted(np.asarray(v).tobytes() for v in jax.tree.leaves(tree))
+  assert leaves(got) == leaves(want)
+  counter = lambda e: e.primitive.name == "add" and e.outvars[0].aval.dtype == jnp.uint32
+  draw = lambda e: e.primitive.name == "random_fold_in"
+  ours = jax.make_jaxpr(lambda k: net.init(k, (5,)))(key).eqns
+  flaxs = jax.make_jaxpr(lambda k: nnx.state(_Net((5,), width=4, rngs=nnx.Rngs(params=k))))(key)
+  draws = sum(map(draw, flaxs.eqns))
+  assert draws > 10 and sum(map(counter, flaxs.eqns)) == draws  # flax: an add per draw
+  assert sum(map(draw, ours)) == draws and not any(map(counter, ours))
