@@ -27,7 +27,6 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 
-import diffrax
 import jax
 import jax.numpy as jnp
 
@@ -35,7 +34,10 @@ from vdae import schema
 from vdae.diffusion import sde as sde_lib
 from vdae.types import Array, ScoreFn
 
-SOLVERS = {"tsit5": diffrax.Tsit5, "dopri5": diffrax.Dopri5}  # eval.bpd_solver's choices
+# eval.bpd_solver's choices: diffrax's solver classes by name. diffrax (and equinox,
+# lineax, optimistix under it) is imported where a likelihood is solved: every process
+# reads this module through the config, and most never solve one.
+SOLVERS = ("tsit5", "dopri5")
 
 
 def exact_divergence(f: Callable[[Array], Array], x: Array, chunk: int = 64) -> Array:
@@ -82,7 +84,9 @@ def log_likelihood(
   steps), exact (1 if the divergence was exact), ok (1 if the solve succeeded;
   logp is NaN where it did not). Jittable.
   """
-  schema.require("eval.bpd_solver", solver, tuple(SOLVERS))
+  import diffrax
+
+  schema.require("eval.bpd_solver", solver, SOLVERS)
   shape = x.shape
   b, d = shape[0], math.prod(shape[1:])
   exact = d <= exact_max_dim
@@ -101,7 +105,7 @@ def log_likelihood(
   y0 = (x.reshape(b, d).astype(jnp.float32), jnp.zeros((b,), jnp.float32))
   sol = diffrax.diffeqsolve(
     diffrax.ODETerm(vector_field),
-    SOLVERS[solver](),
+    {"tsit5": diffrax.Tsit5, "dopri5": diffrax.Dopri5}[solver](),
     sde.eps,
     1.0,
     None,
