@@ -15,6 +15,7 @@ import signal
 import subprocess
 import sys
 import time
+import typing
 
 import pytest
 
@@ -73,10 +74,22 @@ def _launch(cache: str, wd: str, logdir: str, *extra: str) -> procs.Proc:
   return procs.Proc(argv, env, os.path.join(logdir, "launcher.log"))
 
 
-@pytest.mark.timeout(1200)
-def test_two_processes_preempted_and_resumed_match_one_process(reference, cache, tmp_path):
-  wd, logs1, logs2 = str(tmp_path / "wd"), str(tmp_path / "l1"), str(tmp_path / "l2")
-  job = _launch(cache, wd, logs1, f"--config.stage1.image_every={S1}")
+class Preempted(typing.NamedTuple):
+  wd: str
+  logs: str
+  rc: int
+  out: str
+  stage1: str  # a copy of the stage 1 it trained (checkpoints at 2 and S1)
+
+
+@pytest.fixture(scope="module")
+def preempted(cache, tmp_path_factory) -> Preempted:
+  """Both stages on 2 processes, SIGTERM to process 1 once stage 2 is under way:
+  test_two_processes_preempted_and_resumed_match_one_process resumes it, and
+  test_processes_agree_on_the_step_to_restore damages a copy of its stage 1."""
+  root = tmp_path_factory.mktemp("two_processes")
+  wd, logs = str(root / "wd"), str(root / "l1")
+  job = _launch(cache, wd, logs, f"--config.stage1.image_every={S1}")
   try:
     procs.wait_for(lambda: "launch: process 1 pid" in job.output(), 30, "the launch", [job])
     pid1 = int(re.search(r"launch: process 1 pid (\d+)", job.output()).group(1))
@@ -93,7 +106,17 @@ def test_two_processes_preempted_and_resumed_match_one_process(reference, cache,
     rc = job.wait(timeout=240)
   finally:
     job.kill()
-  out = job.output()
+  stage1 = str(root / "stage1")
+  shutil.copytree(os.path.join(wd, "stage1"), stage1)
+  return Preempted(wd, logs, rc, job.output(), stage1)
+
+
+@pytest.mark.timeout(1200)
+def test_two_processes_preempted_and_resumed_match_one_process(
+  reference, preempted, cache, tmp_path
+):
+  wd, logs1, logs2 = preempted.wd, preempted.logs, str(tmp_path / "l2")
+  rc, out = preempted.rc, preempted.out
   assert rc == 143, out[-4000:]
   assert "process 0 exited with status 143" in out and "process 1 exited with status 143" in out
   saved = []
@@ -422,24 +445,26 @@ def test_tensorboard_script_serves_the_run(tmp_path):
     p.kill()
 
 
-@pytest.mark.timeout(420)
-def test_processes_agree_on_the_step_to_restore(reference, cache, tmp_path):
-  """Process 1 cannot read the newest checkpoint (its data-iterator position is
-  damaged), process 0 can: both must restore the same older step, not each the
-  newest it can read, and end with the one-process parameters."""
+@pytest.mark.timeout(600)  # with the module's preempted launch when this test runs alone
+def test_processes_agree_on_the_step_to_restore(reference, preempted, cache, tmp_path):
+  """Process 1 cannot read the newest checkpoint of a stage 1 trained on 2 processes (its
+  data-iterator position is damaged), process 0 can: both must restore the same older
+  step, not each the newest it can read, and end with the one-process parameters."""
   wd = str(tmp_path / "wd")
-  for i, logs in enumerate(("l1", "l2")):
-    job = _launch(cache, wd, str(tmp_path / logs), "--stages=pretrain")
-    try:
-      rc = job.wait(timeout=240)
-    finally:
-      job.kill()
-    assert rc == 0, job.output()[-4000:]
-    if i == 0:
-      ck = os.path.join(wd, "stage1", "checkpoints")
-      assert procs.steps(ck) == [2, S1]
-      with open(os.path.join(ck, str(S1), "data", "process_1-of-2.json"), "w") as f:
-        f.write("{cut sho")
+  ck = os.path.join(wd, "stage1", "checkpoints")
+  shutil.copytree(preempted.stage1, os.path.join(wd, "stage1"))
+  assert procs.steps(ck) == [2, S1]
+  with open(os.path.join(ck, str(S1), "data", "process_1-of-2.json"), "w") as f:
+    f.write("{cut sho")
+  # The preempted launch's flags (its stage 1 drew pictures at S1).
+  job = _launch(
+    cache, wd, str(tmp_path / "l2"), "--stages=pretrain", f"--config.stage1.image_every={S1}"
+  )
+  try:
+    rc = job.wait(timeout=240)
+  finally:
+    job.kill()
+  assert rc == 0, job.output()[-4000:]
   for i in range(2):
     with open(os.path.join(tmp_path, "l2", f"process_{i}.log")) as f:
       log = f.read()

@@ -14,6 +14,7 @@ import re
 import shutil
 import sys
 import time
+import typing
 
 import pytest
 
@@ -87,49 +88,45 @@ def _assert_same_run(ref: str, wd: str) -> None:
     assert got[k] == pytest.approx(want[k], rel=1e-5, abs=1e-6), k
 
 
+class Reference(typing.NamedTuple):
+  wd: str  # an uninterrupted --mode=all
+  pid: int  # its process
+  refused: tuple[int, str]  # what a second run on its workdir said meanwhile (status, output)
+
+
 @pytest.fixture(scope="module")
-def reference(cache, tmp_path_factory) -> str:
-  """An uninterrupted --mode=all."""
+def reference(cache, tmp_path_factory) -> Reference:
+  """An uninterrupted --mode=all; while it runs, a second run on its workdir (which must
+  be refused: test_a_second_run_on_the_same_workdir_is_refused)."""
   wd = str(tmp_path_factory.mktemp("all_ref") / "wd")
-  rc, out = procs.run(_all(wd), procs.child_env(cache), wd + ".log", timeout=600)
-  assert rc == 0, out[-4000:]
-  return wd
-
-
-@pytest.mark.timeout(300)
-def test_a_second_run_on_the_same_workdir_is_refused(cache, tmp_path):
-  wd = str(tmp_path / "wd")
-  first = _start(
-    cache,
-    [
-      sys.executable,
-      "-m",
-      "vdae.main",
-      *procs.MINI,
-      f"--workdir={wd}",
-      "--mode=pretrain",
-      "--config.stage1.num_steps=40",
-    ],
-    str(tmp_path / "first.log"),
-  )
+  first = _start(cache, _all(wd), wd + ".log")
   try:
-    procs.wait_for(lambda: os.path.exists(os.path.join(wd, ".vdae.lock")), 60, "the lock", [first])
+    procs.wait_for(lambda: os.path.exists(os.path.join(wd, ".vdae.lock")), 120, "the lock", [first])
     second = [sys.executable, "-m", "vdae.main", *procs.MINI, f"--workdir={wd}", "--mode=pretrain"]
-    rc, out = procs.run(second, procs.child_env(cache), str(tmp_path / "second.log"), timeout=120)
-    assert rc == 2, out[-3000:]
-    assert f"vdae: error: workdir '{wd}' is in use by pid {first.pid}" in out, out[-3000:]
-    assert "Traceback" not in out
-    assert first.wait(timeout=240) == 0, first.output()[-3000:]
+    refused = procs.run(second, procs.child_env(cache), wd + ".second.log", timeout=120)
+    rc = first.wait(timeout=600)
   finally:
     first.kill()
-  assert procs.steps(os.path.join(wd, "stage1", "checkpoints"))[-1] == 40
-  assert not os.path.exists(os.path.join(wd, ".vdae.lock"))  # released at exit
+  assert rc == 0, first.output()[-4000:]
+  return Reference(wd, first.pid, refused)
+
+
+@pytest.mark.timeout(900)  # includes the module's reference run
+def test_a_second_run_on_the_same_workdir_is_refused(reference):
+  rc, out = reference.refused
+  assert rc == 2, out[-3000:]
+  assert f"vdae: error: workdir '{reference.wd}' is in use by pid {reference.pid}" in out, out
+  assert "Traceback" not in out
+  # The first run went on to the end (the reference's exit status 0) and released the lock.
+  for stage, n in STAGES:
+    assert procs.steps(os.path.join(reference.wd, stage, "checkpoints"))[-1] == n
+  assert not os.path.exists(os.path.join(reference.wd, ".vdae.lock"))
 
 
 @pytest.mark.timeout(400)
 def test_sigterm_during_evaluation_exits_143_and_writes_nothing(cache, reference, tmp_path):
   wd = str(tmp_path / "wd")
-  shutil.copytree(reference, wd)
+  shutil.copytree(reference.wd, wd)
   shutil.rmtree(os.path.join(wd, "eval"))
   argv = [
     sys.executable,
@@ -148,7 +145,7 @@ def test_sigterm_during_evaluation_exits_143_and_writes_nothing(cache, reference
   assert not os.path.exists(os.path.join(wd, "eval", "metrics.json"))
   rc, out = procs.run(argv, procs.child_env(cache), str(tmp_path / "rerun.log"), timeout=300)
   assert rc == 0, out[-4000:]
-  want, got = _metrics(reference), _metrics(wd)
+  want, got = _metrics(reference.wd), _metrics(wd)
   assert got == pytest.approx(want, rel=1e-5, abs=1e-6)
 
 
@@ -227,6 +224,6 @@ def test_sigkill_soak_over_the_whole_pipeline(cache, reference, tmp_path):
   assert rc == 0, out[-4000:]
   # A kill can land just after its phase ended (the next one's, then): all but one land.
   assert sum(kills.values()) >= len(PHASES) - 1 and len(kills) >= len(PHASES) - 1, kills
-  _assert_same_run(reference, wd)
+  _assert_same_run(reference.wd, wd)
   left = [f for _, _, fs in os.walk(wd) for f in fs if f.endswith(".tmp")]
   assert not left, left
