@@ -163,3 +163,15 @@ def test_a_traced_init_draws_flaxs_keys_and_stages_no_counter_arithmetic():
   draws = sum(map(draw, flaxs.eqns))
   assert draws > 10 and sum(map(counter, flaxs.eqns)) == draws  # flax: an add per draw
   assert sum(map(draw, ours)) == draws and not any(map(counter, ours))
+
+
+def test_bench_build_times_both_rng_streams(monkeypatch, capsys):
+  """vdae/benchmarks/bench_build.py runs (the figure in docs/performance.md is its output)."""
+  import sys
+
+  from vdae.benchmarks import bench_build
+
+  monkeypatch.setattr(sys, "argv", ["bench_build", "--config", "digits", "--repeats", "1"])
+  bench_build.main()
+  out = capsys.readouterr().out
+  assert "nnx.Rngs" in out and "network._rngs" in out and out.count("x\n") == 2, out
