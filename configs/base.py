@@ -242,7 +242,7 @@ def get_config() -> ml_collections.ConfigDict:
   ev.timing_methods = ("em", "pc", "ode")  # vdae/time_per_image_<method> ("" entries skipped)
   ev.bpd_num_images = 16  # test images for bits_per_dim (0 = skip it)
   ev.elbo_num_images = 16  # test images for the VDAE's neg_elbo_bits_per_dim (0 = skip it)
-  ev.bpd_solver = field("tsit5", choices=likelihood.SOLVERS)  # diffrax, adaptive
+  ev.bpd_solver = field("tsit5", choices=tuple(likelihood.SOLVERS))  # diffrax, adaptive
   ev.bpd_rtol = 1e-3  # digits: 5e-4 bits/dim from 1e-5, at a sixth of the solver steps
   ev.bpd_atol = 1e-3
   ev.bpd_max_steps = 2000

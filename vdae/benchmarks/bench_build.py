@@ -20,7 +20,7 @@ from vdae.io.timings import matmul_peak_flops
 from vdae.models import network, unet
 
 SHAPES = {"cifar10": (32, 32, 3), "digits": (8, 8, 1)}  # the data each config reads
-STREAMS = {"nnx.Rngs": lambda **keys: nnx.Rngs(**keys), "network._rngs": network._rngs}
+STREAMS = {"nnx.Rngs": nnx.Rngs, "network._rngs": network._rngs}
 
 
 def times(net: network.Network, shape: tuple[int, ...], rngs) -> tuple[float, float]:

@@ -34,10 +34,10 @@ from vdae import schema
 from vdae.diffusion import sde as sde_lib
 from vdae.types import Array, ScoreFn
 
-# eval.bpd_solver's choices: diffrax's solver classes by name. diffrax (and equinox,
-# lineax, optimistix under it) is imported where a likelihood is solved: every process
-# reads this module through the config, and most never solve one.
-SOLVERS = ("tsit5", "dopri5")
+# eval.bpd_solver's choices -> diffrax's solver classes, by name: diffrax (and equinox,
+# lineax, optimistix under it) is imported where a likelihood is solved, since every
+# process reads this module through the config and most never solve one.
+SOLVERS = {"tsit5": "Tsit5", "dopri5": "Dopri5"}
 
 
 def exact_divergence(f: Callable[[Array], Array], x: Array, chunk: int = 64) -> Array:
@@ -86,7 +86,7 @@ def log_likelihood(
   """
   import diffrax
 
-  schema.require("eval.bpd_solver", solver, SOLVERS)
+  schema.require("eval.bpd_solver", solver, tuple(SOLVERS))
   shape = x.shape
   b, d = shape[0], math.prod(shape[1:])
   exact = d <= exact_max_dim
@@ -105,7 +105,7 @@ def log_likelihood(
   y0 = (x.reshape(b, d).astype(jnp.float32), jnp.zeros((b,), jnp.float32))
   sol = diffrax.diffeqsolve(
     diffrax.ODETerm(vector_field),
-    {"tsit5": diffrax.Tsit5, "dopri5": diffrax.Dopri5}[solver](),
+    getattr(diffrax, SOLVERS[solver])(),
     sde.eps,
     1.0,
     None,
