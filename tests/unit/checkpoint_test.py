@@ -133,3 +133,21 @@ def test_a_train_state_and_its_saved_metadata_name_the_same_arrays(tmp_path, tin
   target = checkpoint.abstract_like(renamed, jax.tree.map(lambda a: a.sharding, renamed))
   assert "params/dense/w" in ck._tree_difference(1, target)
   ck.close()
+
+
+def test_leftovers_of_a_killed_save_are_gone_once_the_checkpointer_exists(tmp_path):
+  """Orbax cleans them on a background thread; the Checkpointer waits for it, so no read
+  races it and no error exit leaves it running into the interpreter's shutdown."""
+  from orbax.checkpoint._src.path import atomicity
+
+  d = tmp_path / "ck"
+  c = checkpoint.Checkpointer(str(d), keep=2, async_save=False)
+  c.save(1, {"w": jnp.ones((2,))}, None, {"a": 1})
+  c.close()
+  left = d / f"2{atomicity.TMP_DIR_SUFFIX}1234"
+  left.mkdir()
+  (left / "state").mkdir()
+  c = checkpoint.Checkpointer(str(d), keep=2, async_save=False)
+  assert not left.exists()
+  assert c.steps() == [1]
+  c.close()

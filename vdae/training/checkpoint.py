@@ -168,6 +168,12 @@ class Checkpointer:
       "data": grain.checkpoint.CheckpointHandler(),
     }
     self._mngr = ocp.CheckpointManager(self.directory, options=options, item_handlers=handlers)
+    # Orbax removes those leftovers on a thread of its own and waits for it only before a
+    # save. A run that restores and then stops on an error (another model's checkpoint)
+    # exits while that thread still schedules file checks, and the interpreter's shutdown
+    # prints its "cannot schedule new futures" traceback under vdae's one-line error. A
+    # listing of one directory: wait for it here, before anything reads the directory.
+    self._mngr._maybe_await_cleanup_tmp_directory()
 
   # --- queries -------------------------------------------------------------------
   def steps(self) -> list[int]:
