@@ -245,7 +245,12 @@ def get_config() -> ml_collections.ConfigDict:
   ev.bpd_solver = field("tsit5", choices=tuple(likelihood.SOLVERS))  # diffrax, adaptive
   ev.bpd_rtol = 1e-3  # digits: 5e-4 bits/dim from 1e-5, at a sixth of the solver steps
   ev.bpd_atol = 1e-3
-  ev.bpd_max_steps = 2000
+  # The solve's step budget (accepted + rejected steps a batch): past it the value is NaN
+  # and its _converged share says so, instead of an unbounded solve.
+  ev.bpd_max_steps = field(2000, positive=True)
+  # Solver steps per compiled call: control comes back to Python (SIGTERM, progress lines)
+  # between pieces, which carry the solver's state on (the same steps as one solve).
+  ev.bpd_piece_steps = field(4, positive=True)
   ev.exact_trace_max_dim = 1024  # exact divergence up to this D, Hutchinson above
   ev.hutchinson_probes = 1  # Rademacher probes per solve when D is larger
   ev.data_levels = 0  # pixel levels of the raw data (0 = by source: digits 17, else 256)
