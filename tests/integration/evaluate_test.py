@@ -51,7 +51,9 @@ KEYS = (
   # The VDAE's sample_fid comes from its learned latent prior; N(0, I) beside it.
   | {f"vdae/sample_fid_standard_normal{k}" for k in ("", "_ci_low", "_ci_high", "_num")}
   | {"vdae/time_per_image_em", "vdae/time_per_image_pc", "vdae/time_per_image_ode"}
-  | {"score_model/bits_per_dim", "score_model/bpd_solver_steps"}
+  | {"vdae/neg_elbo_bits_per_dim_converged", "vdae/neg_elbo_solver_steps"}
+  | {"score_model/bits_per_dim", "score_model/bits_per_dim_converged"}
+  | {"score_model/bpd_solver_steps"}
   | {"classifier_test_accuracy", "fid_floor_train_vs_test"}
   # shapes has factors: per-factor probes, DCI and MIG for every autoencoder.
   | {

@@ -30,7 +30,7 @@ class Shrink(Autoencoder):
     noise = 0.0 if protocol == "mode" else self.noise * np.asarray(jax.random.normal(key, z.shape))
     return (self.a * z + noise).reshape(len(z), 8, 8, 1)
 
-  def extra_metrics(self, test_images, batch, seed):
+  def extra_metrics(self, test_images, batch, seed, hooks=None):
     return {"seen": float(len(test_images))}
 
 

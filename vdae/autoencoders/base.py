@@ -89,7 +89,11 @@ class Autoencoder(abc.ABC):
     time out of timings); "mean" averages "sample" decodes."""
     self.decode(z, jax.random.key(0), "mode" if protocol == "mode" else "sample")
 
-  def extra_metrics(self, test_images: np.ndarray, batch: int, seed: int) -> dict[str, float]:
-    """Metrics only this kind of model has (unprefixed; the harness adds `<name>/`)."""
-    del test_images, batch, seed
+  def extra_metrics(
+    self, test_images: np.ndarray, batch: int, seed: int, hooks=None
+  ) -> dict[str, float]:
+    """Metrics only this kind of model has (unprefixed; the harness adds `<name>/`).
+    hooks: a likelihood.BatchHooks for what is solved in pieces (kept parts, progress,
+    preemption)."""
+    del test_images, batch, seed, hooks
     return {}

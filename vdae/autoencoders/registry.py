@@ -57,6 +57,12 @@ class Entry:
   stage: str  # the stage that trains it (the sweep trains this one)
   load: Callable[..., Autoencoder]  # (config, workdir, mesh, image_shape) -> Autoencoder
   needs: tuple[str, ...] = ()  # other stages it reads: evaluated when all are trained
+  also_reads: tuple[str, ...] = ()  # stages it reads where they are trained (else without)
+
+  @property
+  def reads(self) -> tuple[str, ...]:
+    """Every stage whose checkpoint can change what it computes."""
+    return (self.stage, *self.needs, *self.also_reads)
 
 
 # Evaluation order; the comparison grid's rows follow it (originals, then each): the
@@ -64,6 +70,6 @@ class Entry:
 AUTOENCODERS: dict[str, Entry] = {
   "vae": Entry("vae", load_vae),
   "sdedit_vae": Entry("vae", load_sdedit_vae, needs=("stage1",)),
-  "refined_vae": Entry("refiner", load_refined_vae),
-  "vdae": Entry("stage2", load_vdae),
+  "refined_vae": Entry("refiner", load_refined_vae, also_reads=("vae",)),
+  "vdae": Entry("stage2", load_vdae, also_reads=("stage1", "prior")),
 }

@@ -133,10 +133,10 @@ class VAE(Autoencoder):
   def reconstruct(self, x: np.ndarray) -> np.ndarray:
     return self.decode(self.encode(x), None, "mode")
 
-  def extra_metrics(self, test_images, batch, seed):
+  def extra_metrics(self, test_images, batch, seed, hooks=None):
     """neg_elbo_bits_per_dim: the -ELBO (one z per image, dequantised x) in bits per
-    dim of the discrete data, an upper bound on the VAE's."""
-    del seed
+    dim of the discrete data, an upper bound on the VAE's (closed form: one call a batch)."""
+    del seed, hooks
     levels, dequant = self.levels, self.config.eval.dequantize
     d = math.prod(test_images.shape[1:])
 

@@ -191,24 +191,27 @@ class VDAE(Autoencoder):
   def reconstruct(self, x: np.ndarray, key) -> np.ndarray:
     return self.decode(self.encode(x), key)
 
-  def neg_elbo_bits_per_dim(self, x: np.ndarray, seed: int) -> float:
-    """-ELBO of x [N, ...] in bits per dim of the discrete data, the VAE's bound's
-    counterpart: -log p(x | z) by the probability-flow ODE with the conditional
-    score s_theta + c(z) (one z ~ q(z | x) per image), plus KL(q || N(0, I)).
-    Dequantised like score_model/bits_per_dim, so it bounds the discrete NLL; the
-    divergence is Hutchinson's estimate (eval.hutchinson_probes), unbiased."""
+  def elbo_solver(self, seed: int):
+    """solve(xb [b, ...], i, between) -> (-ELBO bits per dim [b], stats) of batch i:
+    -log p(x | z) by the probability-flow ODE with the conditional score s_theta + c(z)
+    (one z ~ q(z | x) per image), plus KL(q || N(0, I)), solved in pieces
+    (likelihood.Pieces: `between` runs after each)."""
     ev, config = self.config.eval, self.config
     sde = sde_lib.from_config(config.sde)
     levels = sources.data_levels(config.data, config.eval)
     lv_term = config.encoder.logvar_term
-    d = math.prod(x.shape[1:])
+    d = math.prod(self.image_shape)
 
-    def run(score_params, enc_params, xb, key):
+    def prepare(enc_params, xb, key):
       k_deq, k_z, k_probe = jax.random.split(key, 3)
       mu, lv = self.encoder.apply(enc_params, xb, jnp.zeros((len(xb),)))
       z = mu + jnp.exp(0.5 * lv) * jax.random.normal(k_z, mu.shape)
       if ev.dequantize:
         xb = likelihood.dequantize(xb, levels, k_deq)
+      return xb, z, correction.kl_standard_normal(mu, lv), k_probe
+
+    def make_score_fn(args):
+      score_params, enc_params, z = args
       eps_fn = score.eps_fn_for(self.score_model, score_params, config.model)
       encode_fn = lambda xt, t: self.encoder.apply(enc_params, xt, t)
 
@@ -216,41 +219,43 @@ class VDAE(Autoencoder):
         s = score.eps_to_score(eps_fn(xt, t), sde.marginal(t)[1])
         return s + correction.correction_score(encode_fn, xt, t, z, lv_term)
 
-      logp, _ = likelihood.log_likelihood(
-        score_fn,
-        xb,
-        sde,
-        k_probe,
-        # Hutchinson always: div c is the trace of the encoder's Hessian in x_t,
-        # D forward-over-reverse passes per call if exact (60x the cost on digits).
-        exact_max_dim=0,
-        **likelihood.solver_options(ev),
+      return score_fn
+
+    # Hutchinson always: div c is the trace of the encoder's Hessian in x_t, D
+    # forward-over-reverse passes per call if exact (60x the cost on digits).
+    pieces = likelihood.Pieces(make_score_fn, sde, exact_max_dim=0, **likelihood.solver_options(ev))
+    prepare = jax.jit(prepare)
+
+    def solve(xb, i, between):
+      xd, z, kl, k_probe = prepare(
+        self.enc_params, self._global(xb), jax.random.key(seed + 200 + i)
       )
-      elbo = logp - correction.kl_standard_normal(mu, lv)
-      return likelihood.bits_per_dim(elbo, d, levels)
+      logp, stats = pieces((self.score_params, self.enc_params, z), xd, k_probe, between)
+      return likelihood.bits_per_dim(logp - kl, d, levels), stats
 
-    fn = jax.jit(run)
-    counter = iter(range(len(x)))
-    vals = pipeline.map_batched(
-      lambda b: fn(
-        self.score_params,
-        self.enc_params,
-        self._global(b),
-        jax.random.key(seed + 200 + next(counter)),
-      ),
-      x,
-      min(len(x), ev.batch_size),
+    return solve
+
+  def neg_elbo_bits_per_dim(self, x: np.ndarray, seed: int, hooks=None) -> dict[str, float]:
+    """-ELBO of x [N, ...] in bits per dim of the discrete data, the VAE's bound's
+    counterpart (`elbo_solver`), dequantised like score_model/bits_per_dim so it bounds
+    the discrete NLL; the divergence is Hutchinson's estimate (eval.hutchinson_probes),
+    unbiased. {neg_elbo_bits_per_dim: NaN unless every solve reached t = 1 within
+    eval.bpd_max_steps, neg_elbo_bits_per_dim_converged: the share that did,
+    neg_elbo_solver_steps: mean steps per batch}."""
+    out = likelihood.solve_batches(
+      self.elbo_solver(seed), x, min(len(x), self.config.eval.batch_size), True, hooks
     )
-    return float(np.nanmean(vals)) if np.any(np.isfinite(vals)) else float("nan")
+    return likelihood.summary("neg_elbo_bits_per_dim", out, "neg_elbo_solver_steps")
 
-  def extra_metrics(self, test_images, batch, seed):
-    """neg_elbo_bits_per_dim on the first eval.elbo_num_images test images, and
+  def extra_metrics(self, test_images, batch, seed, hooks=None):
+    """neg_elbo_bits_per_dim (and its _converged, neg_elbo_solver_steps) on the first
+    eval.elbo_num_images test images (`hooks`: likelihood.BatchHooks), and
     time_per_image_<method>: seconds per image of one batch of reconstructions
     with each of eval.timing_methods other than sampling.method (compile excluded)."""
     out = {}
     if self.config.eval.elbo_num_images:
-      out["neg_elbo_bits_per_dim"] = self.neg_elbo_bits_per_dim(
-        test_images[: self.config.eval.elbo_num_images], seed
+      out.update(
+        self.neg_elbo_bits_per_dim(test_images[: self.config.eval.elbo_num_images], seed, hooks)
       )
     mu = pipeline.pad_batch({"z": self.encode(test_images[:batch])}, batch)["z"]
     for method in self.config.eval.timing_methods:

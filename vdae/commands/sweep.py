@@ -232,7 +232,9 @@ def sweep(config, workdir: str) -> list[dict]:
         stages.train(stage, cfg, sub, ctx.mesh, ctx.splits)
       with harness.Timer(f"sweep point {model} beta {beta:g} seed {seed}"):
         ae = entry.load(cfg, sub, ctx.mesh, ctx.image_shape)
-        new = harness.evaluate_autoencoder(ae, cfg, judge, ctx.splits).metrics
+        kept = evaluate.parts_store(cfg, sub, judge)  # its likelihood solve's batches
+        kept = evaluate.model_store(kept, model, entry.reads, cfg, sub)
+        new = harness.evaluate_autoencoder(ae, cfg, judge, ctx.splits, kept).metrics
       metrics = {k: v for k, v in metrics.items() if not k.startswith(prefix)}
       metrics.update({k: float(v) for k, v in new.items()})
       evaluate.write_metrics(sub, metrics, stages.trained_step(entry.stage, cfg, sub))

@@ -32,6 +32,7 @@ from vdae.evaluation import factors
 from vdae.io import files
 from vdae.io.errors import DataError
 from vdae.models.network import Network
+from vdae.training import preemption
 
 log = logging.getLogger(__name__)
 
@@ -215,6 +216,9 @@ def train_classifier(
   opt_state = opt.init(params)
   for i in range(steps):
     params, opt_state = step(params, opt_state, i)
+    if i % 100 == 99:  # a SIGTERM is honoured within 100 steps, not after the last
+      jax.block_until_ready(params)
+      preemption.exit_if_requested("while training the evaluation classifier")
   return jax.device_get(params)
 
 

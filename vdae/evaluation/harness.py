@@ -49,6 +49,7 @@ data/pipeline.py, padded with a mask.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import logging
 import math
 import time
@@ -61,9 +62,9 @@ from vdae.autoencoders.base import Autoencoder
 from vdae.data import pipeline, sources
 from vdae.diffusion import likelihood, score
 from vdae.diffusion import sde as sde_lib
-from vdae.evaluation import classifier, factors, metrics
+from vdae.evaluation import classifier, factors, metrics, parts
 from vdae.parallel import sharding
-from vdae.training import preemption
+from vdae.training import eta, preemption
 
 log = logging.getLogger(__name__)
 
@@ -90,11 +91,16 @@ class Judge:
     self.resamples, self.seed = config.eval.bootstrap_resamples, config.seed
     self.labelled = splits["train"].has_labels and splits["test"].has_labels
     self.metrics: dict[str, float] = {}
+    self.fingerprint = "none"  # what identifies the judge's parameters (parts.Store keys)
     if not self.labelled:
       log.info("the data has no labels: skipping classifier, FID and probe metrics")
       return
     model, params, meta = classifier.load_or_train(config.eval, config.data, workdir, splits)
     self.predict = classifier.make_predict(model, params)
+    leaves = [
+      hashlib.sha256(sharding.to_host(a).tobytes()).hexdigest() for a in jax.tree.leaves(params)
+    ]
+    self.fingerprint = parts.digest(leaves)
     _, self.test_feats = self.predict(splits["test"].arrays()["image"])
     n = min(len(splits["train"]), max(config.eval.num_samples, 2))
     _, train_feats = self.predict(splits["train"].arrays(n)["image"])
@@ -170,14 +176,19 @@ def decode_all(
   """x decoded from z [N, L] with `protocol` in padded batches (batch i keyed
   fold_in(seed, i)); returns (x, seconds spent decoding)."""
   seconds, counter = 0.0, iter(range(len(z)))
+  countdown = eta.Countdown(f"{ae.name}: {protocol} decodes", math.ceil(len(z) / batch), "batches")
 
   def one(zb):
     nonlocal seconds
-    preemption.exit_if_requested("during evaluation (nothing of it is written yet)")
-    key = jax.random.fold_in(jax.random.key(seed), next(counter))
+    preemption.exit_if_requested(
+      "during evaluation (the models evaluated before this one are kept)"
+    )
+    i = next(counter)
+    key = jax.random.fold_in(jax.random.key(seed), i)
     t0 = time.perf_counter()
     out = ae.decode(zb, key, protocol)
     seconds += time.perf_counter() - t0
+    countdown.update(i + 1)
     return out
 
   return pipeline.map_batched(one, z, batch), seconds
@@ -189,7 +200,9 @@ def _inverted_all(ae: Autoencoder, x: np.ndarray, z: np.ndarray, batch: int):
 
   def one(xb, zb):
     nonlocal seconds
-    preemption.exit_if_requested("during evaluation (nothing of it is written yet)")
+    preemption.exit_if_requested(
+      "during evaluation (the models evaluated before this one are kept)"
+    )
     t0 = time.perf_counter()
     out = ae.reconstruct_inverted(xb, zb)
     seconds += time.perf_counter() - t0
@@ -239,9 +252,10 @@ def decode_protocols(
 
 
 def evaluate_autoencoder(
-  ae: Autoencoder, config, judge: Judge, splits: dict[str, sources.Split]
+  ae: Autoencoder, config, judge: Judge, splits: dict[str, sources.Split], store=None
 ) -> Result:
-  """Every metric of `ae` on the test split (eval.num_test images; 0 = all)."""
+  """Every metric of `ae` on the test split (eval.num_test images; 0 = all). store: a
+  parts.Store that keeps the batches of the model's likelihood solves."""
   ev, seed = config.eval, config.seed
   test = splits["test"]
   mu, rates, labels, x = _encode_split(ae, test, ev.batch_size, ev.num_test or None)
@@ -259,7 +273,17 @@ def evaluate_autoencoder(
     z = ae.prior_sample(ev.num_samples, jax.random.key(seed + 1), standard_normal=True)
     plain, _ = decode_all(ae, z, ev.batch_size, seed + 2, "sample")
     out.update(judge.samples(plain, "sample_fid_standard_normal"))
-  out.update(ae.extra_metrics(x, ev.batch_size, seed))
+  n = min(len(x), ev.elbo_num_images)
+  hooks = SolveHooks(
+    f"{ae.name}/neg_elbo_bits_per_dim",
+    store or parts.Nowhere(),
+    -(-n // max(min(n, ev.batch_size), 1)),
+    ev.bpd_max_steps,
+  )
+  extra = ae.extra_metrics(x, ev.batch_size, seed, hooks)
+  if "neg_elbo_bits_per_dim_converged" in extra:
+    warn_unconverged(f"{ae.name}/neg_elbo_bits_per_dim", extra, "neg_elbo_bits_per_dim")
+  out.update(extra)
   train = splits["train"]
   with_factors = train.factors is not None and test.factors is not None
   if judge.labelled or with_factors:  # probes fit on all of train, scored on all of test
@@ -277,49 +301,94 @@ def evaluate_autoencoder(
   return Result({f"{ae.name}/{k}": float(v) for k, v in out.items()}, recs, samples)
 
 
-def score_model_bpd(config, score_params, x: np.ndarray) -> dict[str, float]:
+class SolveHooks(likelihood.BatchHooks):
+  """A likelihood solve inside an evaluation: each batch's result kept as a part
+  (`parts.Store`: a rerun after preemption solves only the batches that are missing),
+  a SIGTERM honoured between pieces (exit 143), and a progress line with the solver's t,
+  steps against eval.bpd_max_steps and the time spent."""
+
+  def __init__(self, what: str, store: parts.Store, num_batches: int, max_steps: int):
+    self.what, self.store, self.max_steps = what, store, max_steps
+    self.countdown = eta.Countdown(what, num_batches, "batches")
+    self.t_batch = time.perf_counter()
+    self.done, self.first_seen = 0, None
+
+  def load(self, i):
+    found = self.store.load(f"{self.what}/batch{i}")
+    if found is not None:
+      self.done += 1
+      return found[0]
+    self.t_batch = time.perf_counter()
+    return None
+
+  def save(self, i, result):
+    self.store.save(f"{self.what}/batch{i}", result)
+    self.done += 1
+    note = f"{result['steps']} solver steps" + ("" if result["ok"] else ", did not converge")
+    self.countdown.update(self.done, note)
+
+  def between(self, i, progress):
+    preemption.exit_if_requested(f"in {self.what}, batch {i} (earlier batches are kept)")
+    now, steps = time.perf_counter(), progress["steps"]
+    where = f"{self.what}: batch {i} at t = {progress['t']:.3f} after {steps} solver steps"
+    if i != self.first_seen:  # its first piece (with the compile, on the first batch)
+      self.first_seen, self.first = i, (now, steps)
+      log.info("%s (%s; budget %d steps)", where, eta.duration(now - self.t_batch), self.max_steps)
+    elif self.countdown.due():
+      rate = (now - self.first[0]) / max(steps - self.first[1], 1)
+      rest = rate * max(self.max_steps - steps, 0)
+      log.info(
+        "%s (%s; %.0f ms a step: the budget of %d steps ends within %s)",
+        where,
+        eta.duration(now - self.t_batch),
+        1e3 * rate,
+        self.max_steps,
+        eta.duration(rest),
+      )
+
+
+def warn_unconverged(what: str, metrics: dict[str, float], key: str) -> None:
+  share = metrics[f"{key}_converged"]
+  if share < 1.0:
+    log.warning(
+      "%s: the PF-ODE solve did not reach t = 1 within eval.bpd_max_steps for %.0f%% of "
+      "the images (reported as NaN); raise eval.bpd_max_steps or loosen eval.bpd_rtol / "
+      "eval.bpd_atol",
+      what,
+      100 * (1 - share),
+    )
+
+
+def score_model_bpd(config, score_params, x: np.ndarray, store=None) -> dict[str, float]:
   """Mean bits per dim of x [N, H, W, C] under the score model's PF ODE, dequantised
-  (score_model/bits_per_dim, score_model/bpd_solver_steps)."""
+  (score_model/bits_per_dim, NaN unless every solve converged; its _converged share;
+  score_model/bpd_solver_steps). store: a parts.Store keeping each batch's result."""
   ev = config.eval
   sde = sde_lib.from_config(config.sde)
   levels = sources.data_levels(config.data, config.eval)
   model = score.model_from_config(config.model, config.sde)
+  pieces = likelihood.Pieces(
+    lambda params: score.score_fn_from_eps(score.eps_fn_for(model, params, config.model), sde),
+    sde,
+    exact_max_dim=ev.exact_trace_max_dim,
+    **likelihood.solver_options(ev),
+  )
+  d = math.prod(x.shape[1:])
 
-  def run(params, xb, key):
-    score_fn = score.score_fn_from_eps(score.eps_fn_for(model, params, config.model), sde)
-    k_deq, k_probe = jax.random.split(key)
-    if ev.dequantize:
-      xb = likelihood.dequantize(xb, levels, k_deq)
-    logp, stats = likelihood.log_likelihood(
-      score_fn,
-      xb,
-      sde,
-      k_probe,
-      exact_max_dim=ev.exact_trace_max_dim,
-      **likelihood.solver_options(ev),
-    )
-    d = math.prod(xb.shape[1:])
-    return likelihood.bits_per_dim(logp, d, levels), stats["num_steps"]
+  @jax.jit
+  def dequantized(xb, key):
+    return likelihood.dequantize(xb, levels, key) if ev.dequantize else xb
 
-  fn = jax.jit(run)
+  def solve(xb, i, between):
+    k_deq, k_probe = jax.random.split(jax.random.key(config.seed + 100 + i))
+    logp, stats = pieces(score_params, dequantized(jnp.asarray(xb), k_deq), k_probe, between)
+    return likelihood.bits_per_dim(logp, d, levels), stats
+
   batch = min(ev.batch_size, len(x))
-  bpds, steps = [], []
-  for i, lo in enumerate(range(0, len(x), batch)):
-    xb = x[lo : lo + batch]
-    b, s = fn(score_params, jnp.asarray(xb), jax.random.key(config.seed + 100 + i))
-    bpds.append(sharding.to_host(b)[: len(xb)])
-    steps.append(int(sharding.to_host(s)))
-  bpd = np.concatenate(bpds)
-  if not np.all(np.isfinite(bpd)):
-    log.warning(
-      "bits_per_dim: the ODE solve failed for %d of %d images (raise "
-      "eval.bpd_max_steps or the tolerances)",
-      int(np.sum(~np.isfinite(bpd))),
-      len(bpd),
-    )
-  return {
-    "score_model/bits_per_dim": (
-      float(np.nanmean(bpd)) if np.any(np.isfinite(bpd)) else float("nan")
-    ),
-    "score_model/bpd_solver_steps": float(np.mean(steps)),
-  }
+  hooks = SolveHooks(
+    "score_model/bits_per_dim", store or parts.Nowhere(), -(-len(x) // batch), ev.bpd_max_steps
+  )
+  out = likelihood.solve_batches(solve, x, batch, False, hooks)
+  metrics = likelihood.summary("score_model/bits_per_dim", out, "score_model/bpd_solver_steps")
+  warn_unconverged("score_model/bits_per_dim", metrics, "score_model/bits_per_dim")
+  return metrics

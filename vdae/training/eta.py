@@ -83,3 +83,32 @@ def estimate_lines(name: str, done: int, seconds: float, left: int) -> list[tupl
       )
     )
   return lines
+
+
+class Countdown:
+  """Progress lines of a long part of a command that is not a training loop (an
+  evaluation's decodes, a likelihood solve): what is done of how much, and the rest at
+  the rate so far; at most one line every `every` seconds, and always the last."""
+
+  def __init__(self, what: str, total: int, unit: str, every: float = 15.0):
+    self.what, self.total, self.unit, self.every = what, total, unit, every
+    self.t0 = self._last = time.perf_counter()
+
+  def line(self, done: int, note: str = "") -> str:
+    spent = time.perf_counter() - self.t0
+    text = f"{self.what}: {done}/{self.total} {self.unit} in {duration(spent)}"
+    if 0 < done < self.total:
+      text += f"; about {duration(spent / done * (self.total - done))} left"
+    return text + (f" ({note})" if note else "")
+
+  def due(self) -> bool:
+    """Whether `every` seconds have passed since the last line (the clock restarts)."""
+    now = time.perf_counter()
+    if now - self._last < self.every:
+      return False
+    self._last = now
+    return True
+
+  def update(self, done: int, note: str = "") -> None:
+    if self.due() or done >= self.total:
+      logging.getLogger(__name__).info("%s", self.line(done, note))

@@ -7,8 +7,11 @@ gets the same checks and messages; `stages` offers them by stage name.
 
 from __future__ import annotations
 
+import hashlib
 import os
 from typing import TYPE_CHECKING
+
+from etils import epath
 
 from vdae.io import files, pretrained
 from vdae.training import checkpoint, restore
@@ -38,6 +41,21 @@ def read_meta(stage: type[Stage], config, workdir: str) -> dict:
     return ckpt.read_meta()
   finally:
     ckpt.close()
+
+
+def fingerprint(stage: type[Stage], config, workdir: str) -> str:
+  """What identifies the parameters a reader of `stage` gets now: the newest step and a
+  hash of the metadata recorded with it (its config, versions, provenance), or the
+  imported weights' hash; "untrained" without a checkpoint. Evaluation keys its kept
+  parts by it (vdae/evaluation/parts.py)."""
+  if stage.imported(config):
+    return f"imported:{pretrained.weights_sha256(config.model.path)}"
+  step = trained_step(stage, config, workdir)
+  if not step:
+    return "untrained"
+  meta = os.path.join(checkpoint_dir(stage, config, workdir), str(step), "meta", "metadata")
+  data = epath.Path(meta).read_bytes() if files.exists(meta) else b""
+  return f"{step}:{hashlib.sha256(data).hexdigest()[:16]}"
 
 
 def is_trained(stage: type[Stage], config, workdir: str) -> bool:

@@ -11,7 +11,7 @@ a reader needs with only a config and a workdir (`init`, `check_shape`, `source`
 `images`; `loop.Trainer` runs it with the sizes of its config group.
 
 From the table, by stage name: trainer / train (--mode=pretrain, train_encoder,
-train_prior, train_vae, train_refiner); load_stage, is_trained, trained_step,
+train_prior, train_vae, train_refiner); load_stage, is_trained, trained_step, fingerprint,
 checkpoint_dir, read_meta (training/loading.py: every reader gets the same checks and
 messages); score_pairing / check_pairing (training/provenance.py).
 
@@ -108,6 +108,10 @@ def trained_step(name: str, config, workdir: str) -> int:
 
 def read_meta(name: str, config, workdir: str) -> dict:
   return loading.read_meta(STAGES[name], config, workdir)
+
+
+def fingerprint(name: str, config, workdir: str) -> str:
+  return loading.fingerprint(STAGES[name], config, workdir)
 
 
 def is_trained(name: str, config, workdir: str) -> bool:
