@@ -4,6 +4,7 @@ module-scoped workdir, then the harness over every autoencoder, factor metrics
 included."""
 
 import json
+import logging
 import os
 
 import numpy as np
@@ -136,6 +137,20 @@ def test_evaluate_writes_every_metric(tiny_run):
     assert os.path.exists(os.path.join(workdir, "eval", f"{png}.png")), png
   events = os.listdir(os.path.join(workdir, "tensorboard", "eval"))
   assert any(e.startswith("events.out.tfevents") for e in events)
+
+
+@pytest.mark.timeout(300)
+def test_a_second_evaluation_reuses_every_kept_part(tiny_run, caplog):
+  """Everything was kept (eval/parts/): the same command again solves and decodes
+  nothing and writes the same metrics, time_per_image included (they are kept too)."""
+  config, workdir, metrics = tiny_run
+  with caplog.at_level(logging.INFO):
+    again = evaluate.evaluate(config, workdir)
+  assert again == metrics
+  said = [r.getMessage() for r in caplog.records]
+  kept = [m for m in said if "kept from an earlier run" in m]
+  assert len(kept) == 4, said
+  assert not [m for m in said if "solver steps" in m or " decodes: " in m], said
 
 
 @pytest.mark.timeout(300)

@@ -48,3 +48,44 @@ def test_nowhere_keeps_nothing():
   store = parts.Nowhere()
   store.save("m", {"k": 1.0})
   assert store.load("m") is None
+
+
+def _checkpoint(workdir, stage: str, step: int, meta: str = "{}") -> None:
+  d = workdir / stage / "checkpoints" / str(step) / "meta"
+  d.mkdir(parents=True)
+  (d / "metadata").write_text(meta)
+
+
+def test_a_retrained_stage_changes_the_keys_of_the_models_that_read_it_only(tmp_path, tiny_config):
+  """evaluate.model_store keys each model by the checkpoints it reads: a VAE checkpoint
+  at a new step invalidates the VAE's, SDEdit's and the refiner's parts, not the VDAE's;
+  the same step with other recorded metadata (another config) counts as changed too."""
+  from vdae.autoencoders.registry import AUTOENCODERS
+  from vdae.commands import evaluate
+
+  for stage in ("stage1", "stage2", "vae", "refiner"):
+    _checkpoint(tmp_path, stage, 4)
+  base = parts.Store(str(tmp_path / "eval" / "parts"), {"config": {}, "judge": "j"})
+
+  def keys():
+    return {
+      name: evaluate.model_store(base, name, e.reads, tiny_config, str(tmp_path)).key
+      for name, e in AUTOENCODERS.items()
+    }
+
+  before = keys()
+  assert len(set(before.values())) == 4
+  _checkpoint(tmp_path, "vae", 8)
+  after = keys()
+  assert {n for n in before if before[n] != after[n]} == {"vae", "sdedit_vae", "refined_vae"}
+  _checkpoint(tmp_path, "prior", 4)  # the VDAE samples from its learned prior once trained
+  again = keys()
+  assert {n for n in after if after[n] != again[n]} == {"vdae"}
+  other = tmp_path / "other"
+  for stage in ("stage1", "stage2", "vae", "refiner"):
+    _checkpoint(other, stage, 4, meta='{"config": "another"}' if stage == "stage1" else "{}")
+  moved = {
+    name: evaluate.model_store(base, name, e.reads, tiny_config, str(other)).key
+    for name, e in AUTOENCODERS.items()
+  }
+  assert {n for n in before if before[n] != moved[n]} == {"sdedit_vae", "vdae"}

@@ -35,3 +35,13 @@ def test_factor_table_only_for_data_with_factors():
   t = report.run_tables(f, ["vae", "vdae"], ["sample", "mean"])
   assert "| model | hue | shape (acc.) | D | C | I | MIG |" in t
   assert "| vdae | 0.01 | 0.42 | 0.11 | — | — | 0.05 |" in t
+
+
+def test_an_unconverged_likelihood_says_so_instead_of_a_dash():
+  m = dict(METRICS, **{"vdae/neg_elbo_bits_per_dim": float("nan")})
+  m |= {"vdae/neg_elbo_bits_per_dim_converged": 0.5, "vae/neg_elbo_bits_per_dim": 5.49}
+  m |= {"score_model/bits_per_dim": float("nan"), "score_model/bits_per_dim_converged": 0.0}
+  t = report.run_tables(m, ["vae", "vdae"], ["sample", "mean"])
+  assert "| vdae | 60.000 | — | — | — | NaN: 50% of solves within eval.bpd_max_steps |" in t
+  assert "| vae | 56.000 | — | 12.700 [9.100, 17.000] | — | 5.490 |" in t
+  assert "the score model's likelihood, bits/dim: NaN: 0% of solves within" in t

@@ -61,12 +61,18 @@ def tables(cell: Cell, keys: Sequence[str], models: Sequence[str], protocols: Se
   return "\n".join(lines)
 
 
+def _unconverged(share: float) -> str:
+  return f"NaN: {100 * share:.0f}% of solves within eval.bpd_max_steps"
+
+
 def run_tables(metrics: Mapping[str, float], models: Sequence[str], protocols: Sequence[str]):
   """One run's tables: each value with its 95% bootstrap interval where the run has one
   (`<key>_ci_low`, `<key>_ci_high`), then the judge's and the data's own figures."""
 
   def cell(key: str, digits: int) -> str | None:
     v = metrics.get(key)
+    if v is not None and not np.isfinite(v) and metrics.get(f"{key}_converged", 1.0) < 1.0:
+      return _unconverged(metrics[f"{key}_converged"])
     if v is None or not np.isfinite(v):
       return None
     lo, hi = metrics.get(f"{key}_ci_low"), metrics.get(f"{key}_ci_high")
@@ -81,6 +87,8 @@ def run_tables(metrics: Mapping[str, float], models: Sequence[str], protocols: S
     ("score_model/bits_per_dim", "the score model's likelihood, bits/dim"),
   ):
     if key in metrics:
-      out.append(f"{what}: {metrics[key]:.3f}")
+      v = metrics[key]
+      shown = f"{v:.3f}" if np.isfinite(v) else _unconverged(metrics.get(f"{key}_converged", 0.0))
+      out.append(f"{what}: {shown}")
   out.append("[95% bootstrap interval]; every key is in eval/metrics.json")
   return "\n".join(out)
