@@ -112,3 +112,13 @@ def test_the_inverted_protocol_reconstructs_the_test_images_not_another_decode(t
   m = harness.evaluate_autoencoder(Invertible(64, a=0.5, v=0.25), c, judge, splits).metrics
   assert m["shrink/inverted/mse"] == pytest.approx(0.0, abs=1e-12)
   assert m["shrink/mean/mse"] > 0.01
+
+
+def test_an_unconverged_solve_is_one_warning_naming_the_budget(caplog):
+  harness.warn_unconverged("vdae/neg_elbo_bits_per_dim", {"k_converged": 1.0}, "k")
+  assert not caplog.records
+  harness.warn_unconverged("vdae/neg_elbo_bits_per_dim", {"k_converged": 0.25}, "k")
+  (record,) = caplog.records
+  said = record.getMessage()
+  assert record.levelname == "WARNING" and "\n" not in said
+  assert "75% of the images" in said and "eval.bpd_max_steps" in said and "eval.bpd_rtol" in said
