@@ -250,6 +250,22 @@ def log_likelihood(
   return logp, stats
 
 
+def _on_mesh_of(args, x):
+  """x on the mesh of `args`' first mesh-sharded leaf (split over its batch axes), if x is on none: a
+  piece's output state is typed by the parameters' mesh, so a start state without it
+  would make the second piece compile the whole solve again."""
+  from jax.sharding import NamedSharding
+
+  from vdae.parallel import sharding
+
+  if isinstance(getattr(x, "sharding", None), NamedSharding):
+    return x
+  for leaf in jax.tree.leaves(args):
+    if isinstance(getattr(leaf, "sharding", None), NamedSharding):
+      return sharding.batch_from_host(sharding.to_host(x), leaf.sharding.mesh)
+  return x
+
+
 class Pieces:
   """The PF-ODE likelihood solved in pieces of at most `piece_steps` solver steps, each
   one compiled call, so that the caller gets control back between pieces (a SIGTERM
@@ -288,12 +304,13 @@ class Pieces:
 
   def __call__(self, args, x, key, between=None) -> tuple[Array, dict]:
     """(logp [B], stats {num_steps, ok}) of x [B, ...]."""
-    state = self._start(args, x, key)
+    state = self._start(args, _on_mesh_of(args, x), key)
+    shape = tuple(x.shape)
     steps, status = 0, RUNNING
     # Every piece has the same size (one compiled program): the budget is checked
     # between pieces, so a solve may take up to piece_steps - 1 steps past max_steps.
     while status == RUNNING and steps < self.max_steps:
-      state = self._advance(args, state, self.piece_steps, tuple(x.shape))
+      state = self._advance(args, state, self.piece_steps, shape)
       t, steps, status = (jax.device_get(state[k]) for k in ("t", "steps", "status"))
       steps, status = int(steps), int(status)
       if between is not None:
