@@ -97,6 +97,8 @@ def test_a_rerun_of_evaluate_compiles_nothing_new(cache, imported_run, tmp_path)
   lifting of a Python constant into an array (one tiny program per value, which the
   product's compile_cache_min_seconds keeps out of the cache anyway)."""
   before = set(os.listdir(cache))
+  # Without the kept parts, so that the rerun computes (and compiles) everything again.
+  shutil.rmtree(os.path.join(imported_run, "eval", "parts"))
   argv = _main(f"--config.model.path={FIXTURE}", f"--workdir={imported_run}", "--mode=evaluate")
   rc, out = procs.run(argv, procs.child_env(cache), str(tmp_path / "log.txt"), timeout=240)
   assert rc == 0, out[-3000:]
