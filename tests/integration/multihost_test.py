@@ -38,6 +38,13 @@ def cache(request, tmp_path_factory) -> str:
   return procs.compile_cache(request, tmp_path_factory)
 
 
+# Two processes sum each gradient over gloo in another order than one process over its
+# four devices: float32 rounding, compounded over the steps. Seen on one 2-core Xeon
+# (2026-12-08, at HEAD 9551f23 too): 1.3e-6 on one weight of 1152 (rel 7.5e-5). A wrong
+# cross-process mean (a factor of 2) or a lost step is orders of magnitude larger.
+TREE_ATOL = 1e-5
+
+
 @pytest.fixture(scope="module")
 def reference(cache, tmp_path_factory) -> str:
   """Both stages, uninterrupted, in one process with 4 devices."""
@@ -151,7 +158,7 @@ def test_two_processes_preempted_and_resumed_match_one_process(
     ref = procs.read_state(os.path.join(reference, stage, "checkpoints"), n)
     got = procs.read_state(os.path.join(wd, stage, "checkpoints"), n)
     assert int(got["step"]) == n
-    procs.assert_trees_close(ref, got, what=f"{stage} ")
+    procs.assert_trees_close(ref, got, atol=TREE_ATOL, what=f"{stage} ")
   # Same logged losses (stage 2's steps after k come from the resumed job).
   for stage in ("stage1", "stage2"):
     ref = procs.read_scalars(os.path.join(reference, "tensorboard", stage), "train/loss")
@@ -472,4 +479,4 @@ def test_processes_agree_on_the_step_to_restore(reference, preempted, cache, tmp
   assert os.path.isdir(os.path.join(wd, "stage1", "checkpoints.damaged", str(S1)))
   ref = procs.read_state(os.path.join(reference, "stage1", "checkpoints"), S1)
   got = procs.read_state(os.path.join(wd, "stage1", "checkpoints"), S1)
-  procs.assert_trees_close(ref, got, what="stage1 ")
+  procs.assert_trees_close(ref, got, atol=TREE_ATOL, what="stage1 ")
