@@ -251,9 +251,9 @@ def log_likelihood(
 
 
 def _on_mesh_of(args, x):
-  """x on the mesh of `args`' first mesh-sharded leaf (split over its batch axes), if x is on none: a
-  piece's output state is typed by the parameters' mesh, so a start state without it
-  would make the second piece compile the whole solve again."""
+  """x on the mesh of `args`' first mesh-sharded leaf (split over its batch axes), if x
+  is on none: a piece's output state is typed by the parameters' mesh, so a start state
+  without it would make the second piece compile the whole solve again."""
   from jax.sharding import NamedSharding
 
   from vdae.parallel import sharding
